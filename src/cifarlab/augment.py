@@ -1,0 +1,89 @@
+"""Batched data augmentation on tensors, on the training device.
+
+Every operation works on a whole batch (N, C, H, W) of float images at once: no per-image Python
+loops and no DataLoader worker processes, which would only fight over 2 CPU cores. Randomness
+comes from an explicit `torch.Generator`, so a seed fixes every flip, angle and shift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Which augmentations a recipe uses during training (never at evaluation)."""
+
+    flip: bool = False  # random horizontal flip, p = 0.5
+    rotation: float = 0.0  # max rotation as a fraction of a full turn (Keras RandomRotation)
+    zoom: float = 0.0  # max zoom in or out as a fraction (Keras RandomZoom)
+    translate: int = 0  # max shift in pixels, reflect-padded (random crop with padding)
+
+    @property
+    def active(self) -> bool:
+        return self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.flip:
+            x = random_flip(x, gen)
+        if self.rotation > 0 or self.zoom > 0:
+            x = random_rotate_zoom(x, gen, self.rotation, self.zoom)
+        if self.translate > 0:
+            x = random_translate(x, gen, self.translate)
+        return x
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    values = torch.rand(n, generator=gen) * (high - low) + low
+    return values.to(device=like.device, dtype=like.dtype)
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the batch left-right."""
+    mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    return torch.where(mask[:, None, None, None], x.flip(3), x)
+
+
+def random_rotate_zoom(x: torch.Tensor, gen: torch.Generator, rotation: float,
+                       zoom: float) -> torch.Tensor:
+    """Rotate by up to +-rotation*360 degrees and zoom by up to +-zoom, with reflected borders.
+
+    One affine grid per image and a single `grid_sample` for the whole batch, as Keras'
+    RandomRotation and RandomZoom do (fill_mode='reflect', bilinear).
+    """
+    n = x.shape[0]
+    angle = _uniform(n, -rotation * 2 * math.pi, rotation * 2 * math.pi, gen, x)
+    # scale > 1 samples a larger area (zoom out); < 1 a smaller one (zoom in).
+    scale = _uniform(n, 1 - zoom, 1 + zoom, gen, x)
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    zeros = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+        memory_format=torch.channels_last) else out
+
+
+def random_translate(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
+    """Shift each image by up to `pad` pixels in x and y (reflect-pad, then crop).
+
+    Images that share a shift are cropped together: at most (2*pad+1)^2 slices per batch.
+    """
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    out = torch.empty_like(x)
+    for sx in range(2 * pad + 1):
+        for sy in range(2 * pad + 1):
+            idx = torch.nonzero((dx == sx) & (dy == sy)).squeeze(1).to(x.device)
+            if idx.numel():
+                out[idx] = padded[idx, :, sy:sy + h, sx:sx + w]
+    return out

@@ -1,0 +1,199 @@
+"""The `cifarlab` command line: train, evaluate, predict, data.
+
+Examples:
+    cifarlab train --recipe base --data ../shared/data/cifar10-train-jpeg.tgz
+    cifarlab train --list-recipes
+    cifarlab evaluate runs/base-20261122-101500 --split val --json
+    cifarlab predict runs/base-20261122-101500 my_cat.jpg photos/ --top-k 3
+    cifarlab data --data ../shared/data/cifar10-train-jpeg.tgz
+
+User mistakes (a missing file, a corrupt archive, an unknown recipe ...) print one line on stderr
+and exit with code 2; a training failure such as a NaN loss exits with 1; Ctrl-C during training
+saves a resumable checkpoint and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cifarlab import __version__
+from cifarlab.errors import Interrupted, TrainingError, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_data_arg(parser: argparse.ArgumentParser, help_extra: str = "") -> None:
+    parser.add_argument(
+        "--data", metavar="SRC",
+        help="cifar-10-python.tar.gz, a cifar-10-batches-py folder, or an image folder "
+             "(ROOT/{train,test}/<class>/*.png) or .tgz/.zip of one; default: $CIFARLAB_DATA, "
+             "else the official set, downloaded once to ~/.cache/cifarlab" + help_extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cifarlab.recipes import RECIPES
+
+    parser = argparse.ArgumentParser(
+        prog="cifarlab", description="Train, diagnose and compare small image classifiers.")
+    parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = commands.add_parser("train", help="train a recipe and write a run directory",
+                            description="Train a recipe. Options left out keep the recipe's value.")
+    t.add_argument("--recipe", default="base", help=f"one of: {', '.join(RECIPES)} (default: base)")
+    t.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
+    _add_data_arg(t)
+    t.add_argument("--epochs", type=int, help="number of epochs")
+    t.add_argument("--batch-size", type=int, help="images per step")
+    t.add_argument("--lr", type=float, help="learning rate")
+    t.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of train held out for validation, per class (default: 0.1)")
+    t.add_argument("--seed", type=int, default=0, help="seed for init, order, augmentation, dropout")
+    t.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only")
+    t.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<recipe>-<time>)")
+    t.add_argument("--resume", nargs="?", const="", metavar="DIR",
+                   help="continue an interrupted run (DIR, else --out, else the newest in runs/)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to train (default: auto = cuda if available)")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+
+    e = commands.add_parser("evaluate", help="accuracy, loss and per-class accuracy of a model")
+    e.add_argument("model", metavar="RUN_OR_CKPT", help="run directory or model.pt")
+    _add_data_arg(e, " (default: the data the run trained on)")
+    e.add_argument("--split", choices=["test", "val", "train"],
+                   help="split to evaluate (default: test if the source has one, else val)")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--quiet", action="store_true")
+
+    p = commands.add_parser("predict", help="classify your own images")
+    p.add_argument("model", metavar="RUN_OR_CKPT", help="run directory or model.pt")
+    p.add_argument("images", metavar="IMAGE_OR_DIR", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    d = commands.add_parser("data", help="describe a data source: kind, splits, images per class")
+    _add_data_arg(d)
+    d.add_argument("--val-fraction", type=float, default=0.1)
+    d.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cifarlab import train as training
+    from cifarlab.recipes import list_recipes, make_config
+
+    if args.list_recipes:
+        for recipe in list_recipes():
+            s = recipe.settings
+            print(f"{recipe.name:<8} {recipe.description}\n{'':<8} model {s['model']}, "
+                  f"{s['optimizer']} lr {s['lr']:g}, batch {s['batch_size']}, {s['epochs']} epochs")
+        return 0
+    if args.resume is not None:
+        run_dir = Path(args.resume) if args.resume else args.out or training.latest_run()
+        summary = training.resume(run_dir, quiet=args.quiet,
+                                  device=None if args.device == "auto" else args.device)
+    else:
+        config = make_config(
+            args.recipe, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, val_fraction=args.val_fraction, seed=args.seed, subset=args.subset,
+            device=args.device)
+        summary = training.train(config, out=args.out, quiet=args.quiet)
+    if not args.quiet:
+        print(f"done: val_acc {summary['val_acc']:.4f} (best {summary['best_val_acc']:.4f} at "
+              f"epoch {summary['best_epoch']}), train_acc {summary['train_acc']:.4f} "
+              f"(clean {summary['train_acc_clean']:.4f}), {summary['seconds_per_epoch']:.1f} s/epoch")
+    return 0
+
+
+def _load_for_use(model_arg: str, device_name: str) -> tuple[Any, dict[str, Any], Any]:
+    from cifarlab.checkpoint import load_model
+    from cifarlab.train import pick_device
+
+    device = pick_device(device_name)
+    model, record = load_model(model_arg)
+    return model.to(device), record, device
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cifarlab.data import load_dataset, make_splits
+    from cifarlab.evaluate import evaluate_split
+
+    model, record, device = _load_for_use(args.model, args.device)
+    config = record.get("config", {})
+    source = args.data or config.get("data")
+    dataset = load_dataset(source, quiet=args.quiet or args.json)
+    if dataset.classes != record["classes"]:
+        raise UserError(f"the data's classes {dataset.classes} differ from the model's "
+                        f"{record['classes']}")
+    splits = make_splits(dataset, float(config.get("val_fraction", 0.1)),
+                         int(config.get("split_seed", 0)))
+    split = args.split or ("test" if "test" in splits else "val")
+    if split not in splits:
+        raise UserError(f"{dataset.source} has no '{split}' split (available: {', '.join(splits)})")
+    result = {"split": split, **evaluate_split(model, splits[split], device, record["classes"])}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{split}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+          f"({result['n']} images)")
+    width = max(len(c) for c in record["classes"])
+    for name, acc in result["per_class"].items():
+        print(f"  {name:<{width}}  {'-' if acc is None else f'{acc:.4f}'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cifarlab.evaluate import image_files, predict_files
+
+    files = image_files(args.images)
+    model, record, device = _load_for_use(args.model, args.device)
+    results = predict_files(model, record["classes"], files, args.top_k, device)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for result in results:
+        tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in result["top"])
+        print(f"{result['image']}: {tops}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from cifarlab.data import describe, load_dataset, make_splits
+
+    dataset = load_dataset(args.data, quiet=args.quiet)
+    print(describe(dataset, make_splits(dataset, args.val_fraction)))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"cifarlab: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingError as exc:
+        print(f"cifarlab: training failed: {exc}", file=sys.stderr)
+        return 1
+    except Interrupted as exc:
+        print(f"cifarlab: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("cifarlab: aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `cifarlab predict ... | head`
+        return 0

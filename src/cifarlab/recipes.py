@@ -1,0 +1,131 @@
+"""Training configuration and the named recipes.
+
+A recipe is a model plus the settings it trains with; `make_config` starts from a recipe and
+applies overrides, rejecting unknown keys and wrong types (a typo must not be silently ignored).
+The resolved `TrainConfig` is written to every run directory, so a run can be reproduced from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from cifarlab.augment import Augment
+from cifarlab.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "base"
+    model: str = "base"
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"  # "adam" (Keras defaults) or "sgd" (Nesterov momentum)
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant" or "onecycle" (linear warm-up, then linear decay to 0)
+    warmup: float = 0.0  # fraction of training spent warming up (onecycle)
+    label_smoothing: float = 0.0
+    augment: Augment = field(default_factory=Augment)
+    data: str | None = None  # resolved data source path
+    val_fraction: float = 0.1
+    split_seed: int = 0  # fixes the validation images; independent of `seed`
+    seed: int = 0  # fixes initialisation, shuffling, augmentation and dropout
+    subset: int | None = None  # train on only the first N training images (quick experiments)
+    device: str = "auto"
+    channels_last: bool = True  # NHWC memory layout: ~1.6x faster CNN training on this CPU
+    clean_train_size: int = 5000  # training images measured in eval mode each epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        values = dict(values)
+        if isinstance(values.get("augment"), dict):
+            values["augment"] = Augment(**values["augment"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    settings: dict[str, Any]
+
+
+SEED_SETTINGS = {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "epochs": 15}
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe("base", "the seed's base CNN (3 conv blocks, no regularisation); overfits",
+               {"model": "base", **SEED_SETTINGS}),
+        Recipe("robust", "base + flip/rotation 0.1/zoom 0.1 augmentation + Dropout(0.5)",
+               {"model": "base_dropout", **SEED_SETTINGS,
+                "augment": Augment(flip=True, rotation=0.1, zoom=0.1)}),
+        Recipe("bn", "the seed's BatchNorm + Dropout CNN (2 convs per block, MLP head)",
+               {"model": "bn", **SEED_SETTINGS}),
+    ]
+}
+
+
+def list_recipes() -> list[Recipe]:
+    return list(RECIPES.values())
+
+
+def make_config(recipe: str, **overrides: Any) -> TrainConfig:
+    """The recipe's config with `overrides` applied; None means "keep the recipe's value"."""
+    if recipe not in RECIPES:
+        names = ", ".join(RECIPES)
+        raise UserError(f"unknown recipe '{recipe}' (choose from: {names})")
+    config = TrainConfig(recipe=recipe, **RECIPES[recipe].settings)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise UserError(f"unknown setting '{key}'")
+        if value is None:
+            continue
+        current = getattr(config, key)
+        if current is not None and not _same_kind(current, value):
+            raise UserError(f"setting '{key}' expects {type(current).__name__}, got {value!r}")
+        setattr(config, key, value)
+    validate(config)
+    return config
+
+
+def _same_kind(current: Any, value: Any) -> bool:
+    if isinstance(current, bool) or isinstance(value, bool):
+        return isinstance(current, bool) and isinstance(value, bool)
+    if isinstance(current, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(current))
+
+
+def validate(config: TrainConfig) -> None:
+    checks = [
+        (config.epochs >= 1, "--epochs must be at least 1"),
+        (config.batch_size >= 2, "--batch-size must be at least 2"),
+        (config.lr > 0, "--lr must be positive"),
+        (0.0 <= config.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
+        (config.subset is None or config.subset >= 2, "--subset must be at least 2"),
+        (config.optimizer in ("adam", "sgd"), f"unknown optimizer '{config.optimizer}'"),
+        (config.schedule in ("constant", "onecycle"), f"unknown schedule '{config.schedule}'"),
+        (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
+         f"unknown device '{config.device}' (auto, cpu or cuda)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def lr_at(config: TrainConfig, progress: float) -> float:
+    """Learning rate at `progress` in [0, 1] of training; a pure function, so resume is exact."""
+    if config.schedule == "constant":
+        return config.lr
+    if config.warmup > 0 and progress < config.warmup:
+        return config.lr * progress / config.warmup
+    return config.lr * max(0.0, (1.0 - progress) / max(1e-12, 1.0 - config.warmup))
