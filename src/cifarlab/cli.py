@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cifarlab import __version__
+from cifarlab import __version__, report_cli
 from cifarlab.errors import Interrupted, TrainingError, UserError
 
 EXIT_USER_ERROR = 2
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where to train (default: auto = cuda if available)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.set_defaults(func=cmd_train)
 
     e = commands.add_parser("evaluate", help="accuracy, loss and per-class accuracy of a model")
     e.add_argument("model", metavar="RUN_OR_CKPT", help="run directory or model.pt")
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("predict", help="classify your own images")
     p.add_argument("model", metavar="RUN_OR_CKPT", help="run directory or model.pt")
@@ -77,11 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
 
     d = commands.add_parser("data", help="describe a data source: kind, splits, images per class")
     _add_data_arg(d)
     d.add_argument("--val-fraction", type=float, default=0.1)
     d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_data)
+
+    report_cli.register(commands)
     return parser
 
 
@@ -172,9 +178,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "data": cmd_data}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return COMMANDS[args.command](args)
+        return int(args.func(args))
     except UserError as exc:
         print(f"cifarlab: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

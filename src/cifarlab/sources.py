@@ -82,6 +82,7 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes in a protocol-2 pickle
     })
 
     def find_class(self, module: str, name: str) -> object:

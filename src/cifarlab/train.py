@@ -49,6 +49,15 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_clean", "val_lo
 
 
 def available_cores() -> int:
+    """Threads to use: $CIFARLAB_THREADS, else the cores this process may run on.
+
+    More threads than free cores is far worse than fewer: OpenMP threads spin-wait for each
+    other, and two 2-thread trainings on 2 cores each run ~10x slower. Set CIFARLAB_THREADS=1
+    for a second job running beside a first.
+    """
+    env = os.environ.get("CIFARLAB_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

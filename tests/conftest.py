@@ -1,0 +1,105 @@
+"""Shared fixtures: small data sets written in every supported format, and a private cache.
+
+Tests never download and never touch the user's cache: XDG_CACHE_HOME points into tmp_path.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-train-jpeg.tgz"
+CLASSES = [f"class{i}" for i in range(10)]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("CIFARLAB_DATA", raising=False)
+    return cache
+
+
+def class_images(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Learnable toy images: each class has its own mean colour, plus noise. (N, 32, 32, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(30, 226, size=(10, 3))
+    noise = rng.normal(0, 25, size=(len(labels), 32, 32, 3))
+    return np.clip(palette[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def write_official_dir(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
+    """A tiny cifar-10-batches-py folder in the official pickle format."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    names = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+    for i, name in enumerate(names):
+        labels = rng.integers(0, 10, per_batch)
+        images = class_images(labels, seed + i)
+        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(),
+                 b"data": images.transpose(0, 3, 1, 2).reshape(per_batch, -1),
+                 b"filenames": [f"{name}_{j}.png".encode() for j in range(per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": per_batch}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+def write_tar(source: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname=source.name)
+    return archive
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write_image_folder(root: Path, classes: list[str], n_train: int, n_test: int = 0,
+                       size: int = 32, seed: int = 0) -> Path:
+    """ROOT/train/<class>/NNNN.png (and ROOT/test/...) with learnable toy images."""
+    for split, n in (("train", n_train), ("test", n_test)):
+        if n == 0:
+            continue
+        for label, cls in enumerate(classes):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            images = class_images(np.full(n, label), seed + label + (100 if split == "test" else 0))
+            for i, image in enumerate(images):
+                if size != 32:
+                    image = np.asarray(Image.fromarray(image).resize((size, size)))
+                (folder / f"{i:04d}.png").write_bytes(png_bytes(image))
+    return root
+
+
+@pytest.fixture
+def official_dir(tmp_path: Path) -> Path:
+    return write_official_dir(tmp_path / "official")
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "folder", ["cat", "dog", "frog"], n_train=30, n_test=5)
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A learnable 4-class image folder (120 train images per class) for training tests."""
+    root = tmp_path_factory.mktemp("toy")
+    return write_image_folder(root / "toy", ["a", "b", "c", "d"], n_train=120, n_test=20)
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> Path:
+    if not SHARED_ARCHIVE.exists():
+        pytest.skip(f"the shared CIFAR-10 archive is not at {SHARED_ARCHIVE}")
+    return SHARED_ARCHIVE.resolve()

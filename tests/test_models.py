@@ -1,0 +1,37 @@
+"""The model registry and the shapes of the seed networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cifarlab.models import create_model, list_models
+
+
+@pytest.mark.parametrize("name", ["base", "base_dropout", "bn"])
+def test_models_map_pixels_to_logits(name: str) -> None:
+    model = create_model(name, 10).eval()
+    out = model(torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8))
+    assert out.shape == (5, 10) and torch.isfinite(out).all()
+
+
+def test_base_matches_the_seed_architecture() -> None:
+    model = create_model("base", 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128]
+    params = sum(p.numel() for p in model.parameters())
+    # 3x3 convs 3->32->64->128 plus Linear(2048 -> 10), as in the Keras notebook
+    assert params == (27 * 32 + 32) + (288 * 64 + 64) + (576 * 128 + 128) + (2048 * 10 + 10)
+
+
+def test_normalisation_is_inside_the_model() -> None:
+    model = create_model("base", 10, mean=(100.0, 100.0, 100.0), std=(50.0, 50.0, 50.0)).eval()
+    x = torch.full((1, 3, 32, 32), 100.0)
+    body_out = model.body(torch.zeros(1, 3, 32, 32))
+    assert torch.allclose(model(x), body_out)
+
+
+def test_registry() -> None:
+    assert {"base", "base_dropout", "bn"} <= set(list_models())
+    with pytest.raises(KeyError):
+        create_model("nope", 10)

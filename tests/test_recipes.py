@@ -1,0 +1,50 @@
+"""Recipes and config overrides: loud errors for unknown keys, wrong types and bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from cifarlab.errors import UserError
+from cifarlab.recipes import RECIPES, TrainConfig, lr_at, make_config
+
+
+def test_seed_recipes_match_the_notebooks() -> None:
+    for name in ("base", "robust", "bn"):
+        config = make_config(name)
+        assert (config.optimizer, config.lr, config.batch_size, config.epochs) == ("adam", 1e-3, 64, 15)
+    robust = make_config("robust").augment
+    assert robust.flip and robust.rotation == 0.1 and robust.zoom == 0.1
+
+
+def test_overrides_apply_and_none_keeps() -> None:
+    config = make_config("base", epochs=3, lr=None)
+    assert config.epochs == 3 and config.lr == 1e-3
+
+
+def test_loud_config_errors() -> None:
+    with pytest.raises(UserError, match="unknown recipe 'resnet9000'"):
+        make_config("resnet9000")
+    with pytest.raises(UserError, match="unknown setting 'epochz'"):
+        make_config("base", epochz=3)
+    with pytest.raises(UserError, match="expects int"):
+        make_config("base", epochs="3")
+    with pytest.raises(UserError, match="--epochs must be at least 1"):
+        make_config("base", epochs=0)
+
+
+def test_config_round_trips_through_dict() -> None:
+    config = make_config("robust", seed=5)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_onecycle_schedule() -> None:
+    config = make_config("base", lr=1.0)
+    config.schedule, config.warmup = "onecycle", 0.2
+    assert lr_at(config, 0.0) == 0.0
+    assert lr_at(config, 0.2) == pytest.approx(1.0)
+    assert lr_at(config, 0.6) == pytest.approx(0.5)
+    assert lr_at(config, 1.0) == 0.0
+
+
+def test_every_recipe_builds() -> None:
+    assert set(RECIPES) >= {"base", "robust", "bn"}
