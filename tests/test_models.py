@@ -35,3 +35,17 @@ def test_registry() -> None:
     assert {"base", "base_dropout", "bn"} <= set(list_models())
     with pytest.raises(KeyError):
         create_model("nope", 10)
+
+
+@pytest.mark.parametrize("name", ["fastnet", "fastnet_small"])
+def test_fastnet_whitening_decorrelates_patches(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, 10)
+    base = torch.rand(256, 3, 32, 32)
+    images = base + 0.8 * base.roll(1, dims=1)  # strongly correlated channels
+    model.body.init_from_data(images)
+    out = model.body.whiten(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = torch.cov(out.T.double())
+    assert torch.allclose(cov, torch.eye(12, dtype=torch.float64), atol=0.05)
+    assert out.mean(0).abs().max() < 1e-3
+    assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
