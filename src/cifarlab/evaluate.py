@@ -21,16 +21,33 @@ def to_batch(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
     return tensor.permute(0, 3, 1, 2).float()
 
 
+def tta_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation: average the logits of six views of each image.
+
+    The image and its mirror count half; the pairs shifted by one pixel up-left and down-right
+    (reflect-padded) a quarter each. The model saw flips and shifts in training, so each view is
+    a fair guess, and averaging them cancels part of each view's error (about +0.5 points on
+    CIFAR-10 for the fast recipe) at six times the inference cost.
+    """
+    def pair(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model(x) + model(x.flip(3)))
+
+    padded = torch.nn.functional.pad(batch, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]
+    return 0.5 * pair(batch) + 0.25 * pair(up_left) + 0.25 * pair(down_right)
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-                   batch_size: int = 1000) -> torch.Tensor:
+                   batch_size: int = 1000, tta: bool = False) -> torch.Tensor:
     """Logits for all images (on the CPU), computed in eval mode in large batches."""
     was_training = model.training
     model.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = to_batch(images[start:start + batch_size], device)
-        outputs.append(model(batch).float().cpu())
+        logits = tta_logits(model, batch) if tta else model(batch)
+        outputs.append(logits.float().cpu())
     model.train(was_training)
     if not outputs:
         return torch.empty(0, 0)
@@ -38,11 +55,11 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: 
 
 
 def evaluate_split(model: nn.Module, split: Split, device: torch.device,
-                   classes: list[str] | None = None) -> dict[str, Any]:
+                   classes: list[str] | None = None, tta: bool = False) -> dict[str, Any]:
     """Accuracy, mean cross-entropy and per-class accuracy of `model` on `split`."""
     if len(split) == 0:
         raise UserError("cannot evaluate on an empty split")
-    logits = predict_logits(model, split.images, device)
+    logits = predict_logits(model, split.images, device, tta=tta)
     labels = torch.as_tensor(split.labels)
     loss = F.cross_entropy(logits, labels).item()
     correct = logits.argmax(1) == labels
