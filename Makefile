@@ -11,7 +11,7 @@ RECIPE ?= base
 DATA   ?= $(wildcard ../shared/data/cifar10-train-jpeg.tgz)
 ARGS   ?=
 
-.PHONY: install train test lint clean
+.PHONY: install train test lint browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src/cifarlab
 
-test: lint
-	$(BIN)/pytest -q --durations=5
+# The report and web-demo tests drive a real headless Chromium (Debian's package).
+browser:
+	bash scripts/install-browser.sh
+
+test: lint browser
+	$(BIN)/pytest -q --durations=8
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -187,6 +187,7 @@ class FastNet(nn.Module):
         filters = filters.flip(0)[:half]  # strongest components first
         self.whiten.weight.copy_(torch.cat([filters, -filters]).float())
         # Centre the outputs too: the bias removes the mean patch.
+        assert self.whiten.bias is not None
         self.whiten.bias.copy_(-(self.whiten.weight.flatten(1).double() @ mean).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

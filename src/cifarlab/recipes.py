@@ -33,7 +33,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     split_seed: int = 0  # fixes the validation images; independent of `seed`
     seed: int = 0  # fixes initialisation, shuffling, augmentation and dropout
-    subset: int | None = None  # train on only the first N training images (quick experiments)
+    subset: int | None = None  # train on a seeded random N of the training images (quick runs)
     device: str = "auto"
     channels_last: bool = True  # NHWC memory layout: ~1.6x faster CNN training on this CPU
     clean_train_size: int = 5000  # training images measured in eval mode each epoch

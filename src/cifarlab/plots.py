@@ -1,0 +1,144 @@
+"""The report's figures, each returned as PNG bytes (written to a file and embedded in the HTML).
+
+Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no GUI backend, no global
+figure registry to leak memory, and it works on a machine without a display.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+DPI = 110  # sharp enough to zoom into on a phone, small enough to embed (~100 KB a figure)
+TRAIN, VAL, GAP = "tab:blue", "tab:orange", "tab:red"
+RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red, with a ✓ / ✗ for readers who can't tell them apart
+ANNOTATE_MAX_CLASSES = 20  # above this many classes, numbers in the confusion cells are unreadable
+
+
+def to_png(fig: Figure, tight: bool = True) -> bytes:
+    """PNG bytes; `tight` crops to the drawn content (costs a second drawing pass)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if tight else None, facecolor="white")
+    return buffer.getvalue()
+
+
+def _epoch_axis(ax: Axes) -> None:
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int) -> bytes:
+    """Loss and accuracy per epoch, train vs val, the gap shaded, running and clean train accuracy."""
+    epochs = [row["epoch"] for row in history]
+    col = {key: [row[key] for row in history] for key in history[0]}
+    fig = Figure(figsize=(12, 5.2), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, col["train_loss"], "o--", color=TRAIN, alpha=0.6)
+    loss_ax.plot(epochs, col["val_loss"], "o-", color=VAL)
+    loss_ax.set(title="Cross-entropy loss per epoch", ylabel="loss")
+    acc_ax.plot(epochs, col["train_acc"], "o--", color=TRAIN, alpha=0.6,
+                label="train, running (as Keras reports it: dropout + augmentation on, mid-epoch weights)")
+    acc_ax.plot(epochs, col["train_acc_clean"], "o-", color=TRAIN, label="train, clean: eval mode")
+    acc_ax.plot(epochs, col["val_acc"], "o-", color=VAL, label="val")
+    acc_ax.fill_between(epochs, col["train_acc_clean"], col["val_acc"], color=GAP, alpha=0.15,
+                        label="gap: clean train − val")
+    acc_ax.set(title="Accuracy per epoch", ylabel="accuracy")
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    for ax in (loss_ax, acc_ax):
+        ax.axvline(best_val_loss_epoch, color="gray", linestyle=":",
+                   label=f"lowest val loss (epoch {best_val_loss_epoch})")
+        _epoch_axis(ax)
+    # One legend for both panels, below them, so it never hides a curve.
+    fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9.5)
+    fig.suptitle(title, fontsize=13)
+    return to_png(fig)
+
+
+def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> bytes:
+    """Two heat maps side by side: raw counts, and each row as a share of its true class."""
+    totals = counts.sum(1, keepdims=True)
+    shares = counts / np.maximum(totals, 1)
+    size = min(20.0, max(5.5, 0.55 * len(classes) + 2.5))  # inches a panel: 10 classes -> 8
+    fig = Figure(figsize=(2 * size + 1, size), layout="constrained")
+    panels = [(counts, "Counts", "images"), (shares * 100, "Row-normalized (% of true class)", "% of row")]
+    for ax, (values, name, unit) in zip(fig.subplots(1, 2), panels, strict=True):
+        image = ax.imshow(values, cmap="Blues", vmin=0)
+        fig.colorbar(image, ax=ax, shrink=0.8, label=unit)
+        ticks = np.arange(len(classes))
+        ax.set_xticks(ticks, classes, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(ticks, classes)
+        ax.set(title=name, xlabel="predicted class", ylabel="true class")
+        if len(classes) <= ANNOTATE_MAX_CLASSES:
+            dark = values > values.max() * 0.6
+            for (i, j), value in np.ndenumerate(values):
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=9,
+                        color="white" if dark[i, j] else "black")
+    fig.suptitle(title, fontsize=13)
+    return to_png(fig)
+
+
+def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool], title: str,
+               columns: int = 6) -> bytes:
+    """32x32 images enlarged without smoothing, each captioned in green (right) or red (wrong)."""
+    rows = max(1, -(-len(images) // columns))
+    head = 0.9  # inches above the first row: the title, then the first row's captions
+    height = rows * 2.25 + head  # 2.25 inches a row: the image and two caption lines
+    fig = Figure(figsize=(columns * 2.0, height))
+    # Fixed margins, not constrained layout: laying out 24 axes that way costs a second per figure.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - head / height, wspace=0.1, hspace=0.3)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, image, caption, ok in zip(axes, images, captions, right, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(caption, fontsize=9, color=RIGHT if ok else WRONG)
+    fig.suptitle(title, fontsize=12, y=1 - 0.15 / height)
+    return to_png(fig, tight=False)
+
+
+def reliability(calibration: dict[str, Any], title: str) -> bytes:
+    """Accuracy against confidence per bin, over the diagonal of perfect calibration; counts below.
+
+    `calibration` is what `report.calibration` returns: bin_edges, accuracy, confidence, count, ece.
+    """
+    bin_edges, bin_count = np.asarray(calibration["bin_edges"]), np.asarray(calibration["count"])
+    bin_accuracy, bin_confidence = np.asarray(calibration["accuracy"]), np.asarray(calibration["confidence"])
+    fig = Figure(figsize=(6.4, 7), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    width = np.diff(bin_edges)
+    filled = bin_count > 0
+    top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    top.bar(bin_edges[:-1][filled], bin_accuracy[filled], width=width[filled], align="edge",
+            color=TRAIN, edgecolor="white", label="accuracy in bin")
+    top.bar(bin_edges[:-1][filled], (bin_confidence - bin_accuracy)[filled], width=width[filled],
+            bottom=bin_accuracy[filled], align="edge", fill=False, hatch="///", edgecolor=GAP,
+            label="gap to the mean confidence in the bin")
+    top.set(title=f"{title}\nECE = {calibration['ece']:.3f} (0 = confidence matches accuracy)",
+            ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    top.legend(loc="upper left", fontsize=9)
+    top.grid(alpha=0.3)
+    bottom.bar(bin_edges[:-1], bin_count, width=width, align="edge", color="gray", edgecolor="white")
+    bottom.set(xlabel="confidence (top predicted probability)", ylabel="images")
+    bottom.grid(alpha=0.3)
+    return to_png(fig)
+
+
+def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> bytes:
+    """Validation accuracy per epoch of several runs on one chart."""
+    fig = Figure(figsize=(9, 5.2), layout="constrained")
+    ax = fig.subplots()
+    for label, history in runs:
+        ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], "o-", markersize=3,
+                label=f"{label}: {history[-1]['val_acc']:.1%}")
+    ax.set(title="Validation accuracy per epoch (legend: final val accuracy)", ylabel="val accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    _epoch_axis(ax)
+    ax.legend(loc="lower right", fontsize=9)  # curves rise from the lower left; this corner stays free
+    return to_png(fig)

@@ -1,0 +1,115 @@
+"""`cifarlab compare` on hand-written run directories (config.json + metrics.csv, no model)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cifarlab.cli import main
+from cifarlab.compare import compare_rows, format_rows
+from cifarlab.report import read_run
+from cifarlab.train import METRIC_COLUMNS
+
+
+def write_run(path: Path, recipe: str, model: str, clean: list[float], val: list[float],
+              seconds: float = 30.0) -> Path:
+    """A run directory as `cifarlab train` leaves it, minus the model files."""
+    path.mkdir(parents=True)
+    config = {"recipe": recipe, "model": model, "epochs": len(val)}
+    (path / "config.json").write_text(json.dumps({"config": config, "classes": ["a", "b"]}))
+    with (path / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for i, (c, v) in enumerate(zip(clean, val, strict=True)):
+            writer.writerow({"epoch": i + 1, "train_loss": 1.0, "train_acc": c - 0.04, "train_acc_clean": c,
+                             "val_loss": 1.0, "val_acc": v, "lr": 1e-3, "seconds": seconds,
+                             "train_seconds": seconds - 2})
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    return [
+        write_run(tmp_path / "seed-base", "base", "base", [0.6, 0.7, 0.8], [0.6, 0.66, 0.69]),
+        write_run(tmp_path / "seed-robust", "robust", "base_dropout", [0.5, 0.6, 0.7], [0.5, 0.6, 0.68],
+                  seconds=40.0),
+    ]
+
+
+def test_rows_hold_the_seed_table(runs: list[Path]) -> None:
+    rows = compare_rows([read_run(p) for p in runs])
+    base, robust = rows
+    assert base["run"] == "seed-base" and base["model_recipe"] == "base"
+    assert robust["model_recipe"] == "base_dropout/robust"
+    assert base["epochs"] == 3
+    assert base["train_acc"] == pytest.approx(0.76)
+    assert base["train_acc_clean"] == pytest.approx(0.8)
+    assert base["val_acc"] == pytest.approx(0.69)
+    assert base["gap"] == pytest.approx(0.11)
+    assert base["diagnosis"] == "overfitting"
+    assert robust["diagnosis"] == "good generalization"
+    assert robust["seconds_per_epoch"] == pytest.approx(40.0)
+
+
+def test_formats(runs: list[Path]) -> None:
+    rows = compare_rows([read_run(p) for p in runs])
+    table = format_rows(rows, "table").splitlines()
+    assert table[0].split()[:2] == ["run", "model/recipe"]
+    assert "80.0%" in table[1] and "69.0%" in table[1] and "+11.0 pts" in table[1]
+    assert "overfitting" in table[1]
+
+    markdown = format_rows(rows, "markdown").splitlines()
+    assert markdown[0].startswith("| run | model/recipe | epochs |")
+    assert set(markdown[1].replace("|", "").split()) == {"---", "---:"}
+    assert len(markdown) == 4
+
+    parsed = list(csv.DictReader(io.StringIO(format_rows(rows, "csv"))))
+    assert [r["run"] for r in parsed] == ["seed-base", "seed-robust"]
+    assert float(parsed[0]["gap"]) == pytest.approx(0.11)
+
+    assert json.loads(format_rows(rows, "json")) == rows
+
+
+def test_table_columns_line_up(runs: list[Path]) -> None:
+    lines = format_rows(compare_rows([read_run(p) for p in runs]), "table").splitlines()
+    # Right-aligned numbers end in the same column: the "val acc" header ends where its values end.
+    end = lines[0].index("val acc") + len("val acc")
+    assert all(line[end - 1] == "%" for line in lines[1:])
+
+
+def test_cli_writes_compare_png_where_asked(runs: list[Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "charts"
+    assert main(["compare", *map(str, runs), "--format", "markdown", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("| run |")
+    assert str(out / "compare.png") in captured.err
+    with Image.open(out / "compare.png") as image:
+        assert image.width > 600 and image.height > 300
+
+
+def test_cli_default_out_is_the_current_directory(runs: list[Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", *map(str, runs), "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert (tmp_path / "compare.png").is_file()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "run directory not found"),
+    (lambda p: p, "no metrics.csv"),
+])
+def test_cli_rejects_what_is_not_a_run(make: Callable[[Path], Path], message: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(make(tmp_path)), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "compare.png").exists()
