@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,16 @@ from PIL import Image
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-train-jpeg.tgz"
 CLASSES = [f"class{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Session- and module-scoped fixtures load data too: keep them off ~/.cache as well."""
+    cache = tmp_path_factory.mktemp("xdg-cache-session")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        patch.delenv("CIFARLAB_DATA", raising=False)
+        yield cache
 
 
 @pytest.fixture(autouse=True)

@@ -48,3 +48,12 @@ def test_onecycle_schedule() -> None:
 
 def test_every_recipe_builds() -> None:
     assert set(RECIPES) >= {"base", "robust", "bn"}
+
+
+def test_onecycle_with_floor_and_start() -> None:
+    config = make_config("base", lr=2.0)
+    config.schedule, config.warmup, config.lr_start, config.lr_end = "onecycle", 0.25, 0.2, 0.1
+    assert lr_at(config, 0.0) == pytest.approx(0.4)
+    assert lr_at(config, 0.25) == pytest.approx(2.0)
+    assert lr_at(config, 1.0) == pytest.approx(0.2)
+    assert lr_at(config, 0.625) == pytest.approx(1.1)

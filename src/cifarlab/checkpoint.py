@@ -8,8 +8,8 @@ lists and dicts, so they load with `torch.load(weights_only=True)`, which never 
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,11 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def save(path: Path, obj: dict[str, Any]) -> None:
-    fsio.write_with(path, lambda handle: torch.save(obj, handle))
+    """Serialise in memory, then write atomically: torch.save turns a failed write (disk full)
+    into an opaque RuntimeError, while a plain write reports it as one clear UserError."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    fsio.write_bytes(path, buffer.getbuffer())
 
 
 def load(path: Path, expected_format: str) -> dict[str, Any]:
@@ -34,9 +38,10 @@ def load(path: Path, expected_format: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            AttributeError, ImportError, IndexError, KeyError, TypeError, OSError) as exc:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols; we say more
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types on a damaged file: all mean "bad file"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a readable cifarlab file ({first_line[:200]})") from exc
     if not isinstance(obj, dict) or obj.get("format") != expected_format:

@@ -2,6 +2,7 @@
 
 Examples:
     cifarlab train --recipe base --data ../shared/data/cifar10-train-jpeg.tgz
+    cifarlab train --recipe bn --nproc 2 --checkpoint-every 100     # 2 processes (DDP)
     cifarlab train --list-recipes
     cifarlab evaluate runs/base-20261122-101500 --split val --json
     cifarlab predict runs/base-20261122-101500 my_cat.jpg photos/ --top-k 3
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cifarlab import __version__, report_cli
+from cifarlab import __version__, report_cli, serve_cli
 from cifarlab.errors import Interrupted, TrainingError, UserError
 
 EXIT_USER_ERROR = 2
@@ -60,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run (DIR, else --out, else the newest in runs/)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where to train (default: auto = cuda if available)")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this machine (DistributedDataParallel, one per "
+                        "GPU); --batch-size stays the global batch. Same as: torchrun "
+                        "--standalone --nproc-per-node N -m cifarlab train ... (default: 1)")
+    t.add_argument("--checkpoint-every", type=int, metavar="K",
+                   help="also save a resumable checkpoint every K steps, not only every epoch "
+                        "(default: every epoch; on --resume: what the run used)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     t.set_defaults(func=cmd_train)
 
@@ -88,12 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     report_cli.register(commands)
+    serve_cli.register(commands)
     return parser
 
 
+# The `train` options a worker started by --nproc gets again (all of them but --nproc).
+_TRAIN_OPTIONS = ("recipe", "data", "epochs", "batch_size", "lr", "val_fraction", "seed", "subset",
+                  "out", "device", "checkpoint_every")
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["train"]
+    for name in _TRAIN_OPTIONS:
+        if getattr(args, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.resume is not None:
+        argv += ["--resume", args.resume] if args.resume else ["--resume"]
+    return argv + (["--quiet"] if args.quiet else [])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from cifarlab import train as training
-    from cifarlab.recipes import list_recipes, make_config
+    from cifarlab import distributed
+    from cifarlab.recipes import list_recipes
 
     if args.list_recipes:
         for recipe in list_recipes():
@@ -101,17 +125,50 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{recipe.name:<8} {recipe.description}\n{'':<8} model {s['model']}, "
                   f"{s['optimizer']} lr {s['lr']:g}, batch {s['batch_size']}, {s['epochs']} epochs")
         return 0
+    if args.nproc != 1:
+        from cifarlab import train as training
+
+        # Settle the run directory once, so that every worker names the same one.
+        if args.resume == "":
+            args.resume = str(args.out or training.latest_run())
+        elif args.resume is None and args.out is None:
+            args.out = training.new_run_dir(args.recipe)
+        return distributed.launch(args.nproc, _worker_argv(args))
+    rank = distributed.from_env().rank
+    if rank == 0:
+        return _train(args)
+    try:  # the other ranks stay silent: rank 0 reports the same failure once
+        return _train(args)
+    except UserError:
+        return EXIT_USER_ERROR
+    except TrainingError:
+        return 1
+    except (Interrupted, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    except RuntimeError as exc:  # mostly "connection closed by peer": rank 0 failed and said why
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"cifarlab: process {rank} stopped: {first[:200]}", file=sys.stderr)
+        return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cifarlab import distributed
+    from cifarlab import train as training
+    from cifarlab.recipes import make_config
+
     if args.resume is not None:
         run_dir = Path(args.resume) if args.resume else args.out or training.latest_run()
         summary = training.resume(run_dir, quiet=args.quiet,
-                                  device=None if args.device == "auto" else args.device)
+                                  device=None if args.device == "auto" else args.device,
+                                  checkpoint_every=args.checkpoint_every)
     else:
         config = make_config(
             args.recipe, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, val_fraction=args.val_fraction, seed=args.seed, subset=args.subset,
             device=args.device)
-        summary = training.train(config, out=args.out, quiet=args.quiet)
-    if not args.quiet:
+        summary = training.train(config, out=args.out, quiet=args.quiet,
+                                 checkpoint_every=args.checkpoint_every or 0)
+    if not args.quiet and distributed.from_env().is_main:
         print(f"done: val_acc {summary['val_acc']:.4f} (best {summary['best_val_acc']:.4f} at "
               f"epoch {summary['best_epoch']}), train_acc {summary['train_acc']:.4f} "
               f"(clean {summary['train_acc_clean']:.4f}), {summary['seconds_per_epoch']:.1f} s/epoch")

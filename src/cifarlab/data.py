@@ -70,14 +70,15 @@ def _fingerprint(path: Path) -> str:
                 if file.is_file():
                     stat = file.stat()
                     entries.append(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}")
-            detail = hashlib.sha1("\n".join(entries).encode()).hexdigest()
+            # surrogatepass: file names that are not UTF-8 come as lone surrogates
+            detail = hashlib.sha1("\n".join(entries).encode("utf-8", "surrogatepass")).hexdigest()
         else:
             stat = path.stat()
             detail = f"{stat.st_size}:{stat.st_mtime_ns}"
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
     key = f"v{CACHE_VERSION}|{path}|{detail}"
-    return hashlib.sha1(key.encode()).hexdigest()[:20]
+    return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def _save_cache(file: Path, raw: RawData) -> None:

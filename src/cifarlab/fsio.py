@@ -41,12 +41,20 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
         raise
 
 
+def make_dir(path: str | os.PathLike[str]) -> None:
+    """Create a folder (and its parents); a file in the way or a read-only disk is a UserError."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {path}: {exc.strerror or exc}") from exc
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_open(path, "w") as handle:
         handle.write(text)
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def write_bytes(path: str | os.PathLike[str], data: bytes | memoryview) -> None:
     with atomic_open(path, "wb") as handle:
         handle.write(data)
 

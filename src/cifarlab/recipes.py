@@ -25,8 +25,14 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam" (Keras defaults) or "sgd" (Nesterov momentum)
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
-    schedule: str = "constant"  # "constant" or "onecycle" (linear warm-up, then linear decay to 0)
-    warmup: float = 0.0  # fraction of training spent warming up (onecycle)
+    schedule: str = "constant"  # "constant" or "onecycle" (linear warm-up, then linear decay)
+    warmup: float = 0.0  # onecycle: fraction of training at which the peak lr is reached
+    lr_start: float = 0.0  # onecycle: lr at the start, as a fraction of the peak
+    lr_end: float = 0.0  # onecycle: lr at the end, as a fraction of the peak
+    bias_lr_scale: float = 1.0  # lr multiplier for BatchNorm shifts (weight decay scaled back)
+    lookahead: bool = False  # every 5 steps pull the weights towards a slow EMA of themselves
+    whiten_bias_epochs: int = 0  # FastNet: epochs the whitening bias trains before it freezes
+    tta: bool = False  # also report the final val accuracy with test-time augmentation
     label_smoothing: float = 0.0
     augment: Augment = field(default_factory=Augment)
     data: str | None = None  # resolved data source path
@@ -123,9 +129,16 @@ def validate(config: TrainConfig) -> None:
 
 
 def lr_at(config: TrainConfig, progress: float) -> float:
-    """Learning rate at `progress` in [0, 1] of training; a pure function, so resume is exact."""
+    """Learning rate at `progress` in [0, 1] of training; a pure function, so resume is exact.
+
+    onecycle is piecewise linear: lr_start -> 1 at `warmup` -> lr_end (fractions of `lr`).
+    """
     if config.schedule == "constant":
         return config.lr
+    progress = min(max(progress, 0.0), 1.0)
     if config.warmup > 0 and progress < config.warmup:
-        return config.lr * progress / config.warmup
-    return config.lr * max(0.0, (1.0 - progress) / max(1e-12, 1.0 - config.warmup))
+        fraction = config.lr_start + (1 - config.lr_start) * progress / config.warmup
+    else:
+        rest = (progress - config.warmup) / max(1e-12, 1.0 - config.warmup)
+        fraction = 1 + (config.lr_end - 1) * rest
+    return config.lr * fraction

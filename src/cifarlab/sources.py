@@ -5,7 +5,12 @@ an image-folder tree `ROOT/{train,test}/<class>/*.{png,jpg,jpeg}` (or `ROOT/<cla
 as a folder or a .tar/.tgz/.tar.gz/.zip archive of one. Images are HWC uint8, 32x32x3.
 
 The official batches are pickles. Unpickling can run arbitrary code, so they are read with an
-unpickler that only accepts the handful of numpy names a CIFAR batch actually contains.
+unpickler that only accepts the handful of numpy names a CIFAR batch actually contains, and only in
+the way numpy itself uses them (so a 100-byte pickle cannot ask for a 3 GB array either).
+
+Everything here reads untrusted files: a damaged or hostile input is a `UserError`, never another
+exception, and memory stays bounded (size limits on files, archive members and decoded images).
+benchmarks/fuzz_readers.py and tests/test_fuzz.py check that.
 """
 
 from __future__ import annotations
@@ -13,12 +18,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import lzma
 import pickle
+import struct
 import tarfile
+import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -31,6 +41,15 @@ OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 OFFICIAL_DIRNAME = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 ARCHIVE_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".zip")
+# Limits that bound memory on hostile input, far above anything real: an official batch file is
+# 31 MB, a CIFAR image 1-3 KB, and the whole official set decodes to 180 MB.
+MAX_FILE_BYTES = 256 << 20  # one batch file, image or archive member
+MAX_ARCHIVE_BYTES = 2 << 30  # all the members of an archive that are read, together
+MAX_DECODE_PIXELS = 40_000_000  # an image larger than this (after JPEG draft scaling) is refused
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # what PIL may try (JPEG covers MPO)
+# What reading an archive can raise on damaged input, besides UserError.
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
+                  ValueError, zlib.error, lzma.LZMAError, NotImplementedError)
 
 
 @dataclass
@@ -60,8 +79,8 @@ def read_source(path: Path) -> RawData:
             return _read_zip(path)
         if name.endswith(ARCHIVE_SUFFIXES) or tarfile.is_tarfile(path):
             return _read_tar(path)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"corrupt or truncated archive {path}: {exc}") from exc
+    except ARCHIVE_ERRORS as exc:
+        raise UserError(f"corrupt or truncated archive {path}: {exc or type(exc).__name__}") from exc
     raise UserError(
         f"unsupported data source {path}: expected cifar-10-python.tar.gz, a cifar-10-batches-py "
         "folder, or an image folder (ROOT/train/<class>/*.png) or an archive of one"
@@ -72,13 +91,54 @@ def read_source(path: Path) -> RawData:
 # The official python format
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches and refuses everything else (no arbitrary code execution)."""
+_NDARRAY = object()  # stands for numpy.ndarray, which a pickle may name but never call
+
+
+def _reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
+    """numpy's `_reconstruct` as numpy pickles use it: an empty array that BUILD then fills from
+    the pickle's own bytes. Any other shape would allocate memory the file does not hold."""
+    if subtype is not _NDARRAY or shape != (0,):
+        raise pickle.UnpicklingError("unexpected array construction")
+    real = importlib.import_module("numpy._core.multiarray")._reconstruct
+    return real(np.ndarray, shape, dtype)
+
+
+def _encode(text: object, encoding: object = "utf-8") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles write bytes (latin1); no other codec."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("unexpected codecs.encode call")
+    return text.encode("latin1")
+
+
+class _BatchUnpickler(pickle._Unpickler):
+    """Unpickles CIFAR batches and refuses everything else (no arbitrary code execution).
+
+    It is the pure-Python unpickler: the C one sizes its memo table by the largest index a pickle
+    names, so 6 hostile bytes (LONG_BINPUT 667395525) make it allocate and clear 10 GB. And a
+    bytearray may not claim more bytes than the whole pickle holds.
+    """
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self._size = len(data)
+
+    def _load_bytearray8(self) -> None:
+        this: Any = self  # read, readinto and append are set per instance by the base class
+        (size,) = struct.unpack("<Q", this.read(8))
+        if size > self._size:
+            raise pickle.UnpicklingError(f"a bytearray claims {size} bytes in a {self._size}-byte "
+                                         "file")
+        buffer = bytearray(size)
+        this.readinto(buffer)
+        this.append(buffer)
+
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = {
+        **pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}
 
     ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),  # protocol 5; a view of the pickle's own bytes
         ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
@@ -88,6 +148,12 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if name == "_reconstruct":
+            return _reconstruct
+        if name == "ndarray":
+            return _NDARRAY
+        if name == "encode":
+            return _encode
         if module.startswith("numpy.core."):
             module = "numpy._core." + module.removeprefix("numpy.core.")
         return getattr(importlib.import_module(module), name)
@@ -96,12 +162,15 @@ class _BatchUnpickler(pickle.Unpickler):
 def load_batch(data: bytes, name: str) -> dict[str, object]:
     """Unpickle one batch file safely; keys come back as str."""
     try:
-        obj = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+        with warnings.catch_warnings():  # numpy deprecation notes about odd dtype arguments
+            warnings.simplefilter("ignore")
+            obj = _BatchUnpickler(data).load()
     except Exception as exc:  # any failure to unpickle is a bad file, never a crash
         raise UserError(f"{name} is not a valid CIFAR-10 batch file: {exc}") from exc
     if not isinstance(obj, dict):
         raise UserError(f"{name} is not a valid CIFAR-10 batch file (not a dict)")
-    return {k.decode() if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+    return {k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k): v
+            for k, v in obj.items()}
 
 
 def _batch_arrays(batch: dict[str, object], name: str, num_classes: int) -> tuple[np.ndarray, ...]:
@@ -145,11 +214,25 @@ def read_official_dir(path: Path) -> RawData:
     files = {}
     for name in ["batches.meta", *TRAIN_BATCHES, "test_batch"]:
         if (path / name).is_file():
-            try:
-                files[name] = (path / name).read_bytes()
-            except OSError as exc:
-                raise UserError(f"cannot read {path / name}: {exc.strerror}") from exc
+            files[name] = read_file(path / name)
     return _official_from_files(files, str(path))
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of one input file, refusing anything larger than MAX_FILE_BYTES."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    _check_size(len(data), str(path))
+    return data
+
+
+def _check_size(size: int, name: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"{name} is larger than {MAX_FILE_BYTES >> 20} MB: not a CIFAR file "
+                        "or image")
 
 
 def file_md5(path: Path) -> str:
@@ -165,13 +248,22 @@ def file_md5(path: Path) -> str:
 
 
 def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:
-    """Decode any PIL-readable image to 32x32 RGB uint8; also say whether it had to be resized."""
+    """Decode a PNG, JPEG, GIF, BMP, WebP or TIFF image to 32x32 RGB uint8; also say whether it had
+    to be resized. Images over MAX_DECODE_PIXELS are refused before they are decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # lets JPEG decode at reduced size
-            rgb = _to_rgb(img)
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise UserError(f"cannot decode image {name}: {exc}") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data" and such: the pixels are fine
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # lets JPEG decode at reduced size
+                width, height = img.size
+                if width * height > MAX_DECODE_PIXELS:
+                    raise UserError(f"image {name} is {width}x{height} pixels, larger than "
+                                    f"cifarlab decodes ({MAX_DECODE_PIXELS:,} pixels)")
+                rgb = _to_rgb(img)
+    except UserError:
+        raise
+    except Exception as exc:  # image parsers raise many types on damaged input; all mean "bad file"
+        raise UserError(f"cannot decode image {name}: {exc or type(exc).__name__}") from exc
     resized = rgb.size != (IMAGE_SIZE, IMAGE_SIZE)
     if resized:
         rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -205,7 +297,7 @@ def _parse_layout(paths: list[str], origin: str) -> dict[str, dict[str, list[str
         if len(parts) < 2:
             raise UserError(f"{origin}: image {p} is not inside a class folder")
         split = parts[-3] if with_split else "train"
-        layout.setdefault(split, {}).setdefault(parts[-2], []).append(p)
+        layout.setdefault(split, {}).setdefault(_display(parts[-2]), []).append(p)
     if "train" not in layout:
         raise UserError(f"{origin}: found a test/ folder but no train/ folder")
     if "test" in layout:
@@ -219,6 +311,12 @@ def _parse_layout(paths: list[str], origin: str) -> dict[str, dict[str, list[str
     if len(layout["train"]) < 2:
         raise UserError(f"{origin}: need at least 2 class folders, found {len(layout['train'])}")
     return layout
+
+
+def _display(name: str) -> str:
+    """A class name that can be printed: bytes of a folder name that were not UTF-8 are written
+    out as escapes (caf\\udce9), instead of failing later in print() or json."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _is_image(path: str) -> bool:
@@ -254,14 +352,7 @@ def read_image_folder(root: Path) -> RawData:
         if file.is_file():
             paths.append(file.relative_to(root).as_posix())
     layout = _parse_layout(paths, str(root))
-
-    def read(p: str) -> bytes:
-        try:
-            return (root / p).read_bytes()
-        except OSError as exc:
-            raise UserError(f"cannot read {root / p}: {exc.strerror}") from exc
-
-    return _decode_layout(layout, read, "image-folder")
+    return _decode_layout(layout, lambda p: read_file(root / p), "image-folder")
 
 
 def _read_tar(path: Path) -> RawData:
@@ -269,11 +360,14 @@ def _read_tar(path: Path) -> RawData:
     official = {"batches.meta", *TRAIN_BATCHES, "test_batch"}
     batch_files: dict[str, bytes] = {}
     images: dict[str, bytes] = {}
+    total = 0
     with tarfile.open(path, "r:*") as tar:
         for member in tar:
             base = PurePosixPath(member.name).name
             if not member.isfile() or not (base in official or _is_image(member.name)):
                 continue
+            total += member.size
+            _check_member(member.name, member.size, total, path)
             handle = tar.extractfile(member)
             data = handle.read() if handle else b""
             if base in official:
@@ -290,13 +384,40 @@ def _read_tar(path: Path) -> RawData:
     return _decode_layout(layout, images.__getitem__, "image-folder-archive")
 
 
+def _check_member(name: str, size: int, total: int, archive: Path) -> None:
+    _check_size(size, f"{archive}: member {name}")
+    if total > MAX_ARCHIVE_BYTES:
+        raise UserError(f"{archive} holds more than {MAX_ARCHIVE_BYTES >> 30} GB of images; "
+                        "extract it and pass the folder")
+
+
 def _read_zip(path: Path) -> RawData:
+    official = {"batches.meta", *TRAIN_BATCHES, "test_batch"}
     with zipfile.ZipFile(path) as archive:
-        names = [i.filename for i in archive.infolist() if not i.is_dir()]
-        if any(PurePosixPath(n).name == TRAIN_BATCHES[0] for n in names):
-            files = {PurePosixPath(n).name: archive.read(n) for n in names}
+        # (not ZipInfo.is_dir(), which raises IndexError on an empty member name)
+        infos = {i.filename: i for i in archive.infolist()
+                 if i.filename and not i.filename.endswith("/")}
+        if any(PurePosixPath(n).name == TRAIN_BATCHES[0] for n in infos):
+            wanted = [n for n in infos if PurePosixPath(n).name in official]
+            files = dict(zip((PurePosixPath(n).name for n in wanted),
+                             _read_members(archive, [infos[n] for n in wanted], path), strict=True))
             return _official_from_files(files, str(path))
-        layout = _parse_layout(names, str(path))
+        layout = _parse_layout(list(infos), str(path))
         wanted = [p for by_class in layout.values() for ps in by_class.values() for p in ps]
-        contents = {name: archive.read(name) for name in wanted}
+        contents = dict(zip(wanted, _read_members(archive, [infos[n] for n in wanted], path),
+                            strict=True))
     return _decode_layout(layout, contents.__getitem__, "image-folder-archive")
+
+
+def _read_members(archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], path: Path) -> list[bytes]:
+    """Read zip members within the size limits (zipfile stops at the declared size, so a member
+    that decompresses to more than it claims is cut off there and fails its CRC check)."""
+    out, total = [], 0
+    for info in infos:
+        total += info.file_size
+        _check_member(info.filename, info.file_size, total, path)
+        try:
+            out.append(archive.read(info))
+        except RuntimeError as exc:  # zipfile's word for an encrypted member
+            raise UserError(f"{path}: cannot read {info.filename}: {exc}") from exc
+    return out

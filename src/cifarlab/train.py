@@ -7,13 +7,20 @@ seconds. It writes the run directory after every epoch, each file atomically:
 
     config.json    everything needed to reproduce the run, with library versions
     metrics.csv    one row per epoch: the run's ledger
-    checkpoint.pt  model + optimizer + counters + RNG states: `--resume` continues exactly
+    checkpoint.pt  model + optimizer + counters: `--resume` continues exactly
     model.pt       final weights, class names, normalisation (what evaluate/predict load)
     summary.json   final figures
 
-Randomness is re-seeded from (seed, epoch) at every epoch start, and its state is saved with a
-mid-epoch checkpoint, so a resumed run on the CPU ends with the same numbers as an uninterrupted
-one.
+checkpoint.pt is rewritten after every epoch, every `checkpoint_every` steps if asked, and on
+Ctrl-C. Every random draw is seeded from (seed, epoch, step, rank), so a run resumed from any
+checkpoint, even after kill -9, replays the same shuffles, augmentations and dropout masks: on the
+CPU it ends with the same numbers as an uninterrupted run.
+
+Under torchrun each process trains on its share of every global batch with
+DistributedDataParallel; rank 0 alone evaluates, prints and writes (see distributed.py).
+
+    cifarlab train --recipe bn                                          # one process
+    torchrun --standalone --nproc-per-node 2 -m cifarlab train --recipe bn   # two, with DDP
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import platform
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -35,10 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cifarlab import __version__, checkpoint, fsio
-from cifarlab.data import Split, load_dataset, make_splits
+from cifarlab import __version__, checkpoint, distributed, fsio
+from cifarlab.data import Dataset, Split, load_dataset, make_splits
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, to_batch
 from cifarlab.models import Classifier, create_model
@@ -53,23 +61,32 @@ def available_cores() -> int:
 
     More threads than free cores is far worse than fewer: OpenMP threads spin-wait for each
     other, and two 2-thread trainings on 2 cores each run ~10x slower. Set CIFARLAB_THREADS=1
-    for a second job running beside a first.
+    for a second job running beside a first. Processes that torchrun starts on one machine share
+    its cores.
     """
     env = os.environ.get("CIFARLAB_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores // distributed.from_env().local_world_size)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device `name` means; under torchrun, `local_rank` picks this process's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but no CUDA GPU is available")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process {local_rank} has no GPU: this machine has "
+                            f"{torch.cuda.device_count()}; start at most that many per machine")
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 def new_run_dir(recipe: str, root: Path = Path("runs")) -> Path:
@@ -88,9 +105,11 @@ def versions() -> dict[str, str]:
             "processor": platform.processor() or platform.machine()}
 
 
-def seed_for(seed: int, epoch: int, stream: int) -> int:
-    """A distinct, reproducible seed per (run seed, epoch, random stream)."""
-    return (seed * 1_000_003 + epoch * 101 + stream) % (2**63)
+def seed_for(seed: int, *keys: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, step, stream, rank ...): a hash, so
+    nearby keys never share a seed (a linear mix would: epoch 1 step 0 = epoch 0 step 101)."""
+    state = np.random.SeedSequence([seed % 2**64, *keys]).generate_state(1, np.uint64)
+    return int(state[0] >> 1)  # torch seeds must fit in an int64
 
 
 def mean_std(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -116,17 +135,18 @@ class EpochState:
     correct: int = 0
     seen: int = 0
     seconds: float = 0.0
-    rng: dict[str, Any] = field(default_factory=dict)
 
 
 class _StopFlag:
     """SIGINT sets a flag that the loop checks between steps: a checkpoint is never half-updated.
 
-    A second Ctrl-C stops at once (Python's default behaviour).
+    A second Ctrl-C stops at once (Python's default behaviour). Under torchrun every process gets
+    the signal; only rank 0 (`announce`) says so.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.stop = False
+        self.announce = announce
         self._previous: Any = None
 
     def __enter__(self) -> _StopFlag:
@@ -140,8 +160,9 @@ class _StopFlag:
         if self.stop:
             raise KeyboardInterrupt
         self.stop = True
-        print("\ncifarlab: stopping after this step and saving a checkpoint "
-              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        if self.announce:
+            print("\ncifarlab: stopping after this step and saving a checkpoint "
+                  "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
@@ -174,14 +195,24 @@ def _metrics_csv(history: list[dict[str, Any]]) -> str:
 
 
 class Trainer:
-    """Owns one run: its data, model, optimizer and run directory."""
+    """Owns one run: its data, model, optimizer and run directory.
 
-    def __init__(self, config: TrainConfig, run_dir: Path, quiet: bool = False):
+    `checkpoint_every` K > 0 also saves a resumable checkpoint every K steps (each one costs a
+    write of model and optimizer state: a few MB for the seed models).
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: Path, quiet: bool = False,
+                 checkpoint_every: int = 0):
         validate(config)
-        self.config, self.run_dir, self.quiet = config, run_dir, quiet
-        self.device = pick_device(config.device)
+        if checkpoint_every < 0:
+            raise UserError("--checkpoint-every must be 0 (every epoch only) or a number of steps")
+        self.ctx = ctx = distributed.from_env()
+        self.config, self.run_dir, self.checkpoint_every = config, run_dir, checkpoint_every
+        self.quiet = quiet or not ctx.is_main  # rank 0 alone prints
+        self.device = pick_device(config.device, ctx.local_rank if ctx.enabled else None)
+        distributed.init(ctx, self.device)
         torch.set_num_threads(available_cores())
-        dataset = load_dataset(config.data, quiet=quiet)
+        dataset = self._load_dataset()
         config.data = str(dataset.source)
         self.classes = dataset.classes
         splits = make_splits(dataset, config.val_fraction, config.split_seed)
@@ -205,11 +236,39 @@ class Trainer:
         self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # What the training step calls: the model itself, or its DDP wrapper, which all-reduces
+        # gradients during backward. On GPUs BatchNorm is synchronised over the processes, so it
+        # normalises over the global batch; gloo has no SyncBatchNorm, so on the CPU each process
+        # normalises over its own share, and rank 0's running statistics are kept (DDP
+        # broadcasts them before every forward).
+        self.net: torch.nn.Module = self.model
+        if ctx.enabled:
+            if self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = _optimizer(config, self.model)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.epoch_state = EpochState()
         self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+        self.last_saved = "none yet"  # where the last good checkpoint stands, for error messages
+
+    def _load_dataset(self) -> Dataset:
+        """Local rank 0 of each machine decodes the data and fills the cache; the other processes
+        then read the cache. The all-reduce between is a barrier that also tells them whether the
+        load failed, so that they stop quietly with rank 0 instead of waiting for it."""
+        if not self.ctx.enabled:
+            return load_dataset(self.config.data, quiet=self.quiet)
+        dataset, error = None, None
+        if self.ctx.local_rank == 0:
+            try:
+                dataset = load_dataset(self.config.data, quiet=self.quiet)
+            except UserError as exc:
+                error = exc
+        if distributed.all_sum([error is not None], self.device)[0]:
+            raise error or UserError("another process could not load the data")
+        return dataset or load_dataset(self.config.data, quiet=True)
 
     # --------------------------------------------------------------------------------------
     # Checkpoints
@@ -219,23 +278,44 @@ class Trainer:
             "format": checkpoint.CHECKPOINT_FORMAT, "version": 1,
             "config": self.config.to_dict(), "classes": self.classes,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "epoch": epoch, "history": self.history,
+            "epoch": epoch, "history": self.history, "checkpoint_every": self.checkpoint_every,
             "epoch_state": {"step": state.step, "loss_sum": state.loss_sum,
                             "correct": state.correct, "seen": state.seen,
-                            "seconds": state.seconds, "rng": state.rng},
+                            "seconds": state.seconds},
         }
 
     def save_checkpoint(self, epoch: int, state: EpochState) -> None:
-        checkpoint.save(self.run_dir / checkpoint.CHECKPOINT_FILE, self._checkpoint(epoch, state))
+        """Rank 0 writes checkpoint.pt atomically; weights that went non-finite are never saved,
+        so the file on disk is always the last good state."""
+        where = f"epoch {epoch + 1}, step {state.step}" if state.step else f"end of epoch {epoch}"
+        # Every process checks (their weights are identical), so all of them stop together.
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingError(
+                f"the weights became non-finite at {where}; the last good checkpoint "
+                f"({self.last_saved}) is in {self.run_dir}. Try a lower --lr.")
+        if self.ctx.is_main:
+            checkpoint.save(self.run_dir / checkpoint.CHECKPOINT_FILE,
+                            self._checkpoint(epoch, state))
+        self.last_saved = where
 
     def restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.history = list(saved["history"])
-        self.start_epoch = int(saved["epoch"])
-        es = saved["epoch_state"]
-        self.epoch_state = EpochState(int(es["step"]), float(es["loss_sum"]), int(es["correct"]),
-                                      int(es["seen"]), float(es["seconds"]), dict(es["rng"]))
+        """Continue from a checkpoint; one that does not fit this run is a UserError."""
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.history = [dict(row) for row in saved["history"]]
+            self.start_epoch = int(saved["epoch"])
+            es = saved["epoch_state"]
+            self.epoch_state = EpochState(int(es["step"]), float(es["loss_sum"]),
+                                          int(es["correct"]), int(es["seen"]),
+                                          float(es["seconds"]))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"the checkpoint in {self.run_dir} does not fit this run "
+                            f"({first_line})") from exc
+        state = self.epoch_state
+        self.last_saved = (f"epoch {self.start_epoch + 1}, step {state.step}" if state.step
+                           else f"end of epoch {self.start_epoch}")
 
     # --------------------------------------------------------------------------------------
     # The loop
@@ -244,41 +324,44 @@ class Trainer:
         record = {"config": self.config.to_dict(), "classes": self.classes,
                   "train_images": len(self.train_split), "val_images": len(self.val_split),
                   "device": str(self.device), "threads": torch.get_num_threads(),
-                  "versions": versions(), "command": " ".join(sys.argv)}
+                  "processes": self.ctx.world_size, "versions": versions(),
+                  "command": " ".join(sys.argv)}
         fsio.write_json(self.run_dir / "config.json", record)
 
     def fit(self) -> dict[str, Any]:
-        config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.write_config()
+        config, main = self.config, self.ctx.is_main
+        if main:
+            fsio.make_dir(self.run_dir)
+            for stale in self.run_dir.glob(".*.tmp"):  # left by a write that kill -9 cut short
+                stale.unlink(missing_ok=True)
+            self.write_config()
         self._print_header()
-        with _StopFlag() as flag:
+        with _StopFlag(announce=main) as flag:
             for epoch in range(self.start_epoch, config.epochs):
                 state = self.epoch_state if epoch == self.start_epoch else EpochState()
                 row = self._train_epoch(epoch, state, flag)
                 self.history.append(row)
                 self.save_checkpoint(epoch + 1, EpochState())
-                fsio.write_text(self.run_dir / "metrics.csv", _metrics_csv(self.history))
+                if main:
+                    fsio.write_text(self.run_dir / "metrics.csv", _metrics_csv(self.history))
                 self._print_row(row)
-                if flag.stop and epoch + 1 < config.epochs:
+                stop = distributed.all_sum([flag.stop], self.device)[0] > 0  # all agree
+                if stop and epoch + 1 < config.epochs:
                     raise Interrupted(self.run_dir)
         summary = self.summary()
-        checkpoint.save(self.run_dir / checkpoint.MODEL_FILE, checkpoint.model_record(
-            self.model, config.model, self.classes, config.to_dict(), summary))
-        fsio.write_json(self.run_dir / "summary.json", summary)
+        if main:
+            checkpoint.save(self.run_dir / checkpoint.MODEL_FILE, checkpoint.model_record(
+                self.model, config.model, self.classes, config.to_dict(), summary))
+            fsio.write_json(self.run_dir / "summary.json", summary)
         return summary
 
     def _train_epoch(self, epoch: int, state: EpochState, flag: _StopFlag) -> dict[str, Any]:
-        config, model = self.config, self.model
+        config, ctx, batch = self.config, self.ctx, self.config.batch_size
         n, steps = len(self.train_split), self.steps_per_epoch
+        # The same global order on every process; each takes every world_size-th image of a batch.
         order = torch.randperm(n, generator=torch.Generator().manual_seed(
-            seed_for(config.seed, epoch, 0))).to(self.device)
-        aug_gen = torch.Generator().manual_seed(seed_for(config.seed, epoch, 1))
-        torch.manual_seed(seed_for(config.seed, epoch, 2))  # dropout
-        if state.rng:  # continuing an interrupted epoch: restore the streams exactly
-            aug_gen.set_state(state.rng["augment"])
-            torch.set_rng_state(state.rng["torch"])
-        model.train()
+            seed_for(config.seed, epoch))).to(self.device)
+        self.net.train()
         started = time.perf_counter() - state.seconds
         bar = tqdm(total=steps, initial=state.step, desc=f"epoch {epoch + 1}/{config.epochs}",
                    unit="step", leave=False, disable=self.quiet, file=sys.stderr,
@@ -286,51 +369,71 @@ class Trainer:
         use_amp = self.device.type == "cuda"
         with bar:
             for step in range(state.step, steps):
-                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-                if len(idx) < 2:  # a batch of one breaks BatchNorm; it is one image in 50,000
+                idx = order[step * batch:(step + 1) * batch]
+                if len(idx) < 2 * ctx.world_size:  # a batch of one breaks BatchNorm (1 in 50,000)
                     continue
-                images = to_batch(self.train_images[idx], self.device)
-                labels = self.train_labels[idx]
+                mine = idx[ctx.rank::ctx.world_size]  # this process's share of the global batch
+                images = to_batch(self.train_images[mine], self.device)
+                labels = self.train_labels[mine]
+                # Seeded per step, not carried over: a resume at any step draws the same numbers.
                 if config.augment.active:
-                    images = config.augment(images, aug_gen)
+                    images = config.augment(images, torch.Generator().manual_seed(
+                        seed_for(config.seed, epoch, step, 1, ctx.rank)))
+                torch.manual_seed(seed_for(config.seed, epoch, step, 2, ctx.rank))  # dropout
                 lr = lr_at(config, (epoch * steps + step) / (config.epochs * steps))
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(images)
+                    logits = self.net(images)
                     loss = F.cross_entropy(logits.float(), labels,
                                            label_smoothing=config.label_smoothing)
+                # DDP averages gradients over processes. Weighting each process's mean loss by its
+                # share of the batch makes that average the gradient of the global batch's mean
+                # loss, as one process would compute it, even when the batch splits unevenly.
+                share = len(mine) * ctx.world_size / len(idx)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * share).backward()
                 self.optimizer.step()
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
+                # One small all-reduce gives every process the global sums and the stop flag, so
+                # all of them report the same loss, stop on NaN at the same step, and stop on
+                # Ctrl-C at the same step.
+                loss_sum, correct, seen, stop = distributed.all_sum(
+                    [loss.item() * len(mine), int((logits.argmax(1) == labels).sum()), len(mine),
+                     flag.stop], self.device)
+                if not math.isfinite(loss_sum):
                     raise TrainingError(
-                        f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; the last "
-                        f"good checkpoint (end of epoch {epoch}) is in {self.run_dir}. "
+                        f"loss became {loss_sum / seen} at epoch {epoch + 1}, step {step + 1}; "
+                        f"the last good checkpoint ({self.last_saved}) is in {self.run_dir}. "
                         "Try a lower --lr.")
-                state.loss_sum += loss_value * len(idx)
-                state.correct += int((logits.argmax(1) == labels).sum())
-                state.seen += len(idx)
+                state.loss_sum += loss_sum
+                state.correct += int(correct)
+                state.seen += int(seen)
                 state.step = step + 1
                 bar.update(1)
                 if step % 20 == 0 or step + 1 == steps:
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
                                     acc=f"{state.correct / state.seen:.4f}", refresh=False)
-                if flag.stop and step + 1 < steps:
+                every = self.checkpoint_every
+                if (stop or (every and state.step % every == 0)) and step + 1 < steps:
                     state.seconds = time.perf_counter() - started
-                    state.rng = {"augment": aug_gen.get_state(), "torch": torch.get_rng_state()}
                     self.save_checkpoint(epoch, state)
-                    raise Interrupted(self.run_dir)
+                    if stop:
+                        raise Interrupted(self.run_dir)
         train_seconds = time.perf_counter() - started
-        clean = evaluate_split(model, self.clean_split, self.device)
-        val = evaluate_split(model, self.val_split, self.device)
+        # Rank 0 evaluates on the full sets, exactly as one process would; the others wait for
+        # its numbers.
+        scores = [0.0, 0.0, 0.0]
+        if ctx.is_main:
+            clean = evaluate_split(self.model, self.clean_split, self.device)
+            val = evaluate_split(self.model, self.val_split, self.device)
+            scores = [clean["accuracy"], val["loss"], val["accuracy"]]
+        clean_acc, val_loss, val_acc = distributed.from_main(scores, self.device)
         return {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / max(1, state.seen),
             "train_acc": state.correct / max(1, state.seen),
-            "train_acc_clean": clean["accuracy"],
-            "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": lr_at(
+            "train_acc_clean": clean_acc,
+            "val_loss": val_loss, "val_acc": val_acc, "lr": lr_at(
                 config, (epoch + 1) * steps / (config.epochs * steps) - 1e-9),
             "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         }
@@ -349,6 +452,7 @@ class Trainer:
             "train_images_per_second": len(self.train_split) * len(self.history)
             / max(1e-9, sum(r["train_seconds"] for r in self.history)),
             "device": str(self.device), "threads": torch.get_num_threads(),
+            "processes": self.ctx.world_size,
         }
 
     # --------------------------------------------------------------------------------------
@@ -360,7 +464,8 @@ class Trainer:
         c = self.config
         print(f"recipe {c.recipe} (model {c.model}): {len(self.train_split)} train / "
               f"{len(self.val_split)} val images, {c.epochs} epochs of {self.steps_per_epoch} "
-              f"steps, batch {c.batch_size}, {self.device} x{torch.get_num_threads()} threads")
+              f"steps, batch {c.batch_size}, {self.device} x{torch.get_num_threads()} threads"
+              + (f" x{self.ctx.world_size} processes" if self.ctx.enabled else ""))
         print(f"run directory: {self.run_dir}")
         print(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'clean_acc':>9} "
               f"{'val_loss':>8} {'val_acc':>7} {'lr':>8} {'seconds':>7} {'eta':>7}", flush=True)
@@ -376,29 +481,38 @@ class Trainer:
               f"{row['lr']:>8.1e} {row['seconds']:>7.1f} {eta:>7}", flush=True)
 
 
-def train(config: TrainConfig, out: Path | None = None, quiet: bool = False) -> dict[str, Any]:
+def train(config: TrainConfig, out: Path | None = None, quiet: bool = False,
+          checkpoint_every: int = 0) -> dict[str, Any]:
     """Train a new run; returns its summary. The Python form of `cifarlab train`."""
     run_dir = out or new_run_dir(config.recipe)
     if (run_dir / checkpoint.CHECKPOINT_FILE).exists():
         raise UserError(f"{run_dir} already holds a run; use --resume, or another --out")
-    trainer = Trainer(config, run_dir, quiet=quiet)
-    return trainer.fit()
+    with distributed.owned_group():
+        return Trainer(config, run_dir, quiet=quiet, checkpoint_every=checkpoint_every).fit()
 
 
-def resume(run_dir: Path, quiet: bool = False, device: str | None = None) -> dict[str, Any]:
+def resume(run_dir: Path, quiet: bool = False, device: str | None = None,
+           checkpoint_every: int | None = None) -> dict[str, Any]:
     """Continue an interrupted run from its checkpoint to the same final state."""
-    saved = checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE, checkpoint.CHECKPOINT_FORMAT)
-    config = TrainConfig.from_dict(saved["config"])
+    path = run_dir / checkpoint.CHECKPOINT_FILE
+    saved = checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT)
+    try:
+        config = TrainConfig.from_dict(saved["config"])
+        done = int(saved["epoch"])
+        every = int(saved.get("checkpoint_every", 0)) if checkpoint_every is None else checkpoint_every
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is damaged: {type(exc).__name__}: {exc}") from exc
     if device is not None:
         config.device = device
-    if int(saved["epoch"]) >= config.epochs and (run_dir / checkpoint.MODEL_FILE).exists():
+    if done >= config.epochs and (run_dir / checkpoint.MODEL_FILE).exists():
         raise UserError(f"{run_dir} is already complete ({config.epochs} epochs)")
-    trainer = Trainer(config, run_dir, quiet=quiet)
-    trainer.restore(saved)
-    if not quiet:
-        state = trainer.epoch_state
-        print(f"resuming {run_dir} at epoch {trainer.start_epoch + 1}, step {state.step + 1}")
-    return trainer.fit()
+    with distributed.owned_group():
+        trainer = Trainer(config, run_dir, quiet=quiet, checkpoint_every=every)
+        trainer.restore(saved)
+        if not trainer.quiet:
+            state = trainer.epoch_state
+            print(f"resuming {run_dir} at epoch {trainer.start_epoch + 1}, step {state.step + 1}")
+        return trainer.fit()
 
 
 def latest_run(root: Path = Path("runs")) -> Path:

@@ -1,0 +1,470 @@
+"""Fuzz the data and checkpoint readers with malformed input; print how many inputs were tried.
+
+Every input must either load correctly or raise cifarlab's `UserError`. Any other exception, a hang
+(more than --timeout seconds on one input) or a jump in peak memory (more than --max-mb) is a
+finding: it is printed and the input saved under --out. The seeds are valid files of every kind
+cifarlab reads (batch pickles, images in many modes and formats, .tgz/.tar/.zip image folders and
+official sets, folders, checkpoints); each trial either mutates a seed (truncate, flip bits,
+overwrite, insert, delete, splice) or builds a hostile input (random bytes, wrong shapes, dtypes and
+labels, allocation bombs in pickles, gzip/zip/PNG bombs, symlink loops, non-UTF-8 names, FIFOs).
+
+    CIFARLAB_THREADS=1 .venv/bin/python benchmarks/fuzz_readers.py --seconds 120
+    CIFARLAB_THREADS=1 .venv/bin/python benchmarks/fuzz_readers.py --targets image --seconds 30
+
+Exit status 1 if anything was found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import faulthandler
+import gzip
+import io
+import os
+import pickle
+import random
+import resource
+import shutil
+import signal
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cifarlab import checkpoint, sources
+from cifarlab.data import load_dataset
+from cifarlab.errors import UserError
+
+TARGETS = ("batch", "image", "archive", "folder", "checkpoint")
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise Hang
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds and hostile inputs
+
+
+def batch_pickle(n: int, rng: random.Random, protocol: int = 2) -> bytes:
+    data = np.frombuffer(rng.randbytes(n * 3072), np.uint8).reshape(n, 3072)
+    labels = [rng.randrange(10) for _ in range(n)]
+    return pickle.dumps({b"batch_label": b"x", b"labels": labels, b"data": data}, protocol=protocol)
+
+
+def odd_batch(rng: random.Random) -> bytes:
+    """A well-formed pickle of the wrong thing: shapes, dtypes, labels, types."""
+    n = rng.choice([0, 1, 2, 5])
+    dtype = rng.choice([np.uint8, np.uint8, np.int64, np.float32, np.bool_, np.uint16, object])
+    shape = rng.choice([(n, 3072), (n, 3, 32, 32), (n, 100), (3072,), (n, 3072, 1), ()])
+    data: Any = np.zeros(shape, dtype=dtype) if dtype is not object else np.empty(shape, object)
+    labels: Any = rng.choice([
+        [rng.randrange(-3, 13) for _ in range(n)], list(range(n + 1)), [str(i) for i in range(n)],
+        [1.5] * n, np.zeros((n, 2), np.int64), [2**70] * n, None, "labels", [[1]] * n,
+        np.arange(n, dtype=np.float64), [True] * n])
+    keys = rng.choice([(b"data", b"labels"), ("data", "labels"), (b"data",), (1, 2)])
+    obj: Any = dict(zip(keys, (data, labels), strict=False))
+    obj = rng.choice([obj, obj, obj, [data], "not a dict", 42, None, {b"data": obj}])
+    return pickle.dumps(obj, protocol=rng.choice([2, 4, 5]))
+
+
+class Call:
+    """Pickles as a call of `func(*args)`: how a hostile pickle asks for anything."""
+
+    def __init__(self, func: Any, *args: Any):
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.func, self.args
+
+
+def crafted_pickles() -> list[bytes]:
+    """Pickles that try to allocate far more than their size, or to run code."""
+    from numpy._core.multiarray import _reconstruct
+
+    n = 10**6  # 3 GB of images from a pickle of a few hundred bytes
+    huge = Call(_reconstruct, np.ndarray, (n, 3072), b"B")
+    huge_labels = Call(_reconstruct, np.ndarray, (n,), b"b")
+    return [pickle.dumps(obj, 2) for obj in (
+        {b"data": huge, b"labels": huge_labels},
+        {b"data": Call(np.ndarray, (n, 3072), np.uint8), b"labels": Call(np.ndarray, (n,))},
+        {b"data": Call(__import__("_codecs").encode, "abc", "zlib")},
+        Call(os.system, "echo pwned"), Call(eval, "1+1"),
+    )] + [pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}, 5)[:-20], b"",
+          b"\x80\x02Nr" + (667395525).to_bytes(4, "little") + b".",  # a 10 GB memo index
+          b"\x80\x05\x96" + (2**31).to_bytes(8, "little") + b"\0" * 16 + b"."]  # 2 GB bytearray
+
+
+def _save(img: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def image_seeds(rng: random.Random) -> list[bytes]:
+    base = Image.fromarray(np.frombuffer(rng.randbytes(40 * 48 * 3), np.uint8).reshape(40, 48, 3))
+    seeds = []
+    for mode in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "I", "I;16", "I;16B"):
+        img = base.convert("L").convert(mode) if mode.startswith("I") else base.convert(mode)
+        if mode == "P":
+            img.info["transparency"] = 3
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            seeds.append(_save(img, "PNG"))
+    for mode, fmt in (("CMYK", "JPEG"), ("L", "JPEG"), ("RGB", "JPEG"), ("CMYK", "TIFF"),
+                      ("LAB", "TIFF"), ("F", "TIFF"), ("YCbCr", "TIFF"), ("I;16", "TIFF"),
+                      ("RGB", "GIF"), ("P", "GIF"), ("RGB", "BMP"), ("RGBA", "WEBP"),
+                      ("RGB", "TGA"), ("1", "BMP")):
+        try:
+            img = base.convert("L").convert(mode) if mode.startswith(("I", "F")) else base.convert(mode)
+            seeds.append(_save(img, fmt))
+        except (OSError, ValueError, KeyError):
+            pass
+    seeds += [_save(Image.new("RGB", (1, 1)), "PNG"), _save(Image.new("RGB", (3000, 2)), "PNG"),
+              png_bomb(30000, 30000), png_bomb(2**31 - 1, 1), png_bomb(0, 5), b""]
+    return seeds
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels, with almost no pixel data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (len(body).to_bytes(4, "big") + kind + body
+                + zlib.crc32(kind + body).to_bytes(4, "big"))
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def image_folder_files(rng: random.Random, images: list[bytes]) -> dict[str, bytes]:
+    files = {}
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            for i in range(2):
+                files[f"root/{split}/{cls}/{i}.png"] = rng.choice(images[:6])
+    return files
+
+
+def official_files(rng: random.Random) -> dict[str, bytes]:
+    meta = pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}, 2)
+    files = {f"cifar-10-batches-py/data_batch_{i}": batch_pickle(2, rng) for i in range(1, 6)}
+    files["cifar-10-batches-py/test_batch"] = batch_pickle(2, rng)
+    files["cifar-10-batches-py/batches.meta"] = meta
+    return files
+
+
+def tar_bytes(files: dict[str, bytes], mode: str = "w:gz", extra: Callable[[tarfile.TarFile], None]
+              | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:  # type: ignore[call-overload]
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if extra:
+            extra(tar)
+    return buffer.getvalue()
+
+
+def zip_bytes(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def hostile_tar(tar: tarfile.TarFile) -> None:
+    """Symlinks, hard links, a loop, a directory named like an image, a device, a FIFO."""
+    for name, kind, target in (("root/train/cat/link.png", tarfile.SYMTYPE, "../dog/0.png"),
+                               ("root/train/cat/loop.png", tarfile.SYMTYPE, "loop.png"),
+                               ("root/train/cat/abs.png", tarfile.SYMTYPE, "/etc/passwd"),
+                               ("root/train/dog/hard.png", tarfile.LNKTYPE, "root/train/cat/0.png"),
+                               ("root/train/cat/dir.png", tarfile.DIRTYPE, ""),
+                               ("root/train/cat/fifo.png", tarfile.FIFOTYPE, ""),
+                               ("root/train/cat/dev.png", tarfile.CHRTYPE, "")):
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = kind, target
+        tar.addfile(info)
+
+
+def archive_seeds(rng: random.Random, images: list[bytes]) -> list[tuple[str, bytes]]:
+    folder = image_folder_files(rng, images)
+    official = official_files(rng)
+    bomb_member = {"root/train/cat/0.png": b"\0" * (300 << 20), "root/train/dog/0.png": images[0]}
+    latin1 = {n.replace("cat", "caf\udce9"): d for n, d in folder.items()}  # non-UTF-8 bytes
+    zip_lying = bytearray(zip_bytes(folder, zipfile.ZIP_STORED))
+    zip_bomb = zip_bytes({"root/train/cat/0.png": b"\0" * (300 << 20), "root/train/dog/0.png":
+                          images[0]})
+    unsupported = bytearray(zip_bytes(folder))
+    for offset in _find_all(bytes(unsupported), b"PK\x03\x04") + _find_all(bytes(unsupported),
+                                                                          b"PK\x01\x02"):
+        field = offset + (8 if unsupported[offset + 2] == 3 else 10)
+        unsupported[field:field + 2] = (9).to_bytes(2, "little")  # deflate64: not in zipfile
+    encrypted = bytearray(zip_bytes(folder))
+    for offset in _find_all(bytes(encrypted), b"PK\x01\x02"):
+        encrypted[offset + 8] |= 1
+    for offset in _find_all(bytes(zip_lying), b"PK\x01\x02"):  # claim 4 GB uncompressed
+        zip_lying[offset + 24:offset + 28] = (2**32 - 1).to_bytes(4, "little")
+    return [
+        ("x.tgz", tar_bytes(folder)), ("x.tar", tar_bytes(folder, "w")),
+        ("x.tar.gz", tar_bytes(official)), ("x.zip", zip_bytes(folder)),
+        ("x.zip", zip_bytes(official)), ("x.tgz", tar_bytes(folder, extra=hostile_tar)),
+        ("x.tar", tar_bytes(folder, "w:xz")), ("x.tar", tar_bytes(folder, "w:bz2")),
+        ("x.tgz", tar_bytes(bomb_member)), ("x.zip", zip_bomb), ("x.tgz", tar_bytes(latin1)),
+        ("x.zip", bytes(zip_lying)), ("x.zip", bytes(unsupported)), ("x.zip", bytes(encrypted)),
+        ("x.tgz", gzip.compress(b"\0" * (64 << 20))), ("x.tgz", b""), ("x.bin", b""),
+        ("x.zip", b"PK\x05\x06" + b"\0" * 18),
+    ]
+
+
+def _find_all(data: bytes, needle: bytes) -> list[int]:
+    found, start = [], data.find(needle)
+    while start >= 0:
+        found.append(start)
+        start = data.find(needle, start + 1)
+    return found
+
+
+def checkpoint_seed() -> bytes:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.zeros(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save({"format": checkpoint.CHECKPOINT_FORMAT, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": 1, "history": [{"a": 1.0}],
+                "config": {"epochs": 2}, "classes": ["a", "b"]}, buffer)
+    return buffer.getvalue()
+
+
+def mutate(data: bytes, rng: random.Random, corpus: list[bytes]) -> bytes:
+    """One to three random edits of `data`."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.randrange(7)
+        if not out or kind == 0:
+            out = bytearray(rng.randbytes(rng.randrange(0, 4096)))
+        elif kind == 1:
+            del out[rng.randrange(len(out)):]
+        elif kind == 2:
+            for _ in range(rng.randint(1, 8)):
+                out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+        elif kind == 3:
+            pos = rng.randrange(len(out))
+            value = rng.choice([b"\xff" * 4, b"\0" * 4, b"\x7f\xff\xff\xff", b"\x80", rng.randbytes(8)])
+            out[pos:pos + len(value)] = value
+        elif kind == 4:
+            pos = rng.randrange(len(out) + 1)
+            out[pos:pos] = rng.randbytes(rng.randrange(1, 64))
+        elif kind == 5:
+            pos = rng.randrange(len(out))
+            del out[pos:pos + rng.randrange(1, 256)]
+        else:
+            other = rng.choice(corpus or [data])
+            cut = rng.randrange(len(out) + 1)
+            out = out[:cut] + other[rng.randrange(len(other) + 1):]
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets: each takes the trial's random generator and scratch folder, and calls one reader
+
+
+class Fuzzer:
+    def __init__(self, scratch: Path, seed: int):
+        self.scratch, self.rng = scratch, random.Random(seed)
+        self.pending, self.last_input = scratch / "pending-input.bin", b""
+        self.images = image_seeds(self.rng)
+        self.batches = [batch_pickle(2, self.rng, p) for p in (2, 4, 5)] + crafted_pickles()
+        self.archives = archive_seeds(self.rng, self.images)
+        self.checkpoints = [checkpoint_seed()]
+        self.folder_layouts = [image_folder_files(self.rng, self.images)]
+
+    def batch(self) -> None:
+        roll = self.rng.random()
+        if roll < 0.3:
+            data = odd_batch(self.rng)
+        elif roll < 0.4:
+            data = self.rng.choice(self.batches)
+        else:
+            data = mutate(self.rng.choice(self.batches), self.rng, self.batches)
+        self._record(data)
+        raw = sources.load_batch(data, "fuzz")
+        sources._batch_arrays(raw, "fuzz", 10)
+
+    def image(self) -> None:
+        seed = self.rng.choice(self.images)
+        data = seed if self.rng.random() < 0.1 else mutate(seed, self.rng, self.images)
+        self._record(data)
+        array, _ = sources.decode_image(data, "fuzz.png")
+        assert array.shape == (32, 32, 3) and array.dtype == np.uint8, array.shape
+
+    def archive(self) -> None:
+        name, data = self.rng.choice(self.archives)
+        roll = self.rng.random()
+        if roll < 0.15:
+            pass  # the seed itself
+        elif roll < 0.5 and data[:2] == b"\x1f\x8b" and len(data) < 100_000:
+            # mutate the tar inside the gzip, so the tar parser sees the damage
+            data = gzip.compress(mutate(gzip.decompress(data), self.rng, []), compresslevel=1)
+        elif roll < 0.6:
+            name = self.rng.choice(["x.tgz", "x.zip", "x.tar", "x.bin", "x.tar.gz"])
+        else:
+            data = mutate(data, self.rng, [d for _, d in self.archives[:5]])
+        self._record(data)
+        path = self.scratch / name
+        path.write_bytes(data)
+        self._check(sources.read_source(path))
+
+    def folder(self) -> None:
+        root = self.scratch / "tree"
+        shutil.rmtree(root, ignore_errors=True)
+        if self.rng.random() < 0.3:  # an official folder with one damaged batch
+            files = {k.split("/", 1)[1]: v for k, v in official_files(self.rng).items()}
+            victim = self.rng.choice(sorted(files))
+            files[victim] = mutate(files[victim], self.rng, self.batches)
+        else:
+            files = {k.split("/", 1)[1]: v for k, v in self.folder_layouts[0].items()}
+            for name in self.rng.sample(sorted(files), self.rng.randint(0, 3)):
+                files[name] = mutate(files[name], self.rng, self.images)
+        for name, data in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+        cls = root / "train" / "cat"
+        if cls.is_dir():
+            self._hostile_entries(cls)
+        self._record(repr(sorted(files)).encode())
+        # through load_dataset: its cache key hashes every file name in the tree
+        dataset = load_dataset(root, quiet=True, use_cache=False)
+        self._check(sources.RawData(dataset.kind, dataset.classes,
+                                    {k: v.images for k, v in dataset.splits.items()},
+                                    {k: v.labels for k, v in dataset.splits.items()}))
+
+    def _hostile_entries(self, folder: Path) -> None:
+        for number in range(self.rng.randint(0, 3)):
+            kind = self.rng.randrange(7)
+            name = f"h{number}.png"
+            target = folder / name
+            if kind == 0:
+                target.symlink_to(name)  # a loop onto itself
+            elif kind == 1:
+                (folder / f"loop{number}").symlink_to("..")  # a folder loop
+            elif kind == 2:
+                target.write_bytes(b"")
+            elif kind == 3:
+                os.mkfifo(target)
+            elif kind == 4:
+                raw = os.fsencode(folder) + b"/\xff\xfe" + name.encode()  # not UTF-8
+                with open(raw, "wb") as handle:
+                    handle.write(self.rng.choice(self.images[:6]))
+            elif kind == 5:
+                target.symlink_to("/nonexistent/x.png")
+            else:
+                os.makedirs(os.fsencode(folder.parent) + b"/caf\xe9", exist_ok=True)
+
+    def checkpoint(self) -> None:
+        data = mutate(self.rng.choice(self.checkpoints), self.rng, self.checkpoints)
+        self._record(data)
+        path = self.scratch / "checkpoint.pt"
+        path.write_bytes(data)
+        checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT)
+
+    def _record(self, data: bytes) -> None:
+        """Keep the input about to be tried, on disk too: a hang in C code ends the process."""
+        self.last_input = data
+        self.pending.write_bytes(data)
+
+    @staticmethod
+    def _check(raw: sources.RawData) -> None:
+        """A load that succeeds must be a correct one."""
+        assert raw.classes and "train" in raw.images, raw.classes
+        for split, images in raw.images.items():
+            assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3), images.shape
+            labels = raw.labels[split]
+            assert labels.shape == (len(images),) and labels.min() >= 0
+            assert labels.max() < len(raw.classes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60, help="total time (default: 60)")
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=10, help="seconds one input may take")
+    parser.add_argument("--max-mb", type=float, default=300, help="peak memory growth allowed")
+    parser.add_argument("--out", type=Path, default=Path("fuzz-findings"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    sources.warn = lambda message: None  # "N images were resized" on every other input
+    signal.signal(signal.SIGALRM, _alarm)
+    scratch = Path(tempfile.mkdtemp(prefix="cifarlab-fuzz-", dir="/dev/shm"
+                                    if os.path.isdir("/dev/shm") else None))
+    fuzzer = Fuzzer(scratch, args.seed)
+    print(f"fuzzing {', '.join(args.targets)} for {args.seconds:.0f} s; if a hang kills this run, "
+          f"the input is {fuzzer.pending}", flush=True)
+    counts: dict[str, collections.Counter[str]] = {t: collections.Counter() for t in args.targets}
+    findings: list[str] = []
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    deadline = time.monotonic() + args.seconds
+    try:
+        while time.monotonic() < deadline:
+            for target in args.targets:
+                fuzzer.last_input, detail = b"", ""
+                signal.setitimer(signal.ITIMER_REAL, args.timeout)
+                # A hang in C code ignores SIGALRM: dump the stack and exit; the input that
+                # hung is then in fuzzer.pending (printed at the start).
+                faulthandler.dump_traceback_later(args.timeout * 3, exit=True)
+                try:
+                    getattr(fuzzer, target)()
+                    outcome = "loaded"
+                except UserError:
+                    outcome = "UserError"
+                except Hang:
+                    outcome = "HANG"
+                except Exception as exc:  # a finding: anything but UserError
+                    outcome = f"{type(exc).__name__}"
+                    detail = traceback.format_exc(limit=-3)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    faulthandler.cancel_dump_traceback_later()
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                if peak - baseline > args.max_mb:
+                    outcome, detail = "MEMORY", f"peak memory grew by {peak - baseline:.0f} MB"
+                    baseline = peak
+                counts[target]["tried"] += 1
+                counts[target][outcome] += 1
+                if outcome not in ("loaded", "UserError"):
+                    args.out.mkdir(exist_ok=True)
+                    file = args.out / f"{target}-{len(findings)}.bin"
+                    file.write_bytes(fuzzer.last_input)
+                    findings.append(f"{target}: {outcome} ({file})\n{detail if outcome != 'HANG' else ''}")
+                    print(findings[-1], file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    total = sum(c["tried"] for c in counts.values())
+    print(f"{total} inputs tried in {args.seconds:.0f} s (seed {args.seed}):")
+    for target, c in counts.items():
+        others = {k: v for k, v in c.items() if k not in ("tried", "loaded", "UserError")}
+        print(f"  {target:<10} {c['tried']:>7} tried, {c['loaded']:>6} loaded, "
+              f"{c['UserError']:>6} UserError, findings: {others or 'none'}")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

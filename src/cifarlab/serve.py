@@ -1,0 +1,263 @@
+"""A web demo and JSON API for one model: `cifarlab serve RUN [--host 127.0.0.1] [--port 8000]`.
+
+    cifarlab serve runs/base-20261122-101500
+    curl --data-binary @cat.jpg http://127.0.0.1:8000/predict
+    curl -F file=@cat.jpg 'http://127.0.0.1:8000/predict?top_k=3'
+
+FastAPI + uvicorn rather than Gradio: the upload path has to refuse a 50 MB body before reading it
+and a decompression bomb before decoding it, which needs control of the raw request stream; FastAPI
+gives that plus an OpenAPI description for free, in a few small, well-kept packages, and the page
+is one self-contained HTML file (`serve_page.py`). fastapi/uvicorn are imported inside functions:
+`cifarlab train` must not need them.
+
+Every upload goes through the same path as `cifarlab predict`: `sources.decode_image` (any size or
+mode to 32x32 RGB), then the model, loaded once at start. Bad input is a 4xx JSON error
+`{"detail": "..."}` and the server goes on serving.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run
+# time, and the request/response classes are imported inside `create_app`.
+
+import contextlib
+import io
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cifarlab import checkpoint
+from cifarlab.errors import UserError
+from cifarlab.evaluate import predict_logits
+from cifarlab.serve_page import render_page
+from cifarlab.sources import IMAGE_FORMATS, decode_image  # the formats PIL may open: not EPS & co.
+
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What requests may cost. Worst-case memory is about 2 x max_concurrency x max_upload_bytes
+    (a body and one copy) + workers x max_pixels x 4 bytes: ~0.85 GB with the defaults."""
+
+    max_upload_bytes: int = 10 * 2**20  # a phone photo is 2-8 MB
+    max_pixels: int = 25_000_000  # a 24-megapixel camera photo; a 20000x20000 bomb is 400 MP
+    max_concurrency: int = 32  # open connections; more are answered 503 at once
+    workers: int = 2  # images decoded and classified at once (one 32x32 image takes ~1 ms)
+
+
+class Rejected(Exception):
+    """An upload the server will not classify: HTTP status and a message for the user."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Predictor:
+    """The model, loaded once, and the bytes -> 32x32 -> probabilities path."""
+
+    def __init__(self, run_or_ckpt: str | Path, max_pixels: int):
+        self.model_file = checkpoint.find_model_file(run_or_ckpt).resolve()
+        self.model, record = checkpoint.load_model(self.model_file)
+        self.classes: list[str] = list(record["classes"])
+        self.max_pixels = max_pixels
+        self.report_dir = self.model_file.parent / REPORT_DIR
+        metrics = record.get("metrics", {})
+        self.info: dict[str, Any] = {
+            "name": str(record.get("model")), "recipe": record.get("config", {}).get("recipe"),
+            "run": self.model_file.parent.name, "classes": self.classes,
+            "val_acc": metrics.get("val_acc"),
+        }
+
+    def check_header(self, data: bytes) -> None:
+        """Refuse non-images and oversized images from the header alone, before any decoding."""
+        try:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+                width, height = img.size
+        except Image.DecompressionBombError as exc:
+            raise Rejected(413, f"image too large: {exc}") from exc
+        except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
+            accepted = ", ".join(IMAGE_FORMATS)
+            raise Rejected(415, f"not an image, or a damaged one (accepted: {accepted})") from exc
+        if width * height > self.max_pixels:
+            raise Rejected(413, f"image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
+                                f"the limit is {self.max_pixels / 1e6:g} (--max-pixels)")
+
+    def predict(self, data: bytes, top_k: int = 5) -> list[dict[str, Any]]:
+        """Top-k labels with probabilities for one encoded image."""
+        if not data:
+            raise Rejected(400, "empty upload: send an image as the request body or as a multipart "
+                                "field named 'file'")
+        self.check_header(data)
+        try:
+            image, _ = decode_image(data, "upload")
+        except UserError as exc:  # e.g. a truncated file whose header was fine
+            raise Rejected(400, str(exc)) from exc
+        batch = np.stack([image])  # a writable copy: decode_image's array is read-only
+        probs = predict_logits(self.model, batch, torch.device("cpu")).softmax(1)[0]
+        top = probs.topk(max(1, min(top_k, len(self.classes))))
+        return [{"label": self.classes[int(i)], "prob": float(p)}
+                for p, i in zip(top.values, top.indices, strict=True)]
+
+
+def create_app(run_or_ckpt: str | Path, limits: Limits = Limits()) -> Any:
+    """The FastAPI app for one model (loaded here, once)."""
+    import anyio.to_thread
+    from fastapi import FastAPI, HTTPException, Query, Request
+    from fastapi.responses import FileResponse, HTMLResponse
+    from pydantic import BaseModel
+
+    predictor = Predictor(run_or_ckpt, limits.max_pixels)
+    limiter = anyio.CapacityLimiter(limits.workers)
+
+    class Guess(BaseModel):
+        label: str
+        prob: float
+
+    class ModelInfo(BaseModel):
+        name: str
+        recipe: str | None
+        run: str
+        classes: list[str]
+        val_acc: float | None
+
+    class Prediction(BaseModel):
+        top: list[Guess]
+        model: ModelInfo
+
+    class Health(BaseModel):
+        status: str
+        model: ModelInfo
+
+    class Error(BaseModel):
+        detail: str
+
+    # /docs and /redoc load their scripts from a CDN, so they stay off; /openapi.json is served.
+    app = FastAPI(title="cifarlab", summary=f"Image classifier {predictor.info['run']}",
+                  docs_url=None, redoc_url=None)
+    app.state.predictor = predictor
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": Error, "description": "empty, truncated or undecodable upload"},
+        413: {"model": Error, "description": "upload or image larger than the server's limits"},
+        415: {"model": Error, "description": "not an image"},
+    }
+    upload_body = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }}}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        has_report = (predictor.report_dir / "report.html").is_file()
+        return HTMLResponse(render_page(predictor.info, limits.max_upload_bytes, has_report))
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "model": predictor.info}
+
+    @app.post("/predict", response_model=Prediction, responses=errors, openapi_extra=upload_body)
+    async def predict(request: Request,
+                      top_k: int = Query(5, ge=1, le=1000, description="how many classes")) -> dict[str, Any]:
+        """Classify one image sent as the raw body or as a multipart field `file`."""
+        try:
+            data = await read_upload(request, limits.max_upload_bytes)
+            top = await anyio.to_thread.run_sync(predictor.predict, data, top_k, limiter=limiter)
+        except Rejected as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+        return {"top": top, "model": predictor.info}
+
+    @app.get("/report/{path:path}", include_in_schema=False)
+    def report(path: str) -> FileResponse:
+        """Files of RUN/report/ only: the resolved path (symlinks too) must stay inside it."""
+        root = predictor.report_dir.resolve()
+        try:
+            target = (root / (path or "report.html")).resolve()
+            found = target.is_relative_to(root) and target.is_file()
+        except (OSError, ValueError):  # e.g. a NUL byte in the path
+            found = False
+        if not found:
+            raise HTTPException(404, "not found")
+        return FileResponse(target)
+
+    return app
+
+
+async def read_upload(request: Any, limit: int) -> bytes:
+    """The image bytes of a raw or multipart body, never holding more than `limit` bytes of it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Rejected(413, too_large(int(declared), limit))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Rejected(413, too_large(None, limit))
+    data = bytes(body)
+    del body  # at most one copy alive at a time
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await _multipart_file(request.headers, data)
+    return data
+
+
+def too_large(size: int | None, limit: int) -> str:
+    what = f"{size / 2**20:.1f} MB, over" if size is not None else "over"
+    return f"upload too large: {what} the limit of {limit / 2**20:g} MB (--max-upload-mb)"
+
+
+async def _multipart_file(headers: Any, body: bytes) -> bytes:
+    """The first file field of a multipart body (already size-capped)."""
+    from collections.abc import AsyncGenerator
+
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    try:
+        form = await MultiPartParser(headers, stream(), max_files=1, max_fields=10).parse()
+    except MultiPartException as exc:
+        raise Rejected(400, f"bad multipart upload: {exc.message}") from exc
+    try:
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        if not files:
+            raise Rejected(400, "the multipart upload has no file field (send the image as 'file')")
+        return await files[0].read()
+    finally:
+        await form.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind before starting, so a taken port is one clear error rather than a uvicorn traceback."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def serve(run_or_ckpt: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          limits: Limits = Limits()) -> None:
+    """Load the model, bind, and serve until Ctrl-C. Python form of `cifarlab serve`."""
+    import uvicorn
+
+    app = create_app(run_or_ckpt, limits)
+    sock = listen(host, port)
+    # One image is tiny: many requests on one thread each beat one request on many threads.
+    torch.set_num_threads(1)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    info = app.state.predictor.info
+    print(f"cifarlab: serving {info['run']} (model {info['name']}) on http://{shown}:{bound_port}/ "
+          "(Ctrl-C stops)", flush=True)
+    config = uvicorn.Config(app, limit_concurrency=limits.max_concurrency, timeout_keep_alive=5,
+                            log_level="warning")
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly on Ctrl-C, then re-raises it
+        uvicorn.Server(config).run(sockets=[sock])
+    print("cifarlab: server stopped", flush=True)

@@ -1,0 +1,416 @@
+"""Property-based tests of everything that reads untrusted files: each input either loads
+correctly or raises UserError. Never another exception, a hang, or memory the file does not justify.
+
+A few dozen examples per property keep this file at a few seconds; benchmarks/fuzz_readers.py
+runs the long version.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import pickle
+import tarfile
+import tracemalloc
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from cifarlab import checkpoint, sources
+from cifarlab.data import load_dataset
+from cifarlab.errors import UserError
+from cifarlab.sources import decode_image, load_batch, read_source
+from conftest import png_bytes, write_image_folder
+
+FAST = settings(max_examples=30, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def loads_or_user_error(read: Callable[[], Any]) -> Any:
+    """The result of `read()`, or None if it raised UserError; anything else fails the test."""
+    try:
+        return read()
+    except UserError as exc:
+        assert str(exc)  # a message a user can act on
+        return None
+
+
+def read_batch(data: bytes) -> tuple[np.ndarray, ...]:
+    return sources._batch_arrays(load_batch(data, "batch"), "batch", 10)
+
+
+def assert_valid(raw: sources.RawData | None) -> None:
+    if raw is None:
+        return
+    for split, images in raw.images.items():
+        assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
+        assert raw.labels[split].shape == (len(images),)
+        assert raw.labels[split].min() >= 0 and raw.labels[split].max() < len(raw.classes)
+
+
+@pytest.fixture
+def small_peak() -> Iterator[None]:
+    """Fail if the test allocates more than 64 MB at once (numpy reports to tracemalloc)."""
+    tracemalloc.start()
+    yield
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 << 20, f"peak allocation {peak >> 20} MB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Official batch pickles
+
+VALID_BATCH = pickle.dumps({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 5, 9]}, 2)
+
+
+@FAST
+@given(st.binary(max_size=3000))
+def test_batch_random_bytes(data: bytes) -> None:
+    loads_or_user_error(lambda: read_batch(data))
+
+
+@FAST
+@given(st.integers(0, len(VALID_BATCH) - 1), st.lists(st.integers(0, 8 * len(VALID_BATCH) - 1),
+                                                      max_size=4))
+def test_batch_truncated_or_flipped(cut: int, flips: list[int]) -> None:
+    data = bytearray(VALID_BATCH)
+    for bit in flips:
+        data[bit // 8] ^= 1 << (bit % 8)
+    loads_or_user_error(lambda: read_batch(bytes(data[:cut])))
+
+
+@FAST
+@given(n=st.integers(0, 4),
+       shape=st.sampled_from(["ok", "chw", "short", "flat", "3d"]),
+       dtype=st.sampled_from([np.uint8, np.int64, np.float32, np.uint16, object]),
+       labels=st.one_of(st.lists(st.integers(-2**70, 2**70), max_size=5),
+                        st.lists(st.integers(-2, 12), max_size=5),
+                        st.sampled_from([None, "abc", 3.5, [[1]], [1.5, 2.5]])),
+       keys=st.sampled_from([(b"data", b"labels"), ("data", "labels"), (b"data",), (1, 2)]),
+       protocol=st.sampled_from([2, 4, 5]))
+def test_batch_wrong_shapes_dtypes_labels(n: int, shape: str, dtype: Any, labels: Any,
+                                          keys: tuple[Any, ...], protocol: int) -> None:
+    dims = {"ok": (n, 3072), "chw": (n, 3, 32, 32), "short": (n, 100), "flat": (3072,),
+            "3d": (n, 3072, 1)}[shape]
+    data = np.zeros(dims, dtype=dtype)
+    blob = pickle.dumps(dict(zip(keys, (data, labels), strict=False)), protocol=protocol)
+    result = loads_or_user_error(lambda: read_batch(blob))
+    if result is not None:  # then it must really be a valid batch
+        images, label_array = result
+        assert images.shape == (n, 32, 32, 3) and images.dtype == np.uint8
+        assert label_array.shape == (n,) and all(0 <= x <= 9 for x in label_array)
+
+
+class Call:
+    """Pickles as `func(*args)`: how a hostile pickle asks for anything."""
+
+    def __init__(self, func: Any, *args: Any):
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.func, self.args
+
+
+def _reconstruct() -> Any:
+    from numpy._core.multiarray import _reconstruct
+
+    return _reconstruct
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pickle.dumps({b"data": Call(_reconstruct(), np.ndarray, (10**6, 3072), b"B"),
+                          b"labels": Call(_reconstruct(), np.ndarray, (10**6,), b"b")}, 2),
+    lambda: pickle.dumps({b"data": Call(np.ndarray, (10**6, 3072), np.uint8)}, 2),
+    lambda: pickle.dumps({b"data": Call(__import__("_codecs").encode, "x" * 100, "zlib")}, 2),
+    lambda: pickle.dumps(Call(os.system, "touch pwned-by-pickle"), 2),
+    # NONE, LONG_BINPUT 667395525, STOP: the C unpickler would allocate a 10 GB memo table
+    lambda: b"\x80\x02Nr" + (667395525).to_bytes(4, "little") + b".",
+    # BYTEARRAY8 claiming 2 GB
+    lambda: b"\x80\x05\x96" + (2**31).to_bytes(8, "little") + b"\0" * 16 + b".",
+], ids=["huge-reconstruct", "ndarray-call", "codec", "os-system", "memo-index", "bytearray8"])
+def test_hostile_pickles_allocate_nothing_and_run_nothing(make: Callable[[], bytes],
+                                                         small_peak: None, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    blob = make()
+    assert len(blob) < 500
+    with pytest.raises(UserError, match="not a valid CIFAR-10 batch"):
+        read_batch(blob)
+    assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+MODES = ["1", "L", "P", "LA", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I", "I;16", "I;16B",
+         "F", "RGBX"]
+FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
+
+
+def encode(mode: str, fmt: str, width: int, height: int, seed: int) -> bytes | None:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    rgb = Image.fromarray(pixels)
+    image = rgb.convert("L").convert(mode) if mode[0] in "IF" else rgb.convert(mode)
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=fmt)
+    except (OSError, ValueError, KeyError):  # this format cannot hold this mode
+        return None
+    return buffer.getvalue()
+
+
+@FAST
+@given(st.sampled_from(MODES), st.sampled_from(FORMATS), st.integers(1, 70), st.integers(1, 70),
+       st.integers(0, 100))
+def test_images_of_any_mode_format_and_size_decode(mode: str, fmt: str, width: int, height: int,
+                                                   seed: int) -> None:
+    data = encode(mode, fmt, width, height, seed)
+    if data is None:
+        return
+    array, resized = decode_image(data, f"odd.{fmt.lower()}")
+    assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+    assert resized == ((width, height) != (32, 32))
+
+
+@pytest.mark.parametrize("mode, fmt", [("P", "PNG"), ("LA", "PNG"), ("CMYK", "JPEG"),
+                                       ("I;16", "PNG"), ("I;16", "TIFF"), ("F", "TIFF")])
+def test_odd_modes_keep_their_content(mode: str, fmt: str) -> None:
+    """A mid-grey image in any mode decodes to mid-grey, not black or noise."""
+    if mode == "I;16":  # 16-bit: mid-grey is 128 * 257
+        image = Image.fromarray(np.full((32, 32), 128 * 257, np.uint16))
+    elif mode == "F":
+        image = Image.fromarray(np.full((32, 32), 128, np.float32))
+    else:
+        image = Image.new("L", (32, 32), 128).convert(mode)
+    assert image.mode == mode
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    array, _ = decode_image(buffer.getvalue(), "grey")
+    assert abs(float(array.mean()) - 128) < 3, array.mean()
+
+
+@FAST
+@given(st.binary(max_size=2000))
+def test_image_random_bytes(data: bytes) -> None:
+    loads_or_user_error(lambda: decode_image(data, "x.png"))
+
+
+@FAST
+@given(st.sampled_from(["PNG", "JPEG", "GIF", "TIFF"]), st.data())
+def test_image_truncated_or_flipped(fmt: str, data: st.DataObject) -> None:
+    blob = bytearray(encode("RGB", fmt, 20, 20, 0) or b"")
+    cut = data.draw(st.integers(0, len(blob)))
+    for bit in data.draw(st.lists(st.integers(0, 8 * len(blob) - 1), max_size=6)):
+        blob[bit // 8] ^= 1 << (bit % 8)
+    loads_or_user_error(lambda: decode_image(bytes(blob[:cut]), "x"))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels but holds almost none: a decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 99))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width, height", [(8000, 8000), (30000, 30000), (2**31 - 1, 1), (0, 5)])
+def test_png_bombs_are_refused_before_decoding(width: int, height: int, small_peak: None) -> None:
+    with pytest.raises(UserError, match="larger than cifarlab decodes|cannot decode image"):
+        decode_image(png_header_only(width, height), "bomb.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# Archives and folders
+
+
+@pytest.fixture(scope="module")
+def folder_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    root = write_image_folder(tmp_path_factory.mktemp("arch") / "f", ["a", "b"], n_train=2,
+                              n_test=1)
+    tgz, tar, zipped = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    for handle, mode in ((tgz, "w:gz"), (tar, "w")):
+        with tarfile.open(fileobj=handle, mode=mode) as archive:
+            archive.add(root, arcname="f")
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for file in sorted(root.rglob("*.png")):
+            archive.write(file, f"f/{file.relative_to(root)}")
+    return {".tgz": tgz.getvalue(), ".tar": tar.getvalue(), ".zip": zipped.getvalue()}
+
+
+@FAST
+@given(data=st.binary(max_size=1500),
+       suffix=st.sampled_from([".tgz", ".tar.gz", ".tar", ".zip", ".bin", ""]))
+def test_archive_random_bytes(data: bytes, suffix: str, tmp_path: Path) -> None:
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(data)
+    assert_valid(loads_or_user_error(lambda: read_source(path)))
+
+
+@settings(FAST, max_examples=60)
+@given(suffix=st.sampled_from([".tgz", ".tar", ".zip"]), data=st.data())
+def test_archive_truncated_or_flipped(suffix: str, data: st.DataObject, tmp_path: Path,
+                                      folder_archives: dict[str, bytes]) -> None:
+    blob = bytearray(folder_archives[suffix])
+    if suffix == ".tgz" and data.draw(st.booleans()):  # damage the tar inside the gzip
+        inner = bytearray(gzip.decompress(bytes(blob)))
+        for bit in data.draw(st.lists(st.integers(0, 8 * len(inner) - 1), max_size=6)):
+            inner[bit // 8] ^= 1 << (bit % 8)
+        blob = bytearray(gzip.compress(bytes(inner)))
+    else:
+        for bit in data.draw(st.lists(st.integers(0, 8 * len(blob) - 1), max_size=6)):
+            blob[bit // 8] ^= 1 << (bit % 8)
+        blob = blob[:data.draw(st.integers(0, len(blob)))]
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(bytes(blob))
+    assert_valid(loads_or_user_error(lambda: read_source(path)))
+
+
+def zip_of(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def tgz_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_gzip_and_zip_bombs_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        small_peak: None) -> None:
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 1 << 20)  # the same check, at a test's scale
+    image = png_bytes(np.zeros((32, 32, 3), np.uint8))
+    bomb = {"r/train/a/0.png": b"\0" * (8 << 20), "r/train/b/0.png": image}
+    for name, blob in (("bomb.tgz", tgz_of(bomb)), ("bomb.zip", zip_of(bomb))):
+        assert len(blob) < 100_000
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(UserError, match="larger than 1 MB"):
+            read_source(tmp_path / name)
+
+
+def patch_zip(blob: bytes, edit: Callable[[bytearray, int], None]) -> bytes:
+    """Apply `edit` at every central-directory entry of a zip."""
+    data = bytearray(blob)
+    start = data.find(b"PK\x01\x02")
+    while start >= 0:
+        edit(data, start)
+        start = data.find(b"PK\x01\x02", start + 1)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["encrypted", "deflate64", "lies-about-size"])
+def test_odd_zips(damage: str, tmp_path: Path) -> None:
+    image = png_bytes(np.zeros((32, 32, 3), np.uint8))
+    files = {"r/train/a/0.png": image, "r/train/b/0.png": image}
+
+    def edit(data: bytearray, at: int) -> None:
+        if damage == "encrypted":
+            data[at + 8] |= 1
+        elif damage == "deflate64":
+            data[at + 10:at + 12] = (9).to_bytes(2, "little")
+        elif damage == "lies-about-size":
+            data[at + 24:at + 28] = (10).to_bytes(4, "little")
+
+    path = tmp_path / "odd.zip"
+    path.write_bytes(patch_zip(zip_of(files), edit))
+    with pytest.raises(UserError):
+        read_source(path)
+
+
+def test_folder_with_loops_fifos_and_dangling_links_loads(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "f", ["a", "b"], n_train=2)
+    cls = root / "train" / "a"
+    (cls / "self.png").symlink_to("self.png")  # a symlink loop
+    (cls / "up").symlink_to("..")  # a folder loop
+    (cls / "gone.png").symlink_to(tmp_path / "missing.png")
+    os.mkfifo(cls / "pipe.png")  # reading it would block forever
+    raw = read_source(root)
+    assert raw.images["train"].shape == (4, 32, 32, 3)
+
+
+def test_zero_byte_image_is_named(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "f", ["a", "b"], n_train=2)
+    (root / "train" / "a" / "empty.png").write_bytes(b"")
+    with pytest.raises(UserError, match=r"cannot decode image train/a/empty\.png"):
+        read_source(root)
+
+
+@pytest.mark.parametrize("where", ["file", "class"])
+def test_non_utf8_names(where: str, tmp_path: Path, capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    root = write_image_folder(tmp_path / "f", ["a", "b"], n_train=2)
+    image = (root / "train" / "a" / "0000.png").read_bytes()
+    parent = os.fsencode(root / "train") + (b"/a/\xff\xfe.png" if where == "file" else b"/caf\xe9")
+    if where == "class":
+        os.makedirs(parent)
+        parent += b"/0.png"
+    with open(parent, "wb") as handle:
+        handle.write(image)
+    raw = read_source(root)
+    assert len(raw.images["train"]) == 5
+    json.dumps(raw.classes, ensure_ascii=False).encode("utf-8")  # printable and storable
+    if where == "class":
+        assert raw.classes == ["a", "b", "caf\\udce9"]
+    for _ in range(2):  # decoded, then from the cache (its key hashes the file names)
+        dataset = load_dataset(root, quiet=True)
+        assert dataset.classes == raw.classes and len(dataset.splits["train"]) == 5
+
+
+def test_zero_byte_and_huge_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("empty.tgz", "empty.zip", "empty"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(UserError):
+            read_source(tmp_path / name)
+    folder = tmp_path / "official"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"\0" * 2000)
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(UserError, match="larger than"):
+        read_source(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes() -> bytes:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    buffer = io.BytesIO()
+    torch.save({"format": checkpoint.CHECKPOINT_FORMAT, "model": model.state_dict(),
+                "epoch": 1, "history": [{"val_acc": 0.5}]}, buffer)
+    return buffer.getvalue()
+
+
+@FAST
+@given(data=st.data())
+def test_checkpoint_damage_is_a_user_error(data: st.DataObject, checkpoint_bytes: bytes,
+                                           tmp_path: Path) -> None:
+    blob = bytearray(checkpoint_bytes)
+    for bit in data.draw(st.lists(st.integers(0, 8 * len(blob) - 1), max_size=8)):
+        blob[bit // 8] ^= 1 << (bit % 8)
+    blob = blob[:data.draw(st.integers(0, len(blob)))]
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(bytes(blob))
+    result = loads_or_user_error(lambda: checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT))
+    assert result is None or result["format"] == checkpoint.CHECKPOINT_FORMAT

@@ -1,0 +1,311 @@
+"""`cifarlab serve`: the JSON API, the page, the report folder, and every kind of bad upload.
+
+Most tests use FastAPI's in-process TestClient; the ones about not reading an oversized body run a
+real uvicorn server on a loopback port (`live_server`, shared with test_serve_browser.py), because
+the TestClient reads the whole request before the app sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifarlab import checkpoint
+from cifarlab.cli import main
+from cifarlab.evaluate import predict_files
+from test_export import held_out_files, tiny_run
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+pytest.importorskip("python_multipart")
+
+from fastapi.testclient import TestClient
+
+from cifarlab.serve import Limits, create_app, listen
+
+
+@contextlib.contextmanager
+def live_server(app: Any, http: str = "auto") -> Iterator[str]:
+    """Run `app` under uvicorn in a thread on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A private copy of the run (just model.pt), for tests that add a report folder."""
+    to.mkdir(parents=True)
+    shutil.copy(run / "model.pt", to / "model.pt")
+    return to
+
+
+def bomb_png(side: int) -> bytes:
+    """A ~50 KB PNG that decodes to side x side pixels (1-bit, all zero)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = bytes(1 + side // 8)  # filter byte + packed pixels
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(run: Path) -> TestClient:
+    return TestClient(create_app(run))
+
+
+@pytest.fixture(scope="module")
+def image(run: Path) -> Path:
+    return held_out_files(run)[0]
+
+
+def test_health_and_openapi(client: TestClient, run: Path) -> None:
+    health = client.get("/health").json()
+    _, record = checkpoint.load_model(run)
+    assert health["status"] == "ok"
+    assert health["model"]["name"] == "base" and health["model"]["classes"] == record["classes"]
+    assert health["model"]["val_acc"] == pytest.approx(record["metrics"]["val_acc"])
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/*"} <= set(body)
+    assert {"200", "400", "413", "415"} <= set(spec["paths"]["/predict"]["post"]["responses"])
+    assert client.get("/docs").status_code == 404  # it would load its scripts from a CDN
+
+
+def test_predict_agrees_with_cifarlab_predict(client: TestClient, run: Path) -> None:
+    """Raw body and multipart give the answer of `cifarlab predict` (same decoding, same model)."""
+    model, record = checkpoint.load_model(run)
+    files = held_out_files(run)[::10]
+    expected = predict_files(model, record["classes"], files, 5, torch.device("cpu"))
+    for file, want in zip(files, expected, strict=True):
+        raw = client.post("/predict", content=file.read_bytes(), headers={"Content-Type": "image/jpeg"})
+        form = client.post("/predict?top_k=5", files={"file": (file.name, file.read_bytes(), "image/jpeg")})
+        for response in (raw, form):
+            assert response.status_code == 200, response.text
+            got = response.json()
+            assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
+            want_probs = [t["prob"] for t in want["top"]]
+            assert [t["prob"] for t in got["top"]] == pytest.approx(want_probs, abs=1e-6)
+            assert got["model"]["run"] == run.name
+    assert len(client.post("/predict?top_k=2", content=files[0].read_bytes()).json()["top"]) == 2
+    assert len(client.post("/predict?top_k=50", content=files[0].read_bytes()).json()["top"]) == 10
+
+
+def test_page_is_self_contained_and_names_the_model(client: TestClient, run: Path) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    _, record = checkpoint.load_model(run)
+    assert run.name in page.text and "base" in page.text
+    assert f"{100 * record['metrics']['val_acc']:.1f}%" in page.text
+    assert "http://" not in page.text and "https://" not in page.text and 'src="//' not in page.text
+    assert 'id="report"' not in page.text  # this run has no report
+
+
+def test_report_link_and_folder(run: Path, tmp_path: Path) -> None:
+    own = copy_run(run, tmp_path / "run")
+    (own / "report").mkdir()
+    (own / "report" / "report.html").write_text("<h1>Training report</h1>")
+    (own / "report" / "plot.png").write_bytes(png(np.zeros((4, 4, 3), np.uint8)))
+    (tmp_path / "secret.txt").write_text("secret")
+    (own / "report" / "link.txt").symlink_to(tmp_path / "secret.txt")
+    client = TestClient(create_app(own))
+    assert 'href="report/report.html"' in client.get("/").text
+    assert client.get("/report/report.html").text == "<h1>Training report</h1>"
+    assert client.get("/report/").text == "<h1>Training report</h1>"
+    assert client.get("/report/plot.png").headers["content-type"] == "image/png"
+    for outside in ("/report/%2e%2e/model.pt", "/report/..%2Fmodel.pt", "/report/%2Fetc%2Fpasswd",
+                    "/report//etc/passwd", "/report/link.txt", "/report/missing.html", "/report/%00"):
+        response = client.get(outside)
+        assert response.status_code == 404, outside
+        assert "secret" not in response.text
+
+
+def test_bad_uploads_get_a_clear_4xx_and_the_server_goes_on(client: TestClient, image: Path) -> None:
+    jpeg = image.read_bytes()
+    valid_png = png(np.full((32, 32, 3), 128, np.uint8))
+    cases = [
+        (b"", 400, "empty upload"),
+        (b"hello, I am not an image", 415, "not an image"),
+        (jpeg[:-64], 400, "truncated"),  # header intact, pixel data cut short
+        (valid_png[:-40], 400, "cannot decode"),
+        (bomb_png(20000), 413, "too large"),  # 400 MP: refused from the header alone
+        (bomb_png(6000), 413, "megapixels"),  # 36 MP: over --max-pixels, under PIL's own limit
+    ]
+    for body, status, message in cases:
+        response = client.post("/predict", content=body, headers={"Content-Type": "image/png"})
+        assert response.status_code == status, (message, response.text)
+        assert message in response.json()["detail"]
+    no_file = client.post("/predict", files={"note": (None, b"just text")})
+    assert no_file.status_code == 400 and "no file field" in no_file.json()["detail"]
+    assert client.post("/predict", content=jpeg).status_code == 200
+
+
+def test_other_formats_and_modes_are_accepted(client: TestClient) -> None:
+    """Phone cameras write MPO (multi-picture JPEG); PNGs may be RGBA or grey; any size is resized."""
+    first, second = (Image.fromarray(np.full((40, 60, 3), v, np.uint8)) for v in (30, 200))
+    buffer = io.BytesIO()
+    first.save(buffer, format="MPO", save_all=True, append_images=[second])
+    bodies = [buffer.getvalue(), png(np.zeros((50, 50, 4), np.uint8)), png(np.zeros((8, 8), np.uint8))]
+    for body in bodies:
+        assert client.post("/predict", content=body).status_code == 200
+
+
+def test_limits_are_configurable(run: Path, image: Path) -> None:
+    client = TestClient(create_app(run, Limits(max_upload_bytes=500, max_pixels=31 * 31)))
+    assert client.post("/predict", content=bytes(600)).status_code == 413
+    small = png(np.zeros((32, 32, 3), np.uint8))
+    assert len(small) < 500
+    assert client.post("/predict", content=small).status_code == 413  # 1024 pixels > 961
+    assert client.post("/predict", content=png(np.zeros((31, 31, 3), np.uint8))).status_code == 200
+
+
+def test_model_is_loaded_once(run: Path, image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = checkpoint.load_model
+
+    def counting(path: Any) -> Any:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(checkpoint, "load_model", counting)
+    client = TestClient(create_app(run))
+    for _ in range(3):
+        assert client.post("/predict", content=image.read_bytes()).status_code == 200
+    client.get("/")
+    client.get("/health")
+    assert len(calls) == 1
+
+
+def _http(port: int, head: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head)
+    return sock
+
+
+def _reply(sock: socket.socket) -> bytes:
+    data = b""
+    with contextlib.suppress(OSError):
+        while b"}" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_oversized_bodies_are_refused_without_reading_them(run: Path, image: Path, http: str) -> None:
+    """For both of uvicorn's HTTP parsers: pure-Python h11 and the faster httptools."""
+    pytest.importorskip(http)
+    limit = 2**20
+    with live_server(create_app(run, Limits(max_upload_bytes=limit)), http) as url:
+        port = int(url.rsplit(":", 1)[1])
+        # Declared 50 MB: answered at once, before a single body byte is sent.
+        with _http(port, b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 52428800\r\n\r\n") as sock:
+            reply = _reply(sock)
+        assert reply.startswith(b"HTTP/1.1 413") and b"50.0 MB" in reply, reply[:200]
+        # Streamed without a length: cut off once past the limit, long before 50 MB are sent.
+        sent = 0
+        with _http(port, b"POST /predict HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n") as sock:
+            piece = b"%x\r\n" % 65536 + bytes(65536) + b"\r\n"
+            with contextlib.suppress(OSError):
+                while sent < 50 * 2**20 and not select.select([sock], [], [], 0)[0]:
+                    sock.sendall(piece)
+                    sent += 65536
+            reply = _reply(sock)
+        assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+        assert sent < 20 * 2**20  # the limit plus what the kernel's socket buffers took
+        import httpx
+
+        ok = httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=10)
+        assert ok.status_code == 200 and ok.json()["top"]
+
+
+def test_serve_command_binds_loopback_and_stops_on_ctrl_c(run: Path) -> None:
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "CIFARLAB_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cifarlab", "serve", str(run), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line, line
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert health.json()["status"] == "ok"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_errors_are_one_line(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for argv, message in [
+            (["serve", "/no/such/run"], "checkpoint not found"),
+            (["serve", str(run), "--max-pixels", "0"], "--max-pixels must be positive"),
+            (["serve", str(run), "--port", "70000"], "--port must be"),
+            (["serve", str(run), "--port", str(port)], "cannot listen on 127.0.0.1"),
+        ]:
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_help_lists_export_and_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "export" in out and "serve" in out
