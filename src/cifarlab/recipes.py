@@ -29,10 +29,6 @@ class TrainConfig:
     warmup: float = 0.0  # onecycle: fraction of training at which the peak lr is reached
     lr_start: float = 0.0  # onecycle: lr at the start, as a fraction of the peak
     lr_end: float = 0.0  # onecycle: lr at the end, as a fraction of the peak
-    bias_lr_scale: float = 1.0  # lr multiplier for BatchNorm shifts (weight decay scaled back)
-    lookahead: bool = False  # every 5 steps pull the weights towards a slow EMA of themselves
-    whiten_bias_epochs: int = 0  # FastNet: epochs the whitening bias trains before it freezes
-    tta: bool = False  # also report the final val accuracy with test-time augmentation
     label_smoothing: float = 0.0
     augment: Augment = field(default_factory=Augment)
     data: str | None = None  # resolved data source path
