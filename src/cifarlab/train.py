@@ -14,7 +14,8 @@ seconds. It writes the run directory after every epoch, each file atomically:
 checkpoint.pt is rewritten after every epoch, every `checkpoint_every` steps if asked, and on
 Ctrl-C. Every random draw is seeded from (seed, epoch, step, rank), so a run resumed from any
 checkpoint, even after kill -9, replays the same shuffles, augmentations and dropout masks: on the
-CPU it ends with the same numbers as an uninterrupted run.
+CPU, with the same number of threads, it ends with the same numbers as an uninterrupted run
+(another thread count splits floating-point sums differently: equal to about 1e-7, not bit for bit).
 
 Under torchrun each process trains on its share of every global batch with
 DistributedDataParallel; rank 0 alone evaluates, prints and writes (see distributed.py).
