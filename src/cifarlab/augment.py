@@ -47,8 +47,12 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator, like: torch.
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
-    mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
-    return torch.where(mask[:, None, None, None], x.flip(3), x)
+    return flip_where(x, torch.rand(x.shape[0], generator=gen) < 0.5)
+
+
+def flip_where(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images of the batch where `mask` (N,) is true."""
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(3), x)
 
 
 def random_rotate_zoom(x: torch.Tensor, gen: torch.Generator, rotation: float,

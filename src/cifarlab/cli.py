@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of train held out for validation, per class (default: 0.1)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, order, augmentation, dropout")
-    t.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only")
+    t.add_argument("--subset", type=int, metavar="N",
+                   help="train on a seeded random N of the training images only")
+    t.add_argument("--budget", metavar="TIME",
+                   help="fit training plus evaluation into this wall-clock time (e.g. 90s, 10m, "
+                        "1h): the epochs are sized from the speed measured on this machine")
+    t.add_argument("--trials", type=int, default=1, metavar="N",
+                   help="train N runs with seeds S, S+1, ... into DIR/seed-S and report mean +- "
+                        "std (default: 1)")
     t.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<recipe>-<time>)")
     t.add_argument("--resume", nargs="?", const="", metavar="DIR",
                    help="continue an interrupted run (DIR, else --out, else the newest in runs/)")
@@ -77,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["test", "val", "train"],
                    help="split to evaluate (default: test if the source has one, else val)")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                   help="test-time augmentation: average 6 flipped/shifted views (6x slower)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_evaluate)
@@ -128,6 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc != 1:
         from cifarlab import train as training
 
+        if args.budget or args.trials != 1:
+            raise UserError("--budget and --trials run one process; leave out --nproc")
         # Settle the run directory once, so that every worker names the same one.
         if args.resume == "":
             args.resume = str(args.out or training.latest_run())
@@ -154,25 +166,56 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from cifarlab import distributed
     from cifarlab import train as training
+    from cifarlab.budget import parse_duration
     from cifarlab.recipes import make_config
 
+    main_rank = distributed.from_env().is_main
     if args.resume is not None:
         run_dir = Path(args.resume) if args.resume else args.out or training.latest_run()
         summary = training.resume(run_dir, quiet=args.quiet,
                                   device=None if args.device == "auto" else args.device,
                                   checkpoint_every=args.checkpoint_every)
-    else:
+        if not args.quiet and main_rank:
+            _print_done(summary)
+        return 0
+    budget = parse_duration(args.budget) if args.budget else None
+    if args.trials < 1:
+        raise UserError("--trials must be at least 1")
+    if args.trials > 1 and distributed.from_env().enabled:
+        raise UserError("--trials runs one process; leave out --nproc/torchrun")
+    parent = args.out or (training.new_run_dir(args.recipe) if args.trials > 1 else None)
+    summaries = []
+    for trial in range(args.trials):
+        seed = args.seed + trial
         config = make_config(
             args.recipe, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, val_fraction=args.val_fraction, seed=args.seed, subset=args.subset,
-            device=args.device)
-        summary = training.train(config, out=args.out, quiet=args.quiet,
-                                 checkpoint_every=args.checkpoint_every or 0)
-    if not args.quiet and distributed.from_env().is_main:
-        print(f"done: val_acc {summary['val_acc']:.4f} (best {summary['best_val_acc']:.4f} at "
-              f"epoch {summary['best_epoch']}), train_acc {summary['train_acc']:.4f} "
-              f"(clean {summary['train_acc_clean']:.4f}), {summary['seconds_per_epoch']:.1f} s/epoch")
+            lr=args.lr, val_fraction=args.val_fraction, seed=seed, subset=args.subset,
+            device=args.device, budget=budget)
+        out = parent / f"seed-{seed}" if args.trials > 1 and parent else parent
+        if args.trials > 1 and not args.quiet:
+            print(f"trial {trial + 1}/{args.trials}: seed {seed}, {out}", flush=True)
+        summaries.append(training.train(config, out=out, quiet=args.quiet,
+                                        checkpoint_every=args.checkpoint_every or 0,
+                                        started=args.started if trial == 0 else None))
+        if not args.quiet and main_rank:
+            _print_done(summaries[-1])
+    if args.trials > 1 and parent:
+        from cifarlab import fsio
+        from cifarlab.compare import mean_std_table
+
+        table = mean_std_table(summaries)
+        fsio.write_json(parent / "trials.json", {"summaries": summaries, "mean_std": table})
+        for key, (mean, std) in table.items():
+            print(f"{key}: {mean:.4f} +- {std:.4f} over {len(summaries)} seeds")
     return 0
+
+
+def _print_done(summary: dict[str, Any]) -> None:
+    tta = f", with TTA {summary['val_acc_tta']:.4f}" if "val_acc_tta" in summary else ""
+    print(f"done: val_acc {summary['val_acc']:.4f}{tta} (best {summary['best_val_acc']:.4f} at "
+          f"epoch {summary['best_epoch']}), train_acc {summary['train_acc']:.4f} "
+          f"(clean {summary['train_acc_clean']:.4f}), {summary['seconds_per_epoch']:.1f} s/epoch, "
+          f"{summary['wall_seconds']:.0f} s in all")
 
 
 def _load_for_use(model_arg: str, device_name: str) -> tuple[Any, dict[str, Any], Any]:
@@ -200,12 +243,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     split = args.split or ("test" if "test" in splits else "val")
     if split not in splits:
         raise UserError(f"{dataset.source} has no '{split}' split (available: {', '.join(splits)})")
-    result = {"split": split, **evaluate_split(model, splits[split], device, record["classes"])}
+    result = {"split": split, "tta": args.tta,
+              **evaluate_split(model, splits[split], device, record["classes"], tta=args.tta)}
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{split}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-          f"({result['n']} images)")
+          f"({result['n']} images{', test-time augmentation' if args.tta else ''})")
     width = max(len(c) for c in record["classes"])
     for name, acc in result["per_class"].items():
         print(f"  {name:<{width}}  {'-' if acc is None else f'{acc:.4f}'}")
@@ -236,8 +280,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # a --budget counts from here
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = started
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,18 @@ def write_chart(runs: list[Run], out_dir: Path) -> Path:
     path = out_dir / "compare.png"
     fsio.write_bytes(path, plots.val_curves([(run.label, run.history) for run in runs]))
     return path
+
+
+TRIAL_KEYS = ("val_acc", "val_acc_tta", "best_val_acc", "train_acc_clean", "epochs",
+              "seconds_per_epoch", "wall_seconds")
+
+
+def mean_std_table(summaries: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Mean and sample standard deviation over runs of each figure that all of them have."""
+    table = {}
+    for key in TRIAL_KEYS:
+        values = [float(s[key]) for s in summaries if key in s]
+        if len(values) == len(summaries) and values:
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            table[key] = (statistics.fmean(values), std)
+    return table

@@ -39,7 +39,7 @@ def tta_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device,
-                   batch_size: int = 1000, tta: bool = False) -> torch.Tensor:
+                   batch_size: int = 256, tta: bool = False) -> torch.Tensor:
     """Logits for all images (on the CPU), computed in eval mode in large batches."""
     was_training = model.training
     model.eval()

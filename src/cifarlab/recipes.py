@@ -30,7 +30,13 @@ class TrainConfig:
     lr_start: float = 0.0  # onecycle: lr at the start, as a fraction of the peak
     lr_end: float = 0.0  # onecycle: lr at the end, as a fraction of the peak
     label_smoothing: float = 0.0
+    bias_lr_scale: float = 1.0  # sgd: lr multiplier for BatchNorm shifts (their decay / the same)
+    lookahead: bool = False  # pull the weights to an EMA of themselves every 5 steps (airbench)
+    whiten_bias_epochs: int = 0  # models with a whitening layer: train its bias this long (0: always)
     augment: Augment = field(default_factory=Augment)
+    alternate_flip: bool = False  # mirror each image in every other epoch, not at random
+    tta: bool = False  # also report the final val accuracy with test-time augmentation
+    budget: float | None = None  # seconds: `epochs` was sized to fit this wall-clock budget
     data: str | None = None  # resolved data source path
     val_fraction: float = 0.1
     split_seed: int = 0  # fixes the validation images; independent of `seed`
@@ -61,6 +67,23 @@ class Recipe:
 
 SEED_SETTINGS = {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "epochs": 15}
 
+# After airbench94 (Jordan 2024, arXiv 2404.00498), rewritten for a mean (not summed) loss:
+# its lr 11.5 per 1024 images with momentum 0.85 is 11.5 / (1 + 1/(1 - 0.85)) = 1.5 at batch 1024,
+# and its decoupled decay 0.0153 becomes the coupled 0.0153 / 11.5 = 1.33e-3 of torch's SGD.
+# Batch 256, not airbench's 1024: on 2 CPU cores a step of 256 runs ~1.5x more images per second
+# (its activations stay in cache); the lr scales with the batch (the same lr per image).
+FAST_SETTINGS: dict[str, Any] = {
+    "model": "fastnet", "optimizer": "sgd", "batch_size": 256, "epochs": 10,
+    "lr": 1.5 * 256 / 1024, "momentum": 0.85, "weight_decay": 0.0153 / 11.5,
+    # BatchNorm shifts learn 64x faster with the same decay per step: they are few and benefit.
+    "bias_lr_scale": 64.0,
+    # Triangular: 0.2 -> 1 over the first 23%, then down to 0.07 (fractions of lr).
+    "schedule": "onecycle", "warmup": 0.23, "lr_start": 0.2, "lr_end": 0.07,
+    "label_smoothing": 0.2, "lookahead": True, "whiten_bias_epochs": 3,
+    # Flip by alternation (each image seen both ways in any two epochs) and shifts of 2 pixels.
+    "augment": Augment(translate=2), "alternate_flip": True, "tta": True,
+}
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -71,6 +94,10 @@ RECIPES: dict[str, Recipe] = {
                 "augment": Augment(flip=True, rotation=0.1, zoom=0.1)}),
         Recipe("bn", "the seed's BatchNorm + Dropout CNN (2 convs per block, MLP head)",
                {"model": "bn", **SEED_SETTINGS}),
+        Recipe("fast", "airbench-style whitened VGG, lookahead, TTA: 0.92+ val in ~35 min on 2 cores",
+               FAST_SETTINGS),
+        Recipe("fast_small", "fast at half width (4x fewer FLOPs): for budgets of a few minutes",
+               {**FAST_SETTINGS, "model": "fastnet_small"}),
     ]
 }
 
@@ -114,6 +141,7 @@ def validate(config: TrainConfig) -> None:
         (config.lr > 0, "--lr must be positive"),
         (0.0 <= config.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
         (config.subset is None or config.subset >= 2, "--subset must be at least 2"),
+        (config.bias_lr_scale > 0, "bias_lr_scale must be positive"),
         (config.optimizer in ("adam", "sgd"), f"unknown optimizer '{config.optimizer}'"),
         (config.schedule in ("constant", "onecycle"), f"unknown schedule '{config.schedule}'"),
         (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),

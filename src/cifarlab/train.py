@@ -31,6 +31,7 @@ import io
 import math
 import os
 import platform
+import resource
 import signal
 import sys
 import time
@@ -46,11 +47,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cifarlab import __version__, checkpoint, distributed, fsio
+from cifarlab import __version__, budget, checkpoint, distributed, fsio
+from cifarlab.augment import flip_where
 from cifarlab.data import Dataset, Split, load_dataset, make_splits
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, to_batch
-from cifarlab.models import Classifier, create_model
+from cifarlab.models import Classifier, FastNet, create_model
 from cifarlab.recipes import TrainConfig, lr_at, validate
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_clean", "val_loss", "val_acc",
@@ -171,12 +173,72 @@ class _StopFlag:
 
 
 def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam as Keras sets it up, or Nesterov SGD with a separate group for BatchNorm shifts.
+
+    Each parameter group carries an `lr_scale`: the training loop sets lr = schedule * lr_scale.
+    """
     if config.optimizer == "adam":
         # Keras' Adam defaults (eps=1e-7): the seed recipes reproduce Keras notebooks.
-        return torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-7,
-                                weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           nesterov=True, weight_decay=config.weight_decay)
+        return torch.optim.Adam([{"params": list(model.parameters()), "lr_scale": 1.0}],
+                                lr=config.lr, eps=1e-7, weight_decay=config.weight_decay)
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                for p in m.parameters()}
+    whiten = getattr(getattr(model, "body", None), "whiten", None)
+    whiten_bias = whiten.bias if whiten is not None and config.whiten_bias_epochs else None
+    params = [p for p in model.parameters() if p.requires_grad and p is not whiten_bias]
+    norm = [p for p in params if id(p) in norm_ids]
+    rest = [p for p in params if id(p) not in norm_ids]
+    scale, decay = config.bias_lr_scale, config.weight_decay
+    groups: list[dict[str, Any]] = [{"params": rest, "lr_scale": 1.0, "weight_decay": decay}]
+    if norm:  # a faster lr for the shifts, the same decay per step (lr * weight_decay)
+        groups.append({"params": norm, "lr_scale": scale, "weight_decay": decay / scale})
+    if whiten_bias is not None:
+        # The whitening bias learns for the first epochs, then its lr drops to 0 (airbench: it
+        # helps early and only adds noise late). An lr of 0 freezes it without touching
+        # requires_grad, which DistributedDataParallel does not allow to change.
+        groups.append({"params": [whiten_bias], "lr_scale": 1.0, "weight_decay": decay,
+                       "until_epoch": config.whiten_bias_epochs})
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, epoch: int) -> None:
+    for group in optimizer.param_groups:
+        frozen = epoch >= group.get("until_epoch", math.inf)
+        group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)
+
+
+class Lookahead:
+    """airbench's lookahead: every 5,120 images (its 5 steps) the weights move to an EMA of themselves.
+
+    The EMA's decay grows from 0 to 0.95^5 with the cube of training progress, so early training
+    is untouched and late training averages away the noise of the high learning rate. At the end
+    the weights become the EMA. Buffers (BatchNorm statistics) are averaged too.
+    """
+
+    every_images = 5 * 1024  # airbench: every 5 steps of 1024 images
+
+    def __init__(self, model: torch.nn.Module, batch_size: int):
+        self.model = model
+        self.every = max(1, round(self.every_images / batch_size))
+        self.average = {k: v.detach().clone() for k, v in self._tensors().items()}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, progress: float, final: bool = False) -> None:
+        decay = 1.0 if final else 0.95 ** 5 * progress ** 3
+        for name, tensor in self._tensors().items():
+            average = self.average[name]
+            average.lerp_(tensor, 1 - decay)
+            tensor.copy_(average)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.average
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, tensor in state.items():
+            self.average[name].copy_(tensor)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -203,7 +265,8 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, quiet: bool = False,
-                 checkpoint_every: int = 0):
+                 checkpoint_every: int = 0, started: float | None = None):
+        self.started = time.perf_counter() if started is None else started
         validate(config)
         if checkpoint_every < 0:
             raise UserError("--checkpoint-every must be 0 (every epoch only) or a number of steps")
@@ -220,6 +283,12 @@ class Trainer:
         if "val" not in splits:
             raise UserError("--val-fraction 0 leaves no validation images; use e.g. 0.1")
         train = splits["train"]
+        if config.budget is not None and not ctx.enabled:
+            budget.size_to_budget(config, len(train), len(splits["val"]), self.device,
+                                  len(self.classes), time.perf_counter() - self.started,
+                                  quiet=self.quiet)
+        elif config.budget is not None:
+            raise UserError("--budget sizes a run for one process; leave out --nproc/torchrun")
         if config.subset is not None:  # a seeded random sample: train is ordered by class
             train = _sample(train, config.subset, config.split_seed)
         self.train_split, self.val_split = train, splits["val"]
@@ -237,6 +306,16 @@ class Trainer:
         self.model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if isinstance(self.model.body, FastNet):  # its whitening layer is set from the data
+            sample = _sample(train, 5000, config.seed)
+            with torch.no_grad():
+                self.model.body.init_from_data(self.model.normalize(
+                    to_batch(sample.images, self.device)))
+        self.lookahead = Lookahead(self.model, config.batch_size) if config.lookahead else None
+        # alternate_flip: a fixed random half of the images is mirrored in even epochs, the other
+        # half in odd ones, so any two epochs show every image both ways (airbench).
+        self.flip_parity = torch.randint(0, 2, (len(train),), generator=torch.Generator()
+                                         .manual_seed(seed_for(config.seed, 3))).to(self.device)
         # What the training step calls: the model itself, or its DDP wrapper, which all-reduces
         # gradients during backward. On GPUs BatchNorm is synchronised over the processes, so it
         # normalises over the global batch; gloo has no SyncBatchNorm, so on the CPU each process
@@ -280,6 +359,7 @@ class Trainer:
             "config": self.config.to_dict(), "classes": self.classes,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": epoch, "history": self.history, "checkpoint_every": self.checkpoint_every,
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "epoch_state": {"step": state.step, "loss_sum": state.loss_sum,
                             "correct": state.correct, "seen": state.seen,
                             "seconds": state.seconds},
@@ -304,6 +384,8 @@ class Trainer:
         try:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
+            if self.lookahead is not None:
+                self.lookahead.load_state_dict(saved["lookahead"])
             self.history = [dict(row) for row in saved["history"]]
             self.start_epoch = int(saved["epoch"])
             es = saved["epoch_state"]
@@ -350,6 +432,17 @@ class Trainer:
                 if stop and epoch + 1 < config.epochs:
                     raise Interrupted(self.run_dir)
         summary = self.summary()
+        if config.tta:  # the final figure with test-time augmentation (6 views: see evaluate)
+            tta_started = time.perf_counter()
+            tta = [evaluate_split(self.model, self.val_split, self.device, tta=True)["accuracy"]
+                   if main else 0.0]
+            summary["val_acc_tta"] = distributed.from_main(tta, self.device)[0]
+            summary["tta_seconds"] = time.perf_counter() - tta_started
+            if not self.quiet:
+                print(f"val_acc with test-time augmentation: {summary['val_acc_tta']:.4f} "
+                      f"({summary['tta_seconds']:.1f} s)", flush=True)
+        summary["wall_seconds"] = time.perf_counter() - self.started
+        summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if main:
             checkpoint.save(self.run_dir / checkpoint.MODEL_FILE, checkpoint.model_record(
                 self.model, config.model, self.classes, config.to_dict(), summary))
@@ -376,14 +469,15 @@ class Trainer:
                 mine = idx[ctx.rank::ctx.world_size]  # this process's share of the global batch
                 images = to_batch(self.train_images[mine], self.device)
                 labels = self.train_labels[mine]
+                if config.alternate_flip:
+                    images = flip_where(images, (self.flip_parity[mine] + epoch) % 2 == 1)
                 # Seeded per step, not carried over: a resume at any step draws the same numbers.
                 if config.augment.active:
                     images = config.augment(images, torch.Generator().manual_seed(
                         seed_for(config.seed, epoch, step, 1, ctx.rank)))
                 torch.manual_seed(seed_for(config.seed, epoch, step, 2, ctx.rank))  # dropout
                 lr = lr_at(config, (epoch * steps + step) / (config.epochs * steps))
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                set_lr(self.optimizer, lr, epoch)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                     logits = self.net(images)
                     loss = F.cross_entropy(logits.float(), labels,
@@ -410,6 +504,9 @@ class Trainer:
                 state.correct += int(correct)
                 state.seen += int(seen)
                 state.step = step + 1
+                done = epoch * steps + state.step
+                if self.lookahead is not None and done % self.lookahead.every == 0:
+                    self.lookahead.update(done / (config.epochs * steps))
                 bar.update(1)
                 if step % 20 == 0 or step + 1 == steps:
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
@@ -420,6 +517,8 @@ class Trainer:
                     self.save_checkpoint(epoch, state)
                     if stop:
                         raise Interrupted(self.run_dir)
+        if self.lookahead is not None and epoch + 1 == config.epochs:
+            self.lookahead.update(1.0, final=True)
         train_seconds = time.perf_counter() - started
         # Rank 0 evaluates on the full sets, exactly as one process would; the others wait for
         # its numbers.
@@ -483,13 +582,17 @@ class Trainer:
 
 
 def train(config: TrainConfig, out: Path | None = None, quiet: bool = False,
-          checkpoint_every: int = 0) -> dict[str, Any]:
-    """Train a new run; returns its summary. The Python form of `cifarlab train`."""
+          checkpoint_every: int = 0, started: float | None = None) -> dict[str, Any]:
+    """Train a new run; returns its summary. The Python form of `cifarlab train`.
+
+    `started` (a time.perf_counter() value) is when the budget's clock started, if not now.
+    """
     run_dir = out or new_run_dir(config.recipe)
     if (run_dir / checkpoint.CHECKPOINT_FILE).exists():
         raise UserError(f"{run_dir} already holds a run; use --resume, or another --out")
     with distributed.owned_group():
-        return Trainer(config, run_dir, quiet=quiet, checkpoint_every=checkpoint_every).fit()
+        return Trainer(config, run_dir, quiet=quiet, checkpoint_every=checkpoint_every,
+                       started=started).fit()
 
 
 def resume(run_dir: Path, quiet: bool = False, device: str | None = None,

@@ -1,0 +1,98 @@
+"""`--budget`: size a run so that training plus evaluation ends within a wall-clock budget.
+
+The speed of a fixed network does not depend on the pixels, so a throwaway copy of the model is
+timed on random data for a few full-size steps and one evaluation batch. From those rates:
+
+    epochs = (budget - time already spent - final TTA pass) / (train epoch + its evaluation)
+
+rounded down, so a run lands under its budget by up to one epoch plus the noise of the
+measurement. Too short a budget for one epoch trains one epoch on a random subset that fits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cifarlab.errors import UserError
+from cifarlab.models import create_model
+from cifarlab.recipes import TrainConfig
+
+_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+SAFETY = 0.97  # plan for 97% of the budget: timings on shared machines wander
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"cannot read the budget '{text}': use e.g. 90s, 10m or 1h")
+    return float(match.group(1)) * _UNITS[match.group(2) or ""]
+
+
+def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
+                  steps: int = 5) -> tuple[float, float]:
+    """(seconds per training step at the run's batch size, seconds per evaluated image)."""
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, num_classes, (127.0,) * 3, (64.0,) * 3).to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    from cifarlab.train import _optimizer  # the same optimizer: its update costs time too
+
+    optimizer = _optimizer(config, model)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (config.batch_size, 3, 32, 32), generator=gen).float()
+    images = images.to(device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, num_classes, (config.batch_size,), generator=gen).to(device)
+    times = []
+    for _ in range(steps + 1):  # the first step pays one-off allocation: not counted
+        start = time.perf_counter()
+        x = config.augment(images, gen) if config.augment.active else images
+        loss = F.cross_entropy(model(x), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        float(loss.detach())  # waits for the device
+        times.append(time.perf_counter() - start)
+    model.eval()
+    with torch.inference_mode():
+        batch = images[:256]  # the batch size evaluation uses
+        model(batch)
+        start = time.perf_counter()
+        float(model(batch).sum())
+        per_image = (time.perf_counter() - start) / len(batch)
+    return sum(times[1:]) / steps, per_image
+
+
+def size_to_budget(config: TrainConfig, n_train: int, n_val: int, device: torch.device,
+                   num_classes: int, spent: float, quiet: bool = False) -> None:
+    """Set config.epochs (and config.subset if one epoch is too long) to fit config.budget."""
+    assert config.budget is not None
+    probe_started = time.perf_counter()
+    step_seconds, image_seconds = measure_rates(config, device, num_classes)
+    spent += time.perf_counter() - probe_started
+    eval_seconds = (min(config.clean_train_size, n_train) + n_val) * image_seconds
+    final_seconds = (6 * n_val * image_seconds if config.tta else 0.0) + 2.0  # + saving
+    # + about 0.3 s an epoch for the checkpoint and metrics writes
+    epoch_seconds = math.ceil(n_train / config.batch_size) * step_seconds + eval_seconds + 0.3
+    left = config.budget * SAFETY - spent - final_seconds
+    epochs = int(left // epoch_seconds)
+    if epochs >= 1:
+        config.epochs = epochs
+    else:
+        images = int((left - eval_seconds) / step_seconds) * config.batch_size
+        if images < config.batch_size:
+            raise UserError(
+                f"a budget of {config.budget:.0f} s is too short for recipe '{config.recipe}' here: "
+                f"one step takes {step_seconds:.1f} s and evaluation {eval_seconds:.0f} s")
+        config.epochs, config.subset = 1, images
+    if not quiet:
+        print(f"budget {config.budget:.0f} s: {step_seconds:.2f} s/step, "
+              f"{1 / image_seconds:.0f} images/s evaluated -> {config.epochs} epochs"
+              + (f" of {config.subset} images" if config.subset else "")
+              + f" of ~{epoch_seconds:.0f} s", file=sys.stderr, flush=True)
