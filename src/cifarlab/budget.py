@@ -71,7 +71,8 @@ def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
 
 def size_to_budget(config: TrainConfig, n_train: int, n_val: int, device: torch.device,
                    num_classes: int, spent: float, quiet: bool = False) -> None:
-    """Set config.epochs (and config.subset if one epoch is too long) to fit config.budget."""
+    """Set config.epochs (and config.subset if one epoch is too long) to fit config.budget,
+    and at most config.max_epochs."""
     assert config.budget is not None
     probe_started = time.perf_counter()
     step_seconds, image_seconds = measure_rates(config, device, num_classes)
@@ -81,7 +82,7 @@ def size_to_budget(config: TrainConfig, n_train: int, n_val: int, device: torch.
     # + about 0.3 s an epoch for the checkpoint and metrics writes
     epoch_seconds = math.ceil(n_train / config.batch_size) * step_seconds + eval_seconds + 0.3
     left = config.budget * SAFETY - spent - final_seconds
-    epochs = int(left // epoch_seconds)
+    epochs = min(int(left // epoch_seconds), config.max_epochs or 1000)
     if epochs >= 1:
         config.epochs = epochs
     else:

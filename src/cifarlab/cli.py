@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
     _add_data_arg(t)
     t.add_argument("--epochs", type=int, help="number of epochs")
-    t.add_argument("--batch-size", type=int, help="images per step")
+    t.add_argument("--batch-size", type=int,
+                   help="images per step (SGD recipes scale their lr with it unless --lr is given)")
     t.add_argument("--lr", type=float, help="learning rate")
     t.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of train held out for validation, per class (default: 0.1)")
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a seeded random N of the training images only")
     t.add_argument("--budget", metavar="TIME",
                    help="fit training plus evaluation into this wall-clock time (e.g. 90s, 10m, "
-                        "1h): the epochs are sized from the speed measured on this machine")
+                        "1h): the epochs are sized from the speed measured on this machine; "
+                        "--epochs then caps them")
     t.add_argument("--trials", type=int, default=1, metavar="N",
                    help="train N runs with seeds S, S+1, ... into DIR/seed-S and report mean +- "
                         "std (default: 1)")
@@ -187,8 +189,9 @@ def _train(args: argparse.Namespace) -> int:
     summaries = []
     for trial in range(args.trials):
         seed = args.seed + trial
-        config = make_config(
-            args.recipe, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+        config = make_config(  # with a budget, --epochs is the most it may choose
+            args.recipe, data=args.data, epochs=None if budget else args.epochs,
+            max_epochs=args.epochs if budget else None, batch_size=args.batch_size,
             lr=args.lr, val_fraction=args.val_fraction, seed=seed, subset=args.subset,
             device=args.device, budget=budget)
         out = parent / f"seed-{seed}" if args.trials > 1 and parent else parent
