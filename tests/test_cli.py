@@ -39,7 +39,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 def test_list_recipes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--list-recipes"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("base", "robust", "bn"))
+    assert all(name in out for name in ("base", "robust", "bn", "fast", "fast_small"))
 
 
 def test_help_mentions_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -132,9 +132,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.recipes import list_recipes
 
     if args.list_recipes:
+        width = max(len(r.name) for r in list_recipes())
         for recipe in list_recipes():
             s = recipe.settings
-            print(f"{recipe.name:<8} {recipe.description}\n{'':<8} model {s['model']}, "
+            print(f"{recipe.name:<{width}} {recipe.description}\n{'':<{width}} model {s['model']}, "
                   f"{s['optimizer']} lr {s['lr']:g}, batch {s['batch_size']}, {s['epochs']} epochs")
         return 0
     if args.nproc != 1:
