@@ -11,44 +11,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
-from cifarlab.models import create_model
+from cifarlab.budget import measure_rates
 from cifarlab.recipes import make_config
-from cifarlab.train import _optimizer, available_cores
+from cifarlab.train import available_cores
 
 EPOCH_IMAGES = 45_000
 
 
 def time_steps(recipe: str, channels_last: bool, steps: int, warmup: int) -> float:
     """Seconds per training step (augmentation included) for one recipe and layout."""
-    config = make_config(recipe)
-    torch.manual_seed(0)
-    model = create_model(config.model, 10)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = _optimizer(config, model)
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (config.batch_size, 32, 32, 3), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (config.batch_size,))
-    model.train()
-    start = 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
-            start = time.perf_counter()
-        x = images.permute(0, 3, 1, 2).float()
-        if not channels_last:
-            x = x.contiguous()
-        if config.augment.active:
-            x = config.augment(x, gen)
-        loss = F.cross_entropy(model(x), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return (time.perf_counter() - start) / steps
+    config = make_config(recipe, channels_last=channels_last)
+    return measure_rates(config, torch.device("cpu"), 10, steps, warmup)[0]
 
 
 def main() -> None:

@@ -36,8 +36,11 @@ def parse_duration(text: str) -> float:
 
 
 def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
-                  steps: int = 5) -> tuple[float, float]:
-    """(seconds per training step at the run's batch size, seconds per evaluated image)."""
+                  steps: int = 5, warmup: int = 1) -> tuple[float, float]:
+    """(seconds per training step at the run's batch size, seconds per evaluated image).
+
+    The first `warmup` steps pay one-off allocation and are not counted.
+    """
     torch.manual_seed(config.seed)
     model = create_model(config.model, num_classes, (127.0,) * 3, (64.0,) * 3).to(device)
     if config.channels_last:
@@ -47,10 +50,11 @@ def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
     optimizer = _optimizer(config, model)
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (config.batch_size, 3, 32, 32), generator=gen).float()
-    images = images.to(device).contiguous(memory_format=torch.channels_last)
+    images = images.to(device).contiguous(memory_format=torch.channels_last if config.channels_last
+                                           else torch.contiguous_format)
     labels = torch.randint(0, num_classes, (config.batch_size,), generator=gen).to(device)
     times = []
-    for _ in range(steps + 1):  # the first step pays one-off allocation: not counted
+    for _ in range(warmup + steps):
         start = time.perf_counter()
         x = config.augment(images, gen) if config.augment.active else images
         loss = F.cross_entropy(model(x), labels)
@@ -66,7 +70,7 @@ def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
         start = time.perf_counter()
         float(model(batch).sum())
         per_image = (time.perf_counter() - start) / len(batch)
-    return sum(times[1:]) / steps, per_image
+    return sum(times[warmup:]) / steps, per_image
 
 
 def size_to_budget(config: TrainConfig, n_train: int, n_val: int, device: torch.device,
