@@ -52,8 +52,8 @@ def test_help_mentions_every_command(capsys: pytest.CaptureFixture[str]) -> None
 @pytest.mark.parametrize("argv, message", [
     (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
     (["train", "--data", "/no/such/file.tgz"], "data source not found"),
-    (["evaluate", "/no/such/run"], "checkpoint not found"),
-    (["predict", "/no/such/run", "x.png"], "image not found"),
+    (["evaluate", "/no/such/run"], "run directory not found"),
+    (["predict", "/no/such/run", "x.png"], "run directory not found"),
     (["data", "--data", "/no/such/dir"], "data source not found"),
     (["train", "--resume", "/no/such/run"], "checkpoint not found"),
 ])
@@ -73,10 +73,10 @@ def test_evaluate_json(trained_run: Path, capsys: pytest.CaptureFixture[str]) ->
     for split in ("val", "test", "train"):
         assert main(["evaluate", str(trained_run), "--split", split, "--json"]) == 0
         result = json.loads(capsys.readouterr().out)
-        assert {"accuracy", "loss", "n", "per_class"} <= set(result)
+        assert {"accuracy", "loss", "images", "per_class", "weights", "epoch"} <= set(result)
         assert result["split"] == split and set(result["per_class"]) == {"a", "b", "c", "d"}
     summary = json.loads((trained_run / "summary.json").read_text())
-    assert main(["evaluate", str(trained_run / "model.pt"), "--split", "val", "--json"]) == 0
+    assert main(["evaluate", str(trained_run / "model.pt"), "--split", "val", "--json"]) == 0  # final
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(summary["val_acc"])
 
 

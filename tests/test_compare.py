@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.compare import compare_rows, format_rows
+from cifarlab.comparison import compare_rows, format_rows
 from cifarlab.report import read_run
-from cifarlab.train import METRIC_COLUMNS
+from cifarlab.trainer import METRIC_COLUMNS
 
 
 def write_run(path: Path, recipe: str, model: str, clean: list[float], val: list[float],
@@ -83,33 +83,33 @@ def test_table_columns_line_up(runs: list[Path]) -> None:
     assert all(line[end - 1] == "%" for line in lines[1:])
 
 
-def test_cli_writes_compare_png_where_asked(runs: list[Path], tmp_path: Path,
+def test_cli_writes_a_chart_only_when_asked(runs: list[Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "charts"
-    assert main(["compare", *map(str, runs), "--format", "markdown", "--out", str(out)]) == 0
-    captured = capsys.readouterr()
-    assert captured.out.startswith("| run |")
-    assert str(out / "compare.png") in captured.err
-    with Image.open(out / "compare.png") as image:
-        assert image.width > 600 and image.height > 300
-
-
-def test_cli_default_out_is_the_current_directory(runs: list[Path], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["compare", *map(str, runs), "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
-    assert (tmp_path / "compare.png").is_file()
+    assert list(tmp_path.glob("*.png")) == []
+    chart = tmp_path / "charts" / "val.png"
+    assert main(["compare", *map(str, runs), "--format", "markdown", "--chart", str(chart)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("| run |") and str(chart) in captured.err
+    with Image.open(chart) as image:
+        assert image.width > 600 and image.height > 300
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing", "run directory not found"),
-    (lambda p: p, "no metrics.csv"),
-])
-def test_cli_rejects_what_is_not_a_run(make: Callable[[Path], Path], message: str, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", str(make(tmp_path)), "--out", str(tmp_path)]) == 2
+def test_cli_skips_folders_that_are_not_runs(runs: list[Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes").mkdir()
+    assert main(["compare", *map(str, runs), str(tmp_path / "notes"), "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 3  # header + 2 runs
+    assert f"skipped {tmp_path / 'notes'}: not a cifarlab run" in captured.err
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
+def test_cli_with_no_run_at_all_is_an_error(make: Callable[[Path], Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(make(tmp_path))]) == 2
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "compare.png").exists()
+    assert "no runs to compare" in err and "Traceback" not in err

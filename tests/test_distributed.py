@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab import distributed, train
-from cifarlab.cli import _worker_argv, build_parser, main
+from cifarlab import distributed, trainer
+from cifarlab.cli import main
+from cifarlab.config import Augment, make_config
 from cifarlab.errors import UserError
 
 PER_CLASS = 200  # 2,000 real images: 1,200 to train on, 800 to validate on
@@ -52,8 +53,9 @@ def test_two_processes_match_one(real_subset: Path, tmp_path: Path,
     assert two.returncode == 0, two.stderr
     [run2] = (work / "runs").iterdir()
     assert sorted(p.name for p in work.iterdir()) == ["runs"]
-    assert sorted(p.name for p in run2.iterdir()) == ["checkpoint.pt", "config.json", "metrics.csv",
-                                                       "model.pt", "summary.json"]
+    assert sorted(p.name for p in run2.iterdir()) == [".cifarlab-run", "best.pt", "checkpoint.pt",
+                                                       "config.json", "metrics.csv", "model.pt",
+                                                       "summary.json"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     both = json.loads((run2 / "summary.json").read_text())
@@ -75,16 +77,27 @@ def test_worker_failures_give_the_exit_code(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_worker_argv_repeats_every_train_option() -> None:
-    parser = build_parser()
+def test_workers_get_the_resolved_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--nproc hands every worker the parent's resolved settings (one file), not a list of flags."""
+    seen: dict[str, object] = {}
+
+    def fake_launch(nproc: int, argv: list[str]) -> int:
+        seen["nproc"], seen["argv"] = nproc, argv
+        seen["config"] = json.loads(Path(argv[argv.index("--config") + 1]).read_text())
+        return 0
+
+    monkeypatch.setattr(distributed, "launch", fake_launch)
+    monkeypatch.setattr("cifarlab.api.Run", lambda *a, **k: None)
     argv = ["train", "--recipe", "bn", "--data", "d.tgz", "--epochs", "3", "--batch-size", "8",
             "--lr", "0.0125", "--val-fraction", "0.2", "--seed", "7", "--subset", "100",
-            "--out", "r", "--device", "cpu", "--checkpoint-every", "5", "--quiet", "--nproc", "2"]
-    args = parser.parse_args(argv)
-    again = parser.parse_args(_worker_argv(args))
-    assert {**vars(again), "nproc": 2} == vars(args)
-    resumed = parser.parse_args(["train", "--resume", "--nproc", "2"])
-    assert parser.parse_args(_worker_argv(resumed)).resume == ""
+            "--device", "cpu", "--checkpoint-every", "5", "--set", "augment.flip=true",
+            "--out", str(tmp_path / "r"), "--quiet", "--nproc", "2"]
+    assert main(argv) == 0
+    expected = make_config("bn", data="d.tgz", epochs=3, batch_size=8, lr=0.0125, val_fraction=0.2,
+                           seed=7, subset=100, device="cpu", checkpoint_every=5)
+    expected.augment = Augment(flip=True)
+    assert seen["nproc"] == 2 and seen["config"] == expected.to_dict()
+    assert seen["argv"][-3:] == ["--out", str(tmp_path / "r"), "--quiet"]
 
 
 def test_context_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,8 +108,8 @@ def test_context_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> N
     ctx = distributed.from_env()
     assert ctx == distributed.Context(3, 4, 1, 2) and ctx.enabled and not ctx.is_main
     monkeypatch.delenv("CIFARLAB_THREADS", raising=False)
-    monkeypatch.setattr(train.os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert train.available_cores() == 4  # the machine's cores, shared by its 2 processes
+    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert trainer.available_cores() == 4  # the machine's cores, shared by its 2 processes
     with pytest.raises(UserError, match="under torchrun leave it out"):
         distributed.launch(2, ["train"])
     monkeypatch.setenv("RANK", "9")

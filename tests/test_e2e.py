@@ -21,4 +21,4 @@ def test_base_one_epoch_beats_chance(shared_archive: Path, tmp_path: Path,
     assert summary["val_acc"] > 0.2, summary
     assert main(["evaluate", str(run), "--split", "val", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["n"] == 5000 and result["accuracy"] == pytest.approx(summary["val_acc"])
+    assert result["images"] == 5000 and result["accuracy"] == pytest.approx(summary["val_acc"])

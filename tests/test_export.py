@@ -44,8 +44,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_image_folder(data, CLASSES, n_train=TRAIN_PER_CLASS)
         write_image_folder(root / "toy-held-out", CLASSES, n_train=HELD_OUT_PER_CLASS, seed=7)
         (root / "toy-held-out" / "train").rename(root / "held-out")
-    from cifarlab.recipes import make_config
-    from cifarlab.train import train
+    from cifarlab.config import make_config
+    from cifarlab.trainer import train
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CIFARLAB_THREADS", "1")
@@ -174,7 +174,7 @@ def test_default_output_is_inside_the_run(run: Path, tmp_path: Path) -> None:
 def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(tmp_path / "missing"), "--format", "onnx"]) == 2
     err = capsys.readouterr().err
-    assert "checkpoint not found" in err and len(err.strip().splitlines()) == 1
+    assert "model not found" in err and len(err.strip().splitlines()) == 1
 
 
 def test_missing_onnx_packages_say_what_to_install(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import torch
 
-from cifarlab import budget, checkpoint, train
+from cifarlab import budget, checkpoint, optim, trainer
 from cifarlab.augment import flip_where
 from cifarlab.cli import main
+from cifarlab.config import RECIPES, make_config
 from cifarlab.errors import Interrupted, UserError
-from cifarlab.models import create_model
-from cifarlab.recipes import RECIPES, make_config
+from cifarlab.networks import create_model
 from test_train import StopAfter, read_metrics
 
 
@@ -48,7 +48,7 @@ def test_sgd_lr_follows_the_batch_size_unless_given() -> None:
 def test_optimizer_groups_and_frozen_whitening_bias() -> None:
     config = make_config("fast")
     model = create_model("fastnet_small", 10)
-    optimizer = train._optimizer(config, model)
+    optimizer = optim.build(config, model)
     groups = {round(g["lr_scale"]): g for g in optimizer.param_groups if "until_epoch" not in g}
     norm_shifts = [m.bias for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert {id(p) for p in groups[64]["params"]} == {id(p) for p in norm_shifts}
@@ -57,15 +57,15 @@ def test_optimizer_groups_and_frozen_whitening_bias() -> None:
     assert whiten[0]["params"] == [model.body.whiten.bias]
     frozen = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert id(model.body.whiten.weight) not in frozen  # never trained
-    train.set_lr(optimizer, 0.5, epoch=2)
+    optim.set_lr(optimizer, 0.5, epoch=2)
     assert [g["lr"] for g in optimizer.param_groups] == [0.5, 32.0, 0.5]
-    train.set_lr(optimizer, 0.5, epoch=3)  # whiten_bias_epochs = 3
+    optim.set_lr(optimizer, 0.5, epoch=3)  # whiten_bias_epochs = 3
     assert [g["lr"] for g in optimizer.param_groups] == [0.5, 32.0, 0.0]
 
 
 def test_lookahead_pulls_weights_to_their_average() -> None:
     model = torch.nn.Linear(2, 1)
-    look = train.Lookahead(model, batch_size=1024)
+    look = optim.Lookahead(model, batch_size=1024)
     assert look.every == 5
     start = model.weight.detach().clone()
     with torch.no_grad():
@@ -86,7 +86,7 @@ def test_flip_where_mirrors_only_the_masked_images() -> None:
 
 
 def test_fast_recipe_trains_and_reports_tta(toy_data: Path, tmp_path: Path) -> None:
-    summary = train.train(toy_fast(toy_data), out=tmp_path / "run", quiet=True)
+    _, summary = trainer.train(toy_fast(toy_data), out=tmp_path / "run", quiet=True)
     losses = [float(row["train_loss"]) for row in read_metrics(tmp_path / "run")]
     assert losses[-1] < losses[0] and 0 <= summary["val_acc_tta"] <= 1
     assert summary["peak_rss_mb"] > 0 and summary["wall_seconds"] >= summary["total_seconds"]
@@ -98,13 +98,13 @@ def test_fast_interrupt_and_resume_is_exact(toy_data: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Lookahead's average and the frozen whitening bias survive a resume mid-epoch."""
     config = toy_fast(toy_data, whiten_bias_epochs=1)
-    train.train(config, out=tmp_path / "straight", quiet=True)
-    monkeypatch.setattr(train, "_StopFlag", StopAfter)
+    trainer.train(config, out=tmp_path / "straight", quiet=True)
+    monkeypatch.setattr(trainer, "_StopFlag", StopAfter)
     StopAfter.limit, StopAfter.reads = 9, 0  # 6 steps per epoch: mid-epoch 2, off the 5-step grid
     with pytest.raises(Interrupted):
-        train.train(toy_fast(toy_data, whiten_bias_epochs=1), out=tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(train, "_StopFlag", StopAfter.__mro__[1])
-    train.resume(tmp_path / "cut", quiet=True)
+        trainer.train(toy_fast(toy_data, whiten_bias_epochs=1), out=tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(trainer, "_StopFlag", StopAfter.__mro__[1])
+    trainer.resume(tmp_path / "cut", quiet=True)
     assert read_metrics(tmp_path / "cut")[-1]["val_acc"] == read_metrics(
         tmp_path / "straight")[-1]["val_acc"]
     a, _ = checkpoint.load_model(tmp_path / "straight")
@@ -132,7 +132,7 @@ def test_size_to_budget(seconds: float, epochs: int, subset: int | None,
     # 1 s per step of 256, 1 ms per evaluated image: an epoch of 45,000 is 176 + 10 s of eval
     monkeypatch.setattr(budget, "measure_rates", lambda *a, **k: (1.0, 0.001))
     config = make_config("fast", budget=float(seconds), tta=False)
-    budget.size_to_budget(config, 45_000, 5_000, torch.device("cpu"), 10, spent=0.0, quiet=True)
+    config = budget.fit(config, 45_000, 5_000, 10, torch.device("cpu"), None, spent=0.0, quiet=True)
     assert (config.epochs, config.subset) == (epochs, subset)
     # what it plans fits: epochs x (steps + eval + writes) + final save
     steps = (config.subset or 45_000) / 256
@@ -143,7 +143,7 @@ def test_too_small_a_budget_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(budget, "measure_rates", lambda *a, **k: (5.0, 0.01))
     config = make_config("fast", budget=30.0)
     with pytest.raises(UserError, match="too short"):
-        budget.size_to_budget(config, 45_000, 5_000, torch.device("cpu"), 10, 0.0, quiet=True)
+        budget.fit(config, 45_000, 5_000, 10, torch.device("cpu"), None, 0.0, quiet=True)
 
 
 def test_budget_and_trials_from_the_command_line(toy_data: Path, tmp_path: Path,

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifarlab import checkpoint, data, fsio, train
+from cifarlab import checkpoint, data, fsio, rundir, trainer
 from cifarlab.cli import main
 
 # 480 toy images, 20% for validation: 12 steps of 32 per epoch. `robust` has augmentation and
@@ -64,7 +64,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 
 def saved_state(run: Path) -> dict[str, Any]:
-    return checkpoint.load(run / checkpoint.CHECKPOINT_FILE, checkpoint.CHECKPOINT_FORMAT)
+    return checkpoint.load(run / rundir.CHECKPOINT, checkpoint.CHECKPOINT_FORMAT)
 
 
 def test_kill_9_mid_epoch_then_resume_is_exact(reference: Path, toy_data: Path,
@@ -73,7 +73,7 @@ def test_kill_9_mid_epoch_then_resume_is_exact(reference: Path, toy_data: Path,
     cmd = [sys.executable, "-m", "cifarlab", "train", "--data", str(toy_data), *ARGS,
            "--out", str(run), "--checkpoint-every", "2"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    ckpt, seen_mtime, deadline = run / checkpoint.CHECKPOINT_FILE, 0, time.time() + 120
+    ckpt, seen_mtime, deadline = run / rundir.CHECKPOINT, 0, time.time() + 120
     try:
         while time.time() < deadline and proc.poll() is None:  # wait for a mid-epoch-2 save
             mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
@@ -86,7 +86,7 @@ def test_kill_9_mid_epoch_then_resume_is_exact(reference: Path, toy_data: Path,
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill: {err}"
-    assert not (run / checkpoint.MODEL_FILE).exists()
+    assert not (run / rundir.FINAL).exists()
     state = saved_state(run)
     assert state["epoch_state"]["step"] % 2 == 0  # a --checkpoint-every 2 save
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
@@ -94,7 +94,7 @@ def test_kill_9_mid_epoch_then_resume_is_exact(reference: Path, toy_data: Path,
 
 
 class PoisonedF:
-    """Stands in for torch.nn.functional in cifarlab.train: the loss is NaN from step `at` on."""
+    """Stands in for torch.nn.functional in cifarlab.trainer: the loss is NaN from step `at` on."""
 
     def __init__(self, at: int):
         self.at, self.calls = at, 0
@@ -110,7 +110,7 @@ def test_nan_loss_exits_1_and_the_last_good_checkpoint_resumes(
         every: int, last_good: str, reference: Path, toy_data: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    monkeypatch.setattr(train, "F", PoisonedF(at=STEPS_PER_EPOCH + 7))
+    monkeypatch.setattr(trainer, "F", PoisonedF(at=STEPS_PER_EPOCH + 7))
     code = main(["train", "--data", str(toy_data), *ARGS, "--out", str(run),
                  "--checkpoint-every", str(every)])
     err = capsys.readouterr().err
@@ -119,7 +119,7 @@ def test_nan_loss_exits_1_and_the_last_good_checkpoint_resumes(
             f"is in {run}") in err and "Traceback" not in err
     state = saved_state(run)  # intact, and where the message says
     assert (state["epoch"], state["epoch_state"]["step"]) == (1, every)
-    assert len(metrics(run)) == 1 and not (run / checkpoint.MODEL_FILE).exists()
+    assert len(metrics(run)) == 1 and not (run / rundir.FINAL).exists()
     monkeypatch.undo()
     monkeypatch.setenv("CIFARLAB_THREADS", "1")
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
@@ -131,7 +131,7 @@ def test_weights_that_go_non_finite_are_never_saved(toy_data: Path, tmp_path: Pa
     run = tmp_path / "run"
     assert main(["train", "--data", str(toy_data), *ARGS, "--lr", "inf", "--out", str(run),
                  "--checkpoint-every", "1"]) == 1
-    assert not (run / checkpoint.CHECKPOINT_FILE).exists()
+    assert not (run / rundir.CHECKPOINT).exists()
 
 
 def no_space(*args: object) -> None:
@@ -185,23 +185,23 @@ def test_full_disk_is_one_clear_error_and_leaves_no_partial_file(
         capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     data.load_dataset(toy_data, quiet=True)  # decode and cache first: only the run writes below
-    if fault == "fsync":  # config.json, checkpoint 1 and metrics.csv fit; checkpoint 2 does not
-        monkeypatch.setattr(fsio.os, "fsync", FailAfter(3))
+    if fault == "fsync":  # config.json, best.pt, checkpoint 1 and metrics.csv fit; epoch 2 does not
+        monkeypatch.setattr(fsio.os, "fsync", FailAfter(4))
     else:  # room for the small files, not for a checkpoint
         monkeypatch.setattr(fsio.os, "fdopen", SmallDisk(room=20_000))
     code = main(["train", "--data", str(toy_data), *ARGS, "--out", str(run)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert f"cannot write {run / 'checkpoint.pt'}: No space left on device" in err
-    assert not list(run.glob(".*.tmp")) and not (run / checkpoint.MODEL_FILE).exists()
+    assert f"cannot write {run}/" in err and "No space left on device" in err
+    assert not list(run.glob(".*.tmp")) and not (run / rundir.FINAL).exists()
     if fault == "fsync":  # the last good checkpoint is intact and resumable
         assert saved_state(run)["epoch"] == 1 and len(metrics(run)) == 1
         monkeypatch.undo()
         monkeypatch.setenv("CIFARLAB_THREADS", "1")
         assert main(["train", "--resume", str(run), "--quiet"]) == 0
         assert len(metrics(run)) == 3
-    else:
-        assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+    else:  # nothing worth keeping was written: the run folder is gone, not half there
+        assert not run.exists()
 
 
 @pytest.mark.parametrize("where", ["file-in-the-way", "read-only"])
@@ -223,8 +223,8 @@ def test_unwritable_run_directory(where: str, toy_data: Path, tmp_path: Path,
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert ("cannot create the folder" in err if where == "file-in-the-way"
             else "Read-only file system" in err)
-    if where == "read-only":
-        assert list(run.iterdir()) == []
+    if where == "read-only":  # the folder cifarlab made for the run is not left behind empty
+        assert not run.exists()
 
 
 class RunsCode:
@@ -250,8 +250,8 @@ def test_damaged_or_hostile_checkpoints(damage: str, message: str, reference: Pa
                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    path = run / checkpoint.CHECKPOINT_FILE
-    (run / checkpoint.MODEL_FILE).unlink()  # an unfinished run
+    path = run / rundir.CHECKPOINT
+    (run / rundir.FINAL).unlink()  # an unfinished run
     good = path.read_bytes()
     saved = torch.load(path, weights_only=True)
     marker = tmp_path / "code-ran"
@@ -262,7 +262,7 @@ def test_damaged_or_hostile_checkpoints(damage: str, message: str, reference: Pa
     elif damage == "foreign":
         torch.save({"state_dict": saved["model"]}, path)
     elif damage == "model-file":
-        shutil.copy(reference / checkpoint.MODEL_FILE, path)
+        shutil.copy(reference / rundir.FINAL, path)
     elif damage == "runs-code":
         torch.save({"format": checkpoint.CHECKPOINT_FORMAT, "x": RunsCode(marker)}, path)
     elif damage == "missing-keys":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifarlab.models import create_model, list_models
+from cifarlab.errors import UserError
+from cifarlab.networks import create_model, list_models
 
 
 @pytest.mark.parametrize("name", ["base", "base_dropout", "bn"])
@@ -33,7 +34,7 @@ def test_normalisation_is_inside_the_model() -> None:
 
 def test_registry() -> None:
     assert {"base", "base_dropout", "bn"} <= set(list_models())
-    with pytest.raises(KeyError):
+    with pytest.raises(UserError, match="unknown model 'nope'"):
         create_model("nope", 10)
 
 

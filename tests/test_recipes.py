@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from cifarlab.config import RECIPES, TrainConfig, make_config
 from cifarlab.errors import UserError
-from cifarlab.recipes import RECIPES, TrainConfig, lr_at, make_config
+from cifarlab.optim import lr_at
 
 
 def test_seed_recipes_match_the_notebooks() -> None:
@@ -24,7 +25,7 @@ def test_overrides_apply_and_none_keeps() -> None:
 def test_loud_config_errors() -> None:
     with pytest.raises(UserError, match="unknown recipe 'resnet9000'"):
         make_config("resnet9000")
-    with pytest.raises(UserError, match="unknown setting 'epochz'"):
+    with pytest.raises(UserError, match="unknown setting 'epochz' \\(did you mean 'epochs'\\?\\)"):
         make_config("base", epochz=3)
     with pytest.raises(UserError, match="expects int"):
         make_config("base", epochs="3")

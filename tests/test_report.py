@@ -16,12 +16,13 @@ import torch
 from PIL import Image
 
 from cifarlab import plots
-from cifarlab.checkpoint import MODEL_FILE, load_model
+from cifarlab.checkpoint import load_model
+from cifarlab.rundir import FINAL as MODEL_FILE
 from cifarlab.cli import main
+from cifarlab.config import make_config
 from cifarlab.diagnose import VERDICTS
 from cifarlab.errors import UserError
 from cifarlab.evaluate import evaluate_split
-from cifarlab.recipes import make_config
 from cifarlab.report import (
     calibration,
     class_scores,
@@ -31,7 +32,7 @@ from cifarlab.report import (
     read_run,
     write_report,
 )
-from cifarlab.train import train
+from cifarlab.trainer import train
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FIGURES = ["curves.png", "confusion_matrix.png", "reliability.png", "samples.png", "mistakes.png"]
@@ -105,12 +106,15 @@ def test_report_writes_every_file(report: Path) -> None:
 
 
 def test_report_accuracy_matches_training_and_evaluate(run: Path, report: Path) -> None:
-    """The report's val accuracy is the last epoch's, and what `cifarlab evaluate` computes."""
+    """The report's val accuracy is the best epoch's (best weights by default), and what
+    `cifarlab evaluate` computes."""
     metrics = json.loads((report / "metrics.json").read_text())
     model, record = load_model(run)
     _, split = evaluation_split(record, None, "val")
     assert evaluate_split(model, split, torch.device("cpu"))["accuracy"] == pytest.approx(metrics["accuracy"])
-    assert read_run(run).history[-1]["val_acc"] == pytest.approx(metrics["accuracy"], abs=1e-5)
+    assert metrics["weights"] == "best" and metrics["epoch"] == record["epoch"]
+    best = read_run(run).history[record["epoch"] - 1]
+    assert best["val_acc"] == pytest.approx(metrics["accuracy"], abs=1e-5)
 
 
 def test_html_is_self_contained(report: Path) -> None:
@@ -211,7 +215,8 @@ def test_confusion_scores_and_pairs() -> None:
 
 def test_image_grid_without_images() -> None:
     """A model with no mistakes still gets a mistakes.png."""
-    png = plots.image_grid(np.zeros((0, 32, 32, 3), np.uint8), [], [], "No wrong predictions on val")
+    png = plots.to_png(plots.image_grid(np.zeros((0, 32, 32, 3), np.uint8), [], [],
+                                        "No wrong predictions on val"))
     assert png.startswith(b"\x89PNG")
 
 

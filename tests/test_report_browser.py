@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cifarlab.checkpoint import MODEL_FILE
+from cifarlab.rundir import FINAL as MODEL_FILE
 from cifarlab.report import write_report
 from test_report import make_run
 

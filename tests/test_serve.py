@@ -207,9 +207,9 @@ def test_model_is_loaded_once(run: Path, image: Path, monkeypatch: pytest.Monkey
     calls = []
     real = checkpoint.load_model
 
-    def counting(path: Any) -> Any:
+    def counting(path: Any, **kwargs: Any) -> Any:
         calls.append(path)
-        return real(path)
+        return real(path, **kwargs)
 
     monkeypatch.setattr(checkpoint, "load_model", counting)
     client = TestClient(create_app(run))
@@ -294,7 +294,7 @@ def test_serve_errors_are_one_line(run: Path, capsys: pytest.CaptureFixture[str]
         taken.listen()
         port = taken.getsockname()[1]
         for argv, message in [
-            (["serve", "/no/such/run"], "checkpoint not found"),
+            (["serve", "/no/such/run"], "model not found"),
             (["serve", str(run), "--max-pixels", "0"], "--max-pixels must be positive"),
             (["serve", str(run), "--port", "70000"], "--port must be"),
             (["serve", str(run), "--port", str(port)], "cannot listen on 127.0.0.1"),

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from cifarlab import checkpoint, train
+from cifarlab import checkpoint, distributed, trainer
+from cifarlab.config import TrainConfig, make_config
 from cifarlab.errors import Interrupted, TrainingError, UserError
-from cifarlab.recipes import TrainConfig, make_config
 
 
 @pytest.fixture(autouse=True)
@@ -34,12 +34,13 @@ def read_metrics(run: Path) -> list[dict[str, str]]:
 
 def test_run_directory(toy_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    summary = train.train(tiny_config(toy_data), out=run, quiet=True)
-    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.csv", "summary.json",
-                                               "model.pt", "checkpoint.pt"}
+    _, summary = trainer.train(tiny_config(toy_data), out=run, quiet=True)
+    assert {p.name for p in run.iterdir()} == {".cifarlab-run", "config.json", "metrics.csv",
+                                               "summary.json", "model.pt", "best.pt",
+                                               "checkpoint.pt"}
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == train.METRIC_COLUMNS
+    assert list(rows[0]) == trainer.METRIC_COLUMNS
     saved = json.loads((run / "summary.json").read_text())
     for key in ("recipe", "epochs", "train_acc", "train_acc_clean", "val_acc", "best_val_acc",
                 "seconds_per_epoch", "total_seconds"):
@@ -54,13 +55,13 @@ def test_run_directory(toy_data: Path, tmp_path: Path) -> None:
 
 def test_same_seed_same_numbers(toy_data: Path, tmp_path: Path) -> None:
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "train_acc_clean")
-    runs = [train.train(tiny_config(toy_data, "robust", seed=s), out=tmp_path / f"r{i}", quiet=True)
+    runs = [trainer.train(tiny_config(toy_data, "robust", seed=s), out=tmp_path / f"r{i}", quiet=True)[1]
             for i, s in enumerate((4, 4, 5))]
     assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
     assert [runs[0][k] for k in keys] != [runs[2][k] for k in keys]
 
 
-class StopAfter(train._StopFlag):
+class StopAfter(trainer._StopFlag):
     """A Ctrl-C that arrives after `limit` training steps."""
 
     limit = 0
@@ -80,44 +81,44 @@ class StopAfter(train._StopFlag):
 def test_interrupt_and_resume_is_exact(toy_data: Path, tmp_path: Path, limit: int,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     config = tiny_config(toy_data, "robust", epochs=3)
-    train.train(config, out=tmp_path / "straight", quiet=True)
+    trainer.train(config, out=tmp_path / "straight", quiet=True)
 
-    monkeypatch.setattr(train, "_StopFlag", StopAfter)
+    monkeypatch.setattr(trainer, "_StopFlag", StopAfter)
     StopAfter.limit, StopAfter.reads = limit, 0
     with pytest.raises(Interrupted):
-        train.train(tiny_config(toy_data, "robust", epochs=3), out=tmp_path / "cut", quiet=True)
+        trainer.train(tiny_config(toy_data, "robust", epochs=3), out=tmp_path / "cut", quiet=True)
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
     assert not (tmp_path / "cut" / "model.pt").exists()
-    monkeypatch.setattr(train, "_StopFlag", StopAfter.__mro__[1])  # not undo(): keep 1 thread
-    train.resume(tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(trainer, "_StopFlag", StopAfter.__mro__[1])  # not undo(): keep 1 thread
+    trainer.resume(tmp_path / "cut", quiet=True)
 
     def without_time(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if "seconds" not in k} for r in read_metrics(run)]
 
     assert without_time(tmp_path / "cut") == without_time(tmp_path / "straight")
-    a, _ = checkpoint.load_model(tmp_path / "straight")
-    b, _ = checkpoint.load_model(tmp_path / "cut")
+    a, _ = checkpoint.load_model(tmp_path / "straight", weights="final")
+    b, _ = checkpoint.load_model(tmp_path / "cut", weights="final")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
 
 
 def test_resume_refuses_finished_and_out_refuses_existing(toy_data: Path, tmp_path: Path) -> None:
-    train.train(tiny_config(toy_data, epochs=1), out=tmp_path / "run", quiet=True)
+    trainer.train(tiny_config(toy_data, epochs=1), out=tmp_path / "run", quiet=True)
     with pytest.raises(UserError, match="already complete"):
-        train.resume(tmp_path / "run", quiet=True)
+        trainer.resume(tmp_path / "run", quiet=True)
     with pytest.raises(UserError, match="already holds a run"):
-        train.train(tiny_config(toy_data, epochs=1), out=tmp_path / "run", quiet=True)
+        trainer.train(tiny_config(toy_data, epochs=1), out=tmp_path / "run", quiet=True)
 
 
 def test_nan_loss_stops_with_clear_message(toy_data: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step \d+"):
-        train.train(tiny_config(toy_data, lr=math.inf), out=tmp_path / "run", quiet=True)
+        trainer.train(tiny_config(toy_data, lr=math.inf), out=tmp_path / "run", quiet=True)
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_checkpoints_load_without_unpickling_code(toy_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    train.train(tiny_config(toy_data, epochs=1), out=run, quiet=True)
+    trainer.train(tiny_config(toy_data, epochs=1), out=run, quiet=True)
     for name in ("model.pt", "checkpoint.pt"):
         assert isinstance(torch.load(run / name, weights_only=True), dict)
 
@@ -138,6 +139,7 @@ def test_foreign_and_truncated_checkpoints(tmp_path: Path) -> None:
 
 
 def test_subset_is_a_random_sample(toy_data: Path, tmp_path: Path) -> None:
-    trainer = train.Trainer(tiny_config(toy_data, subset=40), tmp_path / "run", quiet=True)
-    assert len(trainer.train_split) == 40
-    assert len(set(trainer.train_split.labels.tolist())) == 4  # not just the first class
+    data = trainer.load_data(tiny_config(toy_data, subset=40), distributed.Context(),
+                           torch.device("cpu"), quiet=True)
+    assert len(data.train) == 40
+    assert len(set(data.train.labels.tolist())) == 4  # not just the first class

@@ -1,3 +1,38 @@
-"""cifarlab: train, diagnose and compare small image classifiers on CIFAR-10 and image folders."""
+"""cifarlab: train, diagnose and compare small image classifiers on CIFAR-10 and image folders.
 
-__version__ = "0.1.0"
+    import cifarlab as cl
+    run = cl.train("base", data="../shared/data/cifar10-train-jpeg.tgz", epochs=15)
+    run.plot_curves()
+
+`import cifarlab` is cheap: torch and matplotlib load on first use of the API (api.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+_API = {"train", "trials", "resume", "load", "compare", "make_config", "recipes", "models",
+        "register_model", "summary", "Run", "Comparison"}
+_ELSEWHERE = {"TrainConfig": "cifarlab.config", "Augment": "cifarlab.config",
+              "UserError": "cifarlab.errors", "TrainingError": "cifarlab.errors",
+              "Interrupted": "cifarlab.errors", "TensorBoard": "cifarlab.callbacks"}
+__all__ = sorted(_API | set(_ELSEWHERE))
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        module = importlib.import_module("cifarlab.api")
+    elif name in _ELSEWHERE:
+        module = importlib.import_module(_ELSEWHERE[name])
+    else:
+        raise AttributeError(f"module 'cifarlab' has no attribute {name!r}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -8,36 +8,22 @@ comes from an explicit `torch.Generator`, so a seed fixes every flip, angle and 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from cifarlab.config import Augment
 
-@dataclass(frozen=True)
-class Augment:
-    """Which augmentations a recipe uses during training (never at evaluation)."""
 
-    flip: bool = False  # random horizontal flip, p = 0.5
-    rotation: float = 0.0  # max rotation as a fraction of a full turn (Keras RandomRotation)
-    zoom: float = 0.0  # max zoom in or out as a fraction (Keras RandomZoom)
-    translate: int = 0  # max shift in pixels, reflect-padded (random crop with padding)
-
-    @property
-    def active(self) -> bool:
-        return self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if self.flip:
-            x = random_flip(x, gen)
-        if self.rotation > 0 or self.zoom > 0:
-            x = random_rotate_zoom(x, gen, self.rotation, self.zoom)
-        if self.translate > 0:
-            x = random_translate(x, gen, self.translate)
-        return x
+def augment_batch(settings: Augment, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Apply the augmentations `settings` switches on to a batch, in Keras' order."""
+    if settings.flip:
+        x = random_flip(x, gen)
+    if settings.rotation > 0 or settings.zoom > 0:
+        x = random_rotate_zoom(x, gen, settings.rotation, settings.zoom)
+    if settings.translate > 0:
+        x = random_translate(x, gen, settings.translate)
+    return x
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:

@@ -11,17 +11,22 @@ measurement. Too short a budget for one epoch trains one epoch on a random subse
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from cifarlab import optim
+from cifarlab.augment import augment_batch
+from cifarlab.config import TrainConfig
 from cifarlab.errors import UserError
-from cifarlab.models import create_model
-from cifarlab.recipes import TrainConfig
+from cifarlab.networks import create_model
 
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 SAFETY = 0.97  # plan for 97% of the budget: timings on shared machines wander
@@ -36,18 +41,22 @@ def parse_duration(text: str) -> float:
 
 
 def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
-                  steps: int = 5, warmup: int = 1) -> tuple[float, float]:
+                  steps: int = 5, warmup: int = 1,
+                  make_model: Callable[[], nn.Module] | None = None) -> tuple[float, float]:
     """(seconds per training step at the run's batch size, seconds per evaluated image).
 
-    The first `warmup` steps pay one-off allocation and are not counted.
+    The model is a throwaway copy (`make_model`, else config.model with a generic
+    normalisation). The first `warmup` steps pay one-off allocation and are not counted.
     """
     torch.manual_seed(config.seed)
-    model = create_model(config.model, num_classes, (127.0,) * 3, (64.0,) * 3).to(device)
+    if make_model is not None:
+        model = make_model().to(device)
+    else:
+        model = create_model(config.model, num_classes, (127.0,) * 3, (64.0,) * 3,
+                             config.model_kwargs).to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    from cifarlab.train import _optimizer  # the same optimizer: its update costs time too
-
-    optimizer = _optimizer(config, model)
+    optimizer = optim.build(config, model)  # the same optimizer: its update costs time too
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (config.batch_size, 3, 32, 32), generator=gen).float()
     images = images.to(device).contiguous(memory_format=torch.channels_last if config.channels_last
@@ -56,7 +65,7 @@ def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
     times = []
     for _ in range(warmup + steps):
         start = time.perf_counter()
-        x = config.augment(images, gen) if config.augment.active else images
+        x = augment_batch(config.augment, images, gen) if config.augment.active else images
         loss = F.cross_entropy(model(x), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -73,13 +82,13 @@ def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
     return sum(times[warmup:]) / steps, per_image
 
 
-def size_to_budget(config: TrainConfig, n_train: int, n_val: int, device: torch.device,
-                   num_classes: int, spent: float, quiet: bool = False) -> None:
-    """Set config.epochs (and config.subset if one epoch is too long) to fit config.budget,
-    and at most config.max_epochs."""
+def fit(config: TrainConfig, n_train: int, n_val: int, num_classes: int, device: torch.device,
+        make_model: Callable[[], nn.Module] | None, spent: float, quiet: bool = False) -> TrainConfig:
+    """A copy of `config` whose epochs (and subset, if one epoch is too long) fit config.budget,
+    with at most config.max_epochs epochs."""
     assert config.budget is not None
     probe_started = time.perf_counter()
-    step_seconds, image_seconds = measure_rates(config, device, num_classes)
+    step_seconds, image_seconds = measure_rates(config, device, num_classes, make_model=make_model)
     spent += time.perf_counter() - probe_started
     eval_seconds = (min(config.clean_train_size, n_train) + n_val) * image_seconds
     final_seconds = (6 * n_val * image_seconds if config.tta else 0.0) + 2.0  # + saving
@@ -87,17 +96,17 @@ def size_to_budget(config: TrainConfig, n_train: int, n_val: int, device: torch.
     epoch_seconds = math.ceil(n_train / config.batch_size) * step_seconds + eval_seconds + 0.3
     left = config.budget * SAFETY - spent - final_seconds
     epochs = min(int(left // epoch_seconds), config.max_epochs or 1000)
-    if epochs >= 1:
-        config.epochs = epochs
-    else:
+    subset = config.subset
+    if epochs < 1:
         images = int((left - eval_seconds) / step_seconds) * config.batch_size
         if images < config.batch_size:
             raise UserError(
                 f"a budget of {config.budget:.0f} s is too short for recipe '{config.recipe}' here: "
                 f"one step takes {step_seconds:.1f} s and evaluation {eval_seconds:.0f} s")
-        config.epochs, config.subset = 1, images
+        epochs, subset = 1, images
     if not quiet:
         print(f"budget {config.budget:.0f} s: {step_seconds:.2f} s/step, "
-              f"{1 / image_seconds:.0f} images/s evaluated -> {config.epochs} epochs"
-              + (f" of {config.subset} images" if config.subset else "")
+              f"{1 / image_seconds:.0f} images/s evaluated -> {epochs} epochs"
+              + (f" of {subset} images" if subset else "")
               + f" of ~{epoch_seconds:.0f} s", file=sys.stderr, flush=True)
+    return dataclasses.replace(config, epochs=epochs, subset=subset)

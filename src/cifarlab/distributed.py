@@ -25,6 +25,14 @@ import torch.distributed as dist
 from cifarlab.errors import UserError
 
 
+class WorkersFailed(Exception):
+    """A training process started by --nproc failed; it said why itself. Carries its exit code."""
+
+    def __init__(self, code: int):
+        super().__init__(f"a training process exited with code {code}")
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Context:
     """Where this process stands among the training processes (all 0/1 when alone)."""

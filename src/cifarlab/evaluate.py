@@ -15,6 +15,21 @@ from cifarlab.errors import UserError
 from cifarlab.sources import IMAGE_SUFFIXES, decode_image
 
 
+def pick_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device `name` means; under torchrun, `local_rank` picks this process's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA GPU is available")
+    device = torch.device(name)
+    if device.type == "cuda" and local_rank is not None:
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process {local_rank} has no GPU: this machine has "
+                            f"{torch.cuda.device_count()}; start at most that many per machine")
+        device = torch.device("cuda", local_rank)
+    return device
+
+
 def to_batch(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 NHWC images to an NCHW float tensor in channels_last layout (no copy of the layout)."""
     tensor = torch.as_tensor(images).to(device, non_blocking=True)
@@ -92,11 +107,8 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def predict_files(model: nn.Module, classes: list[str], files: list[Path], top_k: int,
-                  device: torch.device) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image file (any size or mode, resized to 32x32)."""
-    if top_k < 1:
-        raise UserError("--top-k must be at least 1")
+def read_images(files: list[Path]) -> np.ndarray:
+    """Decode image files (any size or mode) to 32x32 RGB uint8, NHWC."""
     images = []
     for file in files:
         try:
@@ -104,11 +116,63 @@ def predict_files(model: nn.Module, classes: list[str], files: list[Path], top_k
         except OSError as exc:
             raise UserError(f"cannot read {file}: {exc.strerror}") from exc
         images.append(decode_image(data, str(file))[0])
-    probs = predict_logits(model, np.stack(images), device).softmax(1)
-    k = min(top_k, len(classes))
-    top = probs.topk(k, dim=1)
+    return np.stack(images)
+
+
+def as_images(items: Any) -> tuple[np.ndarray, list[str]]:
+    """What `Run.predict` accepts, as (uint8 NHWC 32x32 images, a name for each): image files or
+    folders (str or Path), a uint8 array (N, 32, 32, 3) or (32, 32, 3), PIL images, or a list."""
+    from PIL import Image
+
+    from cifarlab.sources import IMAGE_SIZE, _to_rgb
+
+    if isinstance(items, np.ndarray):
+        array = items[None] if items.ndim == 3 else items
+        if array.ndim != 4 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or array.dtype != np.uint8:
+            raise UserError(f"image arrays must be uint8 of shape (N, 32, 32, 3), got {array.dtype} "
+                            f"{array.shape}; pass files or PIL images for other sizes")
+        return array, [f"image {i}" for i in range(len(array))]
+    if isinstance(items, str | Path | Image.Image):
+        items = [items]
+    images: list[np.ndarray] = []
+    names: list[str] = []
+    for item in items:
+        if isinstance(item, Image.Image):
+            rgb = _to_rgb(item)
+            if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
+                rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            images.append(np.asarray(rgb, dtype=np.uint8))
+            names.append(f"image {len(names)}")
+        elif isinstance(item, str | Path):
+            files = image_files([str(item)])
+            images.extend(read_images(files))
+            names.extend(str(f) for f in files)
+        else:
+            array, _ = as_images(np.asarray(item))
+            images.extend(array)
+            names.extend(f"image {len(names) + i}" for i in range(len(array)))
+    if not images:
+        raise UserError("no images to predict")
+    return np.stack(images), names
+
+
+def top_k(logits: torch.Tensor, classes: list[str], names: list[str],
+          k: int) -> list[dict[str, Any]]:
+    """[{"image": name, "top": [{"label", "prob"}, ...]}, ...], best first."""
+    if k < 1:
+        raise UserError("--top-k must be at least 1")
+    top = logits.softmax(1).topk(min(k, len(classes)), dim=1)
     return [
-        {"image": str(file),
+        {"image": name,
          "top": [{"label": classes[int(i)], "prob": float(p)} for p, i in zip(vals, idx, strict=True)]}
-        for file, vals, idx in zip(files, top.values, top.indices, strict=True)
+        for name, vals, idx in zip(names, top.values, top.indices, strict=True)
     ]
+
+
+def predict_files(model: nn.Module, classes: list[str], files: list[Path], k: int,
+                  device: torch.device) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file (any size or mode, resized to 32x32)."""
+    if k < 1:
+        raise UserError("--top-k must be at least 1")
+    logits = predict_logits(model, read_images(files), device)
+    return top_k(logits, classes, [str(f) for f in files], k)

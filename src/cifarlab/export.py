@@ -64,20 +64,23 @@ def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def export_model(run_or_ckpt: str | Path, fmt: str = "onnx", out: Path | None = None) -> tuple[Path, Path]:
+def export_model(run_or_ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = None,
+                 weights: str = "best", model: checkpoint.ModelArg = None) -> tuple[Path, Path]:
     """Write the model in `fmt` and its JSON sidecar; returns (model file, sidecar). Python form of
     `cifarlab export`."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}' (choose from: {', '.join(FORMATS)})")
     if fmt == "onnx":
         require(["onnxscript", "onnx"], "onnx onnxscript", "ONNX export")
-    model_file = checkpoint.find_model_file(run_or_ckpt)
-    model, record = checkpoint.load_model(model_file)
+    model_file = checkpoint.find_model_file(run_or_ckpt, weights)
+    classifier, record = checkpoint.load_model(model_file, model=model)
     if out is None:
         out = default_out(model_file, fmt)
-    elif out.is_dir():
-        out = out / f"model{FORMATS[fmt]}"
-    module = Exportable(model.float().eval()).eval()
+    else:
+        out = Path(out)
+        if out.is_dir():
+            out = out / f"model{FORMATS[fmt]}"
+    module = Exportable(classifier.float().eval()).eval()
     example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)  # batch 2: 1 gets specialised
     info = describe(record, fmt, out.name)
     data = _onnx_bytes(module, example, info) if fmt == "onnx" else _torchscript_bytes(module, example, info)
@@ -94,6 +97,7 @@ def describe(record: dict[str, Any], fmt: str, file_name: str) -> dict[str, Any]
     return {
         "format": EXPORT_FORMAT, "version": 1, "export_format": fmt, "file": file_name,
         "model": record.get("model"), "recipe": record.get("config", {}).get("recipe"),
+        "weights": record.get("weights", "final"), "epoch": record.get("epoch"),
         "classes": classes,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, 32, 32], "layout": "NCHW", "channels": "RGB",
                   "dtype": "uint8" if fmt == "onnx" else "uint8 or float32", "range": [0, 255],

@@ -1,7 +1,8 @@
-"""The report's figures, each returned as PNG bytes (written to a file and embedded in the HTML).
+"""The report's figures, each returned as a matplotlib Figure (`to_png` for the files and HTML).
 
 Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no GUI backend, no global
-figure registry to leak memory, and it works on a machine without a display.
+figure registry to leak memory, and it works on a machine without a display. They are `LabFigure`s,
+which Jupyter shows inline by itself (`_repr_png_`), with no `%matplotlib inline` needed.
 """
 
 from __future__ import annotations
@@ -21,8 +22,18 @@ RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red, with a ✓ / ✗ for readers
 ANNOTATE_MAX_CLASSES = 20  # above this many classes, numbers in the confusion cells are unreadable
 
 
-def to_png(fig: Figure, tight: bool = True) -> bytes:
-    """PNG bytes; `tight` crops to the drawn content (costs a second drawing pass)."""
+class LabFigure(Figure):
+    """A Figure that Jupyter displays inline as PNG, and that knows how it prefers to be cropped."""
+
+    tight = True  # crop to the drawn content when saved (costs a second drawing pass)
+
+    def _repr_png_(self) -> bytes:
+        return to_png(self)
+
+
+def to_png(fig: Figure, tight: bool | None = None) -> bytes:
+    """PNG bytes of a figure, cropped as the figure prefers unless `tight` says otherwise."""
+    tight = getattr(fig, "tight", True) if tight is None else tight
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if tight else None, facecolor="white")
     return buffer.getvalue()
@@ -34,11 +45,11 @@ def _epoch_axis(ax: Axes) -> None:
     ax.grid(alpha=0.3)
 
 
-def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int) -> bytes:
+def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int) -> LabFigure:
     """Loss and accuracy per epoch, train vs val, the gap shaded, running and clean train accuracy."""
     epochs = [row["epoch"] for row in history]
     col = {key: [row[key] for row in history] for key in history[0]}
-    fig = Figure(figsize=(12, 5.2), layout="constrained")
+    fig = LabFigure(figsize=(12, 5.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, col["train_loss"], "o--", color=TRAIN, alpha=0.6)
     loss_ax.plot(epochs, col["val_loss"], "o-", color=VAL)
@@ -58,15 +69,15 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
     # One legend for both panels, below them, so it never hides a curve.
     fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9.5)
     fig.suptitle(title, fontsize=13)
-    return to_png(fig)
+    return fig
 
 
-def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> bytes:
+def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> LabFigure:
     """Two heat maps side by side: raw counts, and each row as a share of its true class."""
     totals = counts.sum(1, keepdims=True)
     shares = counts / np.maximum(totals, 1)
     size = min(20.0, max(5.5, 0.55 * len(classes) + 2.5))  # inches a panel: 10 classes -> 8
-    fig = Figure(figsize=(2 * size + 1, size), layout="constrained")
+    fig = LabFigure(figsize=(2 * size + 1, size), layout="constrained")
     panels = [(counts, "Counts", "images"), (shares * 100, "Row-normalized (% of true class)", "% of row")]
     for ax, (values, name, unit) in zip(fig.subplots(1, 2), panels, strict=True):
         image = ax.imshow(values, cmap="Blues", vmin=0)
@@ -81,16 +92,16 @@ def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> bytes:
                 ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=9,
                         color="white" if dark[i, j] else "black")
     fig.suptitle(title, fontsize=13)
-    return to_png(fig)
+    return fig
 
 
 def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool], title: str,
-               columns: int = 6) -> bytes:
+               columns: int = 6) -> LabFigure:
     """32x32 images enlarged without smoothing, each captioned in green (right) or red (wrong)."""
     rows = max(1, -(-len(images) // columns))
     head = 0.9  # inches above the first row: the title, then the first row's captions
     height = rows * 2.25 + head  # 2.25 inches a row: the image and two caption lines
-    fig = Figure(figsize=(columns * 2.0, height))
+    fig = LabFigure(figsize=(columns * 2.0, height))
     # Fixed margins, not constrained layout: laying out 24 axes that way costs a second per figure.
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - head / height, wspace=0.1, hspace=0.3)
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
@@ -100,17 +111,18 @@ def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool
         ax.imshow(image, interpolation="nearest")
         ax.set_title(caption, fontsize=9, color=RIGHT if ok else WRONG)
     fig.suptitle(title, fontsize=12, y=1 - 0.15 / height)
-    return to_png(fig, tight=False)
+    fig.tight = False  # fixed margins already
+    return fig
 
 
-def reliability(calibration: dict[str, Any], title: str) -> bytes:
+def reliability(calibration: dict[str, Any], title: str) -> LabFigure:
     """Accuracy against confidence per bin, over the diagonal of perfect calibration; counts below.
 
     `calibration` is what `report.calibration` returns: bin_edges, accuracy, confidence, count, ece.
     """
     bin_edges, bin_count = np.asarray(calibration["bin_edges"]), np.asarray(calibration["count"])
     bin_accuracy, bin_confidence = np.asarray(calibration["accuracy"]), np.asarray(calibration["confidence"])
-    fig = Figure(figsize=(6.4, 7), layout="constrained")
+    fig = LabFigure(figsize=(6.4, 7), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     width = np.diff(bin_edges)
     filled = bin_count > 0
@@ -127,12 +139,12 @@ def reliability(calibration: dict[str, Any], title: str) -> bytes:
     bottom.bar(bin_edges[:-1], bin_count, width=width, align="edge", color="gray", edgecolor="white")
     bottom.set(xlabel="confidence (top predicted probability)", ylabel="images")
     bottom.grid(alpha=0.3)
-    return to_png(fig)
+    return fig
 
 
-def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> bytes:
+def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
     """Validation accuracy per epoch of several runs on one chart."""
-    fig = Figure(figsize=(9, 5.2), layout="constrained")
+    fig = LabFigure(figsize=(9, 5.2), layout="constrained")
     ax = fig.subplots()
     for label, history in runs:
         ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], "o-", markersize=3,
@@ -141,4 +153,4 @@ def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> bytes:
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     _epoch_axis(ax)
     ax.legend(loc="lower right", fontsize=9)  # curves rise from the lower left; this corner stays free
-    return to_png(fig)
+    return fig

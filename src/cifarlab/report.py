@@ -14,7 +14,6 @@ parts are skipped and the page says so.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 from collections.abc import Sequence
@@ -25,16 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 
-from cifarlab import fsio, plots
-from cifarlab.checkpoint import MODEL_FILE, load_model
+from cifarlab import fsio, plots, rundir
+from cifarlab.checkpoint import ModelArg, load_model
 from cifarlab.data import Split, load_dataset, make_splits
 from cifarlab.diagnose import Diagnosis, diagnose
 from cifarlab.errors import UserError
-from cifarlab.evaluate import predict_logits
-from cifarlab.train import METRIC_COLUMNS, pick_device
+from cifarlab.evaluate import pick_device, predict_logits
+from cifarlab.rundir import RunFiles as Run
+from cifarlab.rundir import read as read_run
 
-REPORT_DIRNAME = "report"
+REPORT_DIRNAME = rundir.REPORT
 SAMPLE_COUNT = 24  # random images in samples.png (4 rows of 6: readable captions on a phone)
 SAMPLE_SEED = 0  # the same images in every report on a split, so two runs' grids compare
 MISTAKE_COUNT = 24  # most confident wrong predictions in mistakes.png
@@ -43,61 +44,7 @@ CONFUSED_PAIRS = 5  # (true, predicted) pairs listed as most confused
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading a run directory
-
-
-@dataclass
-class Run:
-    path: Path
-    record: dict[str, Any]  # config.json: {"config": {...}, "classes": [...], ...}
-    history: list[dict[str, float]]  # metrics.csv, one row per epoch
-
-    @property
-    def name(self) -> str:
-        return self.path.resolve().name
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return dict(self.record.get("config", {}))
-
-    @property
-    def model_recipe(self) -> str:
-        """"base" where model and recipe share a name, else "model/recipe" ("base_dropout/robust")."""
-        recipe, model = self.config.get("recipe", "?"), self.config.get("model", "?")
-        return recipe if recipe == model else f"{model}/{recipe}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} ({self.model_recipe})"
-
-
-def read_run(path: str | Path) -> Run:
-    """A run's config and metric history; a path that is not a run is a one-line UserError."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"run directory not found: {path}")
-    if not (path / "metrics.csv").is_file():
-        raise UserError(f"{path} is not a cifarlab run: it has no metrics.csv "
-                        "(run directories are written by cifarlab train)")
-    config_file = path / "config.json"
-    try:
-        record = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {config_file}: {exc}") from exc
-    return Run(path, record, read_history(path / "metrics.csv"))
-
-
-def read_history(file: Path) -> list[dict[str, float]]:
-    try:
-        with file.open(newline="") as handle:
-            history = [{key: float(row[key]) for key in METRIC_COLUMNS} for row in csv.DictReader(handle)]
-    except KeyError as exc:
-        raise UserError(f"{file} has no column {exc}; is it from an older cifarlab?") from exc
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot read {file}: {exc}") from exc
-    if not history:
-        raise UserError(f"{file} has no finished epoch yet")
-    return history
+# Which images a model is judged on
 
 
 def evaluation_split(record: dict[str, Any], data: str | None, split: str | None,
@@ -175,6 +122,108 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRA
 
 
 @dataclass
+class Predictions:
+    """A model's answers on one split: what every model-based figure and score is made from."""
+
+    run_label: str
+    split: str
+    classes: list[str]
+    images: np.ndarray  # uint8 NHWC
+    labels: np.ndarray
+    logits: torch.Tensor
+    weights: str  # "best" or "final": which weights answered
+    epoch: int | None  # the epoch those weights are from
+    tta: bool = False
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.logits.softmax(1).numpy()
+
+    @property
+    def where(self) -> str:
+        epoch = f", epoch {self.epoch}" if self.epoch else ""
+        return (f"{self.run_label}, {self.weights} weights{epoch}, {self.split} split "
+                f"({len(self.labels):,} images{', TTA' if self.tta else ''})")
+
+
+def predict_split(run: Run, data: str | None = None, split: str | None = "val",
+                  device: str = "auto", weights: str = "best", tta: bool = False,
+                  model: ModelArg = None, quiet: bool = False) -> Predictions:
+    """Load the run's model (best weights by default) and predict one split of its data."""
+    torch_device = pick_device(device)
+    classifier, record = load_model(run.path, model=model, weights=weights)
+    split, part = evaluation_split(record, data, split, quiet=quiet)
+    logits = predict_logits(classifier.to(torch_device), part.images, torch_device, tta=tta)
+    return Predictions(run.label, split, list(record["classes"]), part.images, part.labels, logits,
+                       str(record.get("weights", "final")), record.get("epoch"), tta)
+
+
+def scores(p: Predictions) -> dict[str, Any]:
+    """Accuracy, loss, per-class precision/recall/F1, most confused pairs, calibration."""
+    probs = p.probs
+    predictions, confidence = probs.argmax(1), probs.max(1)
+    correct = predictions == p.labels
+    counts = confusion_counts(p.labels, predictions, len(p.classes))
+    per_class = class_scores(counts, p.classes)
+    calib = calibration(confidence, correct)
+    macro = {key: float(np.mean([s[key] for s in per_class.values()]))
+             for key in ("precision", "recall", "f1")}
+    return {
+        "split": p.split, "images": len(p.labels), "weights": p.weights, "epoch": p.epoch,
+        "tta": p.tta, "accuracy": float(correct.mean()),
+        "loss": float(F.cross_entropy(p.logits, torch.as_tensor(p.labels)).item()),
+        "ece": calib["ece"], "macro_avg": macro, "per_class": per_class,
+        "most_confused": most_confused(counts, p.classes), "calibration": calib,
+        "confusion": {"split": p.split, "classes": p.classes, "rows": "true class",
+                      "columns": "predicted", "counts": counts.tolist(),
+                      "row_normalized": (counts / np.maximum(counts.sum(1, keepdims=True), 1)).tolist()},
+    }
+
+
+def confusion_figure(p: Predictions) -> Figure:
+    counts = confusion_counts(p.labels, p.probs.argmax(1), len(p.classes))
+    return plots.confusion(counts, p.classes, f"Confusion matrix: {p.where}")
+
+
+def reliability_figure(p: Predictions) -> Figure:
+    probs = p.probs
+    calib = calibration(probs.max(1), probs.argmax(1) == p.labels)
+    return plots.reliability(calib, f"Reliability diagram: {p.where}")
+
+
+def samples_figure(p: Predictions, count: int = SAMPLE_COUNT, seed: int = SAMPLE_SEED) -> Figure:
+    """Random images of the split with prediction (confidence) and true class."""
+    probs = p.probs
+    predictions, confidence = probs.argmax(1), probs.max(1)
+    correct = predictions == p.labels
+    sample = np.random.default_rng(seed).permutation(len(p.labels))[:count]
+    return plots.image_grid(
+        p.images[sample], [_caption(p.classes, p.labels[i], predictions[i], confidence[i])
+                           for i in sample], correct[sample].tolist(),
+        f"{len(sample)} random {p.split} images: prediction (confidence) and true class; "
+        f"{int(correct[sample].sum())} right (green ✓), {int((~correct[sample]).sum())} wrong (red ✗)")
+
+
+def mistakes_figure(p: Predictions, count: int = MISTAKE_COUNT) -> Figure:
+    """The most confident wrong predictions."""
+    probs = p.probs
+    predictions, confidence = probs.argmax(1), probs.max(1)
+    wrong = np.flatnonzero(predictions != p.labels)
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    return plots.image_grid(
+        p.images[worst], [_caption(p.classes, p.labels[i], predictions[i], confidence[i])
+                          for i in worst], [False] * len(worst),
+        f"The {len(worst)} most confident wrong predictions on {p.split} (of {len(wrong):,} wrong): "
+        "prediction (confidence) and true class" if len(wrong) else f"No wrong predictions on {p.split}")
+
+
+def curves_figure(run: Run) -> Figure:
+    diagnosis = diagnose(run.history)
+    return plots.curves(run.history, f"Learning curves: {run.label}, diagnosis: {diagnosis.verdict}",
+                        diagnosis.best_val_loss_epoch)
+
+
+@dataclass
 class Report:
     out: Path
     diagnosis: Diagnosis
@@ -184,25 +233,29 @@ class Report:
 
 
 def write_report(run: Run | str | Path, out: str | Path | None = None, data: str | None = None,
-                 split: str = "val", device: str = "auto", quiet: bool = False) -> Report:
+                 split: str = "val", device: str = "auto", quiet: bool = False,
+                 weights: str = "best", tta: bool = False, model: ModelArg = None) -> Report:
     """Write a run's report files into `out` (default RUN_DIR/report/); the Python form of the CLI."""
     run = run if isinstance(run, Run) else read_run(run)
     out = Path(out) if out is not None else run.path / REPORT_DIRNAME
     diagnosis = diagnose(run.history)
-    figures = {"curves.png": plots.curves(
-        run.history, f"Learning curves: {run.label}, diagnosis: {diagnosis.verdict}",
-        diagnosis.best_val_loss_epoch)}
+    figures: dict[str, Figure] = {"curves.png": curves_figure(run)}
     evaluation: dict[str, Any] | None = None
     skipped = None
-    if (run.path / MODEL_FILE).is_file():
-        evaluation = _evaluate(run, data, split, device, quiet, figures)
+    if (run.path / rundir.FINAL).is_file():
+        p = predict_split(run, data, split, device, weights, tta, model, quiet)
+        evaluation = scores(p)
+        figures.update({"confusion_matrix.png": confusion_figure(p),
+                        "reliability.png": reliability_figure(p),
+                        "samples.png": samples_figure(p), "mistakes.png": mistakes_figure(p)})
     else:
-        skipped = (f"{run.path} has no {MODEL_FILE} (an unfinished run?), so the confusion matrix, "
+        skipped = (f"{run.path} has no {rundir.FINAL} (an unfinished run?), so the confusion matrix, "
                    "per-class scores, calibration and sample predictions were skipped; finish the run "
                    f"with: cifarlab train --resume {run.path}")
-    for name, png in figures.items():
+    pngs = {name: plots.to_png(fig) for name, fig in figures.items()}
+    for name, png in pngs.items():
         fsio.write_bytes(out / name, png)
-    files = list(figures)
+    files = list(pngs)
     metrics: dict[str, Any] = {"run": str(run.path), "diagnosis": diagnosis.to_dict()}
     if evaluation is not None:
         fsio.write_json(out / "confusion.json", evaluation["confusion"])
@@ -211,54 +264,8 @@ def write_report(run: Run | str | Path, out: str | Path | None = None, data: str
     else:
         metrics["skipped"] = skipped
     fsio.write_json(out / "metrics.json", metrics)
-    fsio.write_text(out / "report.html", render_html(run, diagnosis, evaluation, skipped, figures))
+    fsio.write_text(out / "report.html", render_html(run, diagnosis, evaluation, skipped, pngs))
     return Report(out, diagnosis, evaluation, skipped, [*files, "metrics.json", "report.html"])
-
-
-def _evaluate(run: Run, data: str | None, split: str, device_name: str, quiet: bool,
-              figures: dict[str, bytes]) -> dict[str, Any]:
-    """Predict the split once; add the model-based figures to `figures`; return the scores."""
-    device = pick_device(device_name)
-    model, record = load_model(run.path)
-    classes: list[str] = record["classes"]
-    split, part = evaluation_split(record, data, split, quiet=quiet)
-    logits = predict_logits(model.to(device), part.images, device)
-    labels = torch.as_tensor(part.labels)
-    probs = logits.softmax(1).numpy()
-    predictions = probs.argmax(1)
-    confidence = probs.max(1)
-    correct = predictions == part.labels
-    counts = confusion_counts(part.labels, predictions, len(classes))
-    scores = class_scores(counts, classes)
-    calib = calibration(confidence, correct)
-    where = f"{run.label}, {split} split ({len(part):,} images)"
-
-    figures["confusion_matrix.png"] = plots.confusion(counts, classes, f"Confusion matrix: {where}")
-    figures["reliability.png"] = plots.reliability(calib, f"Reliability diagram: {where}")
-    sample = np.random.default_rng(SAMPLE_SEED).permutation(len(part))[:SAMPLE_COUNT]
-    figures["samples.png"] = plots.image_grid(
-        part.images[sample], [_caption(classes, part.labels[i], predictions[i], confidence[i])
-                              for i in sample], correct[sample].tolist(),
-        f"{len(sample)} random {split} images: prediction (confidence) and true class; "
-        f"{int(correct[sample].sum())} right (green ✓), {int((~correct[sample]).sum())} wrong (red ✗)")
-    wrong = np.flatnonzero(~correct)
-    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:MISTAKE_COUNT]
-    figures["mistakes.png"] = plots.image_grid(
-        part.images[worst], [_caption(classes, part.labels[i], predictions[i], confidence[i])
-                             for i in worst], [False] * len(worst),
-        f"The {len(worst)} most confident wrong predictions on {split} (of {len(wrong):,} wrong): "
-        "prediction (confidence) and true class" if len(wrong) else f"No wrong predictions on {split}")
-
-    macro = {key: float(np.mean([s[key] for s in scores.values()])) for key in ("precision", "recall", "f1")}
-    return {
-        "split": split, "images": len(part), "accuracy": float(correct.mean()),
-        "loss": float(F.cross_entropy(logits, labels).item()), "ece": calib["ece"],
-        "macro_avg": macro, "per_class": scores, "most_confused": most_confused(counts, classes),
-        "calibration": calib,
-        "confusion": {"split": split, "classes": classes, "rows": "true class", "columns": "predicted",
-                      "counts": counts.tolist(),
-                      "row_normalized": (counts / np.maximum(counts.sum(1, keepdims=True), 1)).tolist()},
-    }
 
 
 def _caption(classes: list[str], true: int, predicted: int, confidence: float) -> str:
@@ -329,7 +336,10 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
     ]
     if evaluation is not None:
         final += [
-            (f"{evaluation['split']} accuracy of model.pt ({evaluation['images']:,} images, below)",
+            (f"{evaluation['split']} accuracy of the {evaluation['weights']} weights"
+             + (f" (epoch {evaluation['epoch']})" if evaluation.get("epoch") else "")
+             + (", with TTA" if evaluation.get("tta") else "")
+             + f" ({evaluation['images']:,} images, below)",
              f"{evaluation['accuracy']:.2%}"),
             ("macro F1", f"{evaluation['macro_avg']['f1']:.3f}"),
             ("expected calibration error (ECE)", f"{evaluation['ece']:.3f}"),

@@ -21,7 +21,6 @@ mode to 32x32 RGB), then the model, loaded once at start. Bad input is a 4xx JSO
 import contextlib
 import io
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +31,11 @@ from PIL import Image
 from cifarlab import checkpoint
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_logits
+from cifarlab.serve_limits import Limits
 from cifarlab.serve_page import render_page
 from cifarlab.sources import IMAGE_FORMATS, decode_image  # the formats PIL may open: not EPS & co.
 
 REPORT_DIR = "report"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What requests may cost. Worst-case memory is about 2 x max_concurrency x max_upload_bytes
-    (a body and one copy) + workers x max_pixels x 4 bytes: ~0.85 GB with the defaults."""
-
-    max_upload_bytes: int = 10 * 2**20  # a phone photo is 2-8 MB
-    max_pixels: int = 25_000_000  # a 24-megapixel camera photo; a 20000x20000 bomb is 400 MP
-    max_concurrency: int = 32  # open connections; more are answered 503 at once
-    workers: int = 2  # images decoded and classified at once (one 32x32 image takes ~1 ms)
 
 
 class Rejected(Exception):
@@ -60,9 +49,10 @@ class Rejected(Exception):
 class Predictor:
     """The model, loaded once, and the bytes -> 32x32 -> probabilities path."""
 
-    def __init__(self, run_or_ckpt: str | Path, max_pixels: int):
-        self.model_file = checkpoint.find_model_file(run_or_ckpt).resolve()
-        self.model, record = checkpoint.load_model(self.model_file)
+    def __init__(self, run_or_ckpt: str | Path, max_pixels: int, weights: str = "best",
+                 model: checkpoint.ModelArg = None):
+        self.model_file = checkpoint.find_model_file(run_or_ckpt, weights).resolve()
+        self.model, record = checkpoint.load_model(self.model_file, model=model)
         self.classes: list[str] = list(record["classes"])
         self.max_pixels = max_pixels
         self.report_dir = self.model_file.parent / REPORT_DIR
@@ -104,14 +94,15 @@ class Predictor:
                 for p, i in zip(top.values, top.indices, strict=True)]
 
 
-def create_app(run_or_ckpt: str | Path, limits: Limits = Limits()) -> Any:
+def create_app(run_or_ckpt: str | Path, limits: Limits = Limits(), weights: str = "best",
+               model: checkpoint.ModelArg = None) -> Any:
     """The FastAPI app for one model (loaded here, once)."""
     import anyio.to_thread
     from fastapi import FastAPI, HTTPException, Query, Request
     from fastapi.responses import FileResponse, HTMLResponse
     from pydantic import BaseModel
 
-    predictor = Predictor(run_or_ckpt, limits.max_pixels)
+    predictor = Predictor(run_or_ckpt, limits.max_pixels, weights, model)
     limiter = anyio.CapacityLimiter(limits.workers)
 
     class Guess(BaseModel):
@@ -243,11 +234,11 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(run_or_ckpt: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          limits: Limits = Limits()) -> None:
+          limits: Limits = Limits(), weights: str = "best", model: checkpoint.ModelArg = None) -> None:
     """Load the model, bind, and serve until Ctrl-C. Python form of `cifarlab serve`."""
     import uvicorn
 
-    app = create_app(run_or_ckpt, limits)
+    app = create_app(run_or_ckpt, limits, weights, model)
     sock = listen(host, port)
     # One image is tiny: many requests on one thread each beat one request on many threads.
     torch.set_num_threads(1)

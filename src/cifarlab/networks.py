@@ -1,22 +1,55 @@
-"""Model registry and the networks the recipes use.
+"""Model registry, user models, and the networks the recipes use.
 
 Every network is wrapped in `Classifier`, which takes raw pixels (uint8 or float in 0..255, NCHW)
 and normalises them itself with the training set's mean and std. A checkpoint therefore carries
 its own preprocessing, and evaluation, prediction and export cannot get it wrong.
+
+A model is named by a string: a registered name ("base", or one of yours added with
+`@register_model("name")`), or an import spec, "path/to/file.py:Class" or "package.module:Name".
+Specs are imported only when the user names them (`--model`, `model=`), never because a
+checkpoint names them: loading a file must not run code.
+
+Networks may offer hooks the trainer calls: `init_from_data(images)` (FastNet sets its whitening
+filters from the data) and `param_groups(config)` (optimizer groups that need their own lr).
+
+    >>> import cifarlab as cl
+    >>> "base" in cl.models()
+    True
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-ModelFactory = Callable[[int], nn.Module]
+from cifarlab.errors import UserError
+
+ModelFactory = Callable[..., nn.Module]
 MODELS: dict[str, ModelFactory] = {}
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make a factory (or nn.Module class) trainable by name.
+
+    The factory gets `num_classes` as a keyword if it accepts one, plus the config's model_kwargs.
+
+        >>> import cifarlab as cl
+        >>> from torch import nn
+        >>> @cl.register_model("tiny")
+        ... class Tiny(nn.Sequential):
+        ...     def __init__(self, num_classes=10):
+        ...         super().__init__(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+        >>> "tiny" in cl.models()
+        True
+    """
     def decorate(factory: ModelFactory) -> ModelFactory:
         MODELS[name] = factory
         return factory
@@ -26,6 +59,88 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
 
 def list_models() -> list[str]:
     return sorted(MODELS)
+
+
+def is_spec(name: str) -> bool:
+    """"file.py:Class" or "package.module:Name", as opposed to a registered name."""
+    return ":" in name
+
+
+def import_spec(spec: str) -> ModelFactory:
+    """The class or factory an import spec names; a bad spec is a one-line UserError."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise UserError(f"--model {spec!r}: expected FILE.py:Name or package.module:Name")
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise UserError(f"--model {spec!r}: file not found: {path}")
+        module_name = f"cifarlab_user_{abs(hash(str(path.resolve())))}"
+        loader_spec = importlib.util.spec_from_file_location(module_name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise UserError(f"--model {spec!r}: cannot import {path}")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[module_name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:  # the user's code failed: say where, in one line
+            sys.modules.pop(module_name, None)
+            raise UserError(f"--model {spec!r}: importing {path} failed: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise UserError(f"--model {spec!r}: cannot import {target}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"--model {spec!r}: {target} has no class or function {attr!r}")
+    return factory
+
+
+def factory_for(name: str) -> ModelFactory:
+    if is_spec(name):
+        return import_spec(name)
+    if name not in MODELS:
+        from cifarlab.config import suggest
+
+        raise UserError(f"unknown model '{name}'{suggest(name, MODELS)} (registered: "
+                        f"{', '.join(list_models())}; or FILE.py:Class)")
+    return MODELS[name]
+
+
+def spec_of(obj: Any) -> str:
+    """The name a config records for a factory or module passed from Python."""
+    for name, factory in MODELS.items():
+        if factory is obj or (isinstance(obj, nn.Module) and type(obj) is factory):
+            return name
+    kind = obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj)
+    return f"{kind.__module__}:{kind.__qualname__}"
+
+
+def make_body(model: str | ModelFactory | nn.Module, num_classes: int,
+              kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """The network itself: from a name/spec, a factory or class, or an instance (used as is)."""
+    if isinstance(model, nn.Module):
+        return model
+    factory = factory_for(model) if isinstance(model, str) else model
+    kwargs = dict(kwargs or {})
+    try:
+        params = inspect.signature(factory).parameters
+        if "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs.setdefault("num_classes", num_classes)
+    except (TypeError, ValueError):  # a builtin without a signature: pass only kwargs
+        pass
+    try:
+        body = factory(**kwargs)
+    except TypeError as exc:
+        raise UserError(f"cannot build the model {getattr(factory, '__name__', factory)!r} with "
+                        f"{kwargs}: {exc} (set its arguments with --set model_kwargs.NAME=VALUE)"
+                        ) from exc
+    if not isinstance(body, nn.Module):
+        raise UserError(f"the model factory {getattr(factory, '__name__', factory)!r} returned "
+                        f"{type(body).__name__}, not a torch.nn.Module")
+    return body
 
 
 class Classifier(nn.Module):
@@ -47,11 +162,11 @@ class Classifier(nn.Module):
         return self.body(self.normalize(x))
 
 
-def create_model(name: str, num_classes: int, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (255.0, 255.0, 255.0)) -> Classifier:
-    if name not in MODELS:
-        raise KeyError(name)
-    return Classifier(MODELS[name](num_classes), mean, std)
+def create_model(name: str | ModelFactory | nn.Module, num_classes: int,
+                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (255.0, 255.0, 255.0),
+                 kwargs: dict[str, Any] | None = None) -> Classifier:
+    """A Classifier around the named (or given) network; normalisation defaults to /255."""
+    return Classifier(make_body(name, num_classes, kwargs), mean, std)
 
 
 def keras_init(module: nn.Module) -> None:
@@ -71,7 +186,7 @@ def _conv_relu_pool(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 @register_model("base")
-def base_cnn(num_classes: int) -> nn.Module:
+def base_cnn(num_classes: int = 10) -> nn.Module:
     """The seed's base CNN: 3 x (Conv 3x3 + ReLU + MaxPool) with 32/64/128 filters, Linear."""
     net = nn.Sequential(
         *_conv_relu_pool(3, 32), *_conv_relu_pool(32, 64), *_conv_relu_pool(64, 128),
@@ -82,7 +197,7 @@ def base_cnn(num_classes: int) -> nn.Module:
 
 
 @register_model("base_dropout")
-def base_dropout_cnn(num_classes: int) -> nn.Module:
+def base_dropout_cnn(num_classes: int = 10) -> nn.Module:
     """`base` with Dropout(0.5) before the last Linear (the seed's robust model)."""
     net = nn.Sequential(
         *_conv_relu_pool(3, 32), *_conv_relu_pool(32, 64), *_conv_relu_pool(64, 128),
@@ -101,7 +216,7 @@ def _bn_block(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 @register_model("bn")
-def bn_cnn(num_classes: int) -> nn.Module:
+def bn_cnn(num_classes: int = 10) -> nn.Module:
     """The seed's BatchNorm + Dropout CNN: 3 x [Conv-BN-ReLU x2, MaxPool, Dropout 0.25], MLP head."""
     net = nn.Sequential(
         *_bn_block(3, 32), *_bn_block(32, 64), *_bn_block(64, 128),
@@ -192,18 +307,25 @@ class FastNet(nn.Module):
         assert self.whiten.bias is not None
         self.whiten.bias.copy_(-(self.whiten.weight.flatten(1).double() @ mean).float())
 
+    def param_groups(self, config: Any) -> list[dict[str, Any]]:
+        """The whitening bias learns for the first `whiten_bias_epochs`, then its lr drops to 0
+        (airbench: it helps early and only adds noise late)."""
+        if not config.whiten_bias_epochs or config.optimizer != "sgd":
+            return []
+        return [{"params": [self.whiten.bias], "until_epoch": config.whiten_bias_epochs}]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.act(self.whiten(x)))
         return self.head(self.pool(x).flatten(1)) * self.logit_scale
 
 
 @register_model("fastnet")
-def fastnet(num_classes: int) -> nn.Module:
+def fastnet(num_classes: int = 10) -> nn.Module:
     """airbench94's widths (64, 256, 256): ~0.24 GFLOP per image forward."""
     return FastNet(num_classes)
 
 
 @register_model("fastnet_small")
-def fastnet_small(num_classes: int) -> nn.Module:
+def fastnet_small(num_classes: int = 10) -> nn.Module:
     """Half the widths (32, 128, 128): ~4x fewer FLOPs, for tight CPU budgets."""
     return FastNet(num_classes, widths=(32, 128, 128))

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from cifarlab import fsio, plots
 from cifarlab.diagnose import diagnose
-from cifarlab.report import Run
+from cifarlab.rundir import RunFiles as Run
 
 FORMATS = ("table", "markdown", "csv", "json")
 # (key, header, is a number): the order of the columns in every format
@@ -81,10 +82,15 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
+def chart(runs: list[Run]) -> Figure:
+    """The val accuracy per epoch of every run, one line each."""
+    return plots.val_curves([(run.label, run.history) for run in runs])
+
+
 def write_chart(runs: list[Run], out_dir: Path) -> Path:
     """compare.png in `out_dir`: the val accuracy per epoch of every run."""
     path = out_dir / "compare.png"
-    fsio.write_bytes(path, plots.val_curves([(run.label, run.history) for run in runs]))
+    fsio.write_bytes(path, plots.to_png(chart(runs)))
     return path
 
 

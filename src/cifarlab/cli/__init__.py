@@ -1,0 +1,101 @@
+"""The `cifarlab` command line: a thin layer over the Python API (api.py).
+
+Each command lives in its own module (train.py, evaluate.py, ...): it declares its options,
+calls one API function and prints the result. This module builds the parser and maps errors to
+exit codes, in one place: a user mistake (missing file, corrupt archive, unknown recipe ...)
+prints one line on stderr and exits 2; a training failure such as a NaN loss exits 1; Ctrl-C
+during training saves a resumable checkpoint and exits 130.
+
+    cifarlab train --recipe base --data ../shared/data/cifar10-train-jpeg.tgz
+    cifarlab train --recipe bn --set augment.flip=true --set lr=2e-3 --print-config
+    cifarlab evaluate runs/base-20261130-101500 --tta --json
+    cifarlab report runs/base-20261130-101500
+
+Nothing here imports torch at module level: `cifarlab --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+from cifarlab import __version__
+from cifarlab.config import suggest
+from cifarlab.errors import Interrupted, TrainingError, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+# command -> module under cifarlab.cli, in the order `--help` lists them
+COMMANDS = {
+    "train": "train", "evaluate": "evaluate", "predict": "predict", "report": "report",
+    "compare": "compare", "export": "export", "serve": "serve", "summary": "summary",
+    "models": "models", "data": "data",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cifarlab", description="Train, diagnose and compare small image classifiers.",
+        epilog="Run 'cifarlab COMMAND --help' for a command's options. Python: import cifarlab as cl.")
+    parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS.values():
+        importlib.import_module(f"cifarlab.cli.{module}").register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()  # a --budget counts from here
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        print(f"cifarlab: error: unknown command '{argv[0]}'{suggest(argv[0], COMMANDS)}; "
+              f"the commands are: {', '.join(COMMANDS)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.started = started
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    rank = os.environ.get("RANK", "0") or "0"
+    speak = rank == "0"  # under torchrun, rank 0 alone reports a failure all of them share
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        _say(speak, f"cifarlab: error: {exc}")
+        return EXIT_USER_ERROR
+    except TrainingError as exc:
+        _say(speak, f"cifarlab: training failed: {exc}")
+        return 1
+    except Interrupted as exc:
+        _say(speak, f"cifarlab: {exc}")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        _say(speak, "cifarlab: aborted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `cifarlab predict ... | head`
+        return 0
+    except Exception as exc:
+        failed = _workers_failed(exc)
+        if failed is not None:
+            return failed
+        if not speak:  # mostly "connection closed by peer": rank 0 failed and said why
+            first = (str(exc).strip().splitlines() or [""])[0]
+            print(f"cifarlab: process {rank} stopped: {first[:200]}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _workers_failed(exc: Exception) -> int | None:
+    from cifarlab.distributed import WorkersFailed
+
+    return exc.code if isinstance(exc, WorkersFailed) else None
+
+
+def _say(speak: bool, message: str) -> None:
+    if speak:
+        print(message, file=sys.stderr)

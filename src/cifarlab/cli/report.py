@@ -1,0 +1,56 @@
+"""`cifarlab report`: curves, diagnosis, confusion matrix, calibration and samples, one HTML page
+per run (report.py does the work)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cifarlab.cli import options
+from cifarlab.errors import UserError, warn
+
+
+def register(commands: Any) -> None:
+    r = commands.add_parser(
+        "report", help="curves, diagnosis, confusion matrix, calibration, samples: one HTML page per run",
+        description="Write a report for each run into RUN_DIR/report/ (or --out): PNG plots, "
+                    "metrics.json, confusion.json and a self-contained report.html.")
+    r.add_argument("runs", metavar="RUN_DIR", nargs="+", help="run directories written by cifarlab train")
+    options.data(r, "the data the run trained on")
+    options.split(r)
+    options.tta(r)
+    options.weights(r)
+    options.model(r)
+    r.add_argument("--out", type=Path, metavar="DIR",
+                   help="output folder (default: RUN_DIR/report; with several runs: DIR/<run name>)")
+    options.device(r)
+    options.quiet(r)
+    r.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cifarlab import rundir
+    from cifarlab.report import write_report
+
+    runs = [rundir.read(path) for path in args.runs]  # every path checked before any work starts
+    names = [run.name for run in runs]
+    if args.out is not None and len(runs) > 1 and len(set(names)) < len(names):
+        raise UserError("several runs share a directory name, so --out DIR/<run name> would mix "
+                        "them; report them one at a time")
+    for run in runs:
+        out = args.out / run.name if args.out is not None and len(runs) > 1 else args.out
+        report = write_report(run, out, data=args.data, split=args.split, device=args.device,
+                              quiet=args.quiet, weights=args.weights, tta=args.tta,
+                              model=args.model)
+        print(f"{run.path}:")
+        for line in report.diagnosis.lines():
+            print(f"  {line}")
+        if report.evaluation is not None:
+            ev = report.evaluation
+            print(f"  {ev['split']}: accuracy {ev['accuracy']:.4f}, macro F1 {ev['macro_avg']['f1']:.4f}, "
+                  f"ECE {ev['ece']:.4f} ({ev['images']} images, {ev['weights']} weights)")
+        if report.skipped:
+            warn(report.skipped)
+        print(f"  wrote {report.out / 'report.html'} (and {', '.join(report.files[:-1])})")
+    return 0
