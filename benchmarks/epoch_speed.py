@@ -15,8 +15,8 @@ import statistics
 import torch
 
 from cifarlab.budget import measure_rates
-from cifarlab.recipes import make_config
-from cifarlab.train import available_cores
+from cifarlab.config import make_config
+from cifarlab.trainer import available_cores
 
 EPOCH_IMAGES = 45_000
 

@@ -43,12 +43,12 @@ def free_port() -> int:
 
 def untrained_run(folder: Path) -> Path:
     from cifarlab import checkpoint
-    from cifarlab.models import create_model
+    from cifarlab.networks import create_model
 
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     model = create_model("base", len(classes), [125.3, 123.0, 113.9], [63.0, 62.1, 66.7])
     checkpoint.save(folder / "model.pt", checkpoint.model_record(
-        model, "base", classes, {"recipe": "base"}, {"val_acc": None}))
+        model, "base", classes, {"recipe": "base"}, {"val_acc": None}, epoch=0, weights="final"))
     return folder
 
 

@@ -17,7 +17,6 @@ from PIL import Image
 
 from cifarlab import plots
 from cifarlab.checkpoint import load_model
-from cifarlab.rundir import FINAL as MODEL_FILE
 from cifarlab.cli import main
 from cifarlab.config import make_config
 from cifarlab.diagnose import VERDICTS
@@ -32,6 +31,7 @@ from cifarlab.report import (
     read_run,
     write_report,
 )
+from cifarlab.rundir import FINAL as MODEL_FILE
 from cifarlab.trainer import train
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

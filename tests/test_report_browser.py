@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cifarlab.rundir import FINAL as MODEL_FILE
 from cifarlab.report import write_report
+from cifarlab.rundir import FINAL as MODEL_FILE
 from test_report import make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
