@@ -166,3 +166,47 @@ def test_budget_and_trials_from_the_command_line(toy_data: Path, tmp_path: Path,
     assert main(["evaluate", str(out / "seed-0"), "--tta", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["tta"] is True and 0 <= result["accuracy"] <= 1
+
+
+def test_orthogonalize_flattens_the_spectrum() -> None:
+    g = torch.randn(64, 576, generator=torch.Generator().manual_seed(0))
+    g[:, :10] *= 100  # a few dominant directions, as in real gradients
+    singular = torch.linalg.svdvals(optim.orthogonalize(g))  # airbench's 3 steps: approximate
+    assert float(torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min()) > 50
+    assert float(singular.max()) < 1.5 and float(singular.max() / singular.min()) < 5
+
+
+def test_muon_moves_filters_at_a_fixed_norm_and_the_rest_by_sgd() -> None:
+    config = make_config("fast_muon")
+    model = create_model("fastnet_small", 10)
+    optimizer = optim.build(config, model)
+    muon, *sgd = optimizer.param_groups
+    assert muon["muon"] and all(p.ndim == 4 and p.shape[-1] == 3 for p in muon["params"])
+    assert not any(g["muon"] for g in sgd)
+    assert any(g.get("until_epoch") == 3 for g in sgd)  # the whitening bias, as in `fast`
+    optim.set_lr(optimizer, config.lr, epoch=0)
+    x = torch.rand(8, 3, 32, 32) * 255
+    loss = torch.nn.functional.cross_entropy(model(x), torch.arange(8))
+    loss.backward()
+    before = [p.detach().clone() for p in muon["params"]]
+    optimizer.step()
+    for p, old in zip(muon["params"], before, strict=True):
+        assert not torch.equal(p, old)
+        assert float(p.norm()) == pytest.approx(len(p) ** 0.5, rel=0.05)  # normalised, then a step
+
+
+def test_muon_run_resumes_exactly(toy_data: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_config("fast_muon", data=str(toy_data), epochs=2, batch_size=64, val_fraction=0.2,
+                         device="cpu", tta=False, model="fastnet_small")
+    trainer.train(config, out=tmp_path / "straight", quiet=True)
+    monkeypatch.setattr(trainer, "_StopFlag", StopAfter)
+    StopAfter.limit, StopAfter.reads = 4, 0
+    with pytest.raises(Interrupted):
+        trainer.train(config, out=tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(trainer, "_StopFlag", StopAfter.__mro__[1])
+    trainer.resume(tmp_path / "cut", quiet=True)
+    a, _ = checkpoint.load_model(tmp_path / "straight", weights="final")
+    b, _ = checkpoint.load_model(tmp_path / "cut", weights="final")
+    for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q)

@@ -26,7 +26,8 @@ from cifarlab.config import TrainConfig
 
 
 def build(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam as Keras sets it up, or Nesterov SGD with a separate group for BatchNorm shifts."""
+    """Adam as Keras sets it up; Nesterov SGD with a separate group for BatchNorm shifts; or
+    Muon for the conv filters with that same SGD for everything else."""
     body = getattr(model, "body", model)
     hook = getattr(body, "param_groups", None)
     special: list[dict[str, Any]] = hook(config) if callable(hook) else []
@@ -46,7 +47,66 @@ def build(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         sgd_groups.append({"params": norm, "lr_scale": scale, "weight_decay": decay / scale})
     for group in special:
         sgd_groups.append({"lr_scale": 1.0, "weight_decay": decay, **group})
+    if config.optimizer == "muon":
+        filters = [p for p in rest if p.ndim == 4 and p.shape[-1] > 1]
+        sgd_groups[0]["params"] = [p for p in rest if not (p.ndim == 4 and p.shape[-1] > 1)]
+        muon_group = {"params": filters, "muon": True, "lr_scale": config.muon_lr / config.lr,
+                      "momentum": config.muon_momentum, "weight_decay": 0.0}
+        return Muon([muon_group, *sgd_groups], lr=config.lr, momentum=config.momentum)
     return torch.optim.SGD(sgd_groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """Roughly U V^T of g = U S V^T, by a quintic Newton-Schulz iteration (Jordan 2024).
+
+    The coefficients push small singular values up fast rather than converging exactly: the
+    result has singular values spread around 1, which trains as well as the exact polar factor
+    at a fraction of the cost. fp32 here: these CPUs have no fast bf16.
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + eps)  # the top singular value is then at most 1
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for groups marked `muon` (3x3 conv filters), Nesterov SGD for the others.
+
+    A filter's update is its Nesterov momentum, reshaped to C_out x (C_in*9) and orthogonalised:
+    every direction of the filter bank moves by about the same amount, so rarely-excited
+    directions learn as fast as dominant ones. Each filter bank is also held at a fixed norm
+    (sqrt(C_out)) before its step, which makes the lr a relative step size. After
+    airbench94_muon (Jordan, 94.01% in 8 epochs where SGD needs 9.9). One optimizer, so one
+    state_dict, and checkpoints and resume work as for SGD.
+    """
+
+    def __init__(self, params: Any, lr: float, momentum: float = 0.85):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": 0.0,
+                                  "muon": False})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if not decay else p.grad.add(p, alpha=decay)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.mul_(momentum).add_(grad)
+                update = grad.add(buf, alpha=momentum)  # Nesterov
+                if group["muon"]:
+                    p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
+                    update = orthogonalize(update.reshape(len(p), -1)).view_as(p)
+                p.add_(update, alpha=-lr)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, epoch: int) -> None:
