@@ -139,3 +139,13 @@ def test_figures_and_markdown(full: Robustness) -> None:
     assert lines[0].startswith("| run | clean | mean corrupted | relative drop | noise")
     assert lines[3].startswith("| b | 50.0% | 35.0% | 30.0% |")
     assert other.group_means == {"weather": pytest.approx(0.35)}
+
+
+def test_measure_many_equals_one_by_one(model: torch.nn.Module, data: tuple[np.ndarray, np.ndarray]) -> None:
+    torch.manual_seed(1)
+    other = create_model("base_dropout", 10, (128.0,) * 3, (64.0,) * 3).eval()
+    kwargs = {"corruptions": ["shot_noise", "pixelate"], "severities": (2, 4), "seed": 3, "quiet": True}
+    both = robustness.measure_many({"a": model, "b": other}, *data, CPU, **kwargs)  # type: ignore[arg-type]
+    for key, one in (("a", model), ("b", other)):
+        alone = measure(one, *data, CPU, **kwargs)  # type: ignore[arg-type]
+        assert both[key].table == alone.table and both[key].clean_acc == alone.clean_acc

@@ -19,7 +19,7 @@ import io
 import json
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,10 +217,23 @@ def measure(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: to
     `images` are uint8 (N, H, W, 3), `labels` their classes. Each (corruption, severity) corrupts
     all images at once (a few seconds for 5,000 on a CPU), then predicts them in batches.
     """
+    return measure_many({"model": model}, images, labels, device, corruptions, severities, seed,
+                        batch_size, quiet)["model"]
+
+
+def measure_many(models: Mapping[str, nn.Module], images: np.ndarray, labels: np.ndarray,
+                 device: torch.device, corruptions: Iterable[str] | None = None,
+                 severities: Sequence[int] = SEVERITIES, seed: int = 0, batch_size: int = 256,
+                 quiet: bool = False) -> dict[str, Robustness]:
+    """`measure` for several models on the same corrupted images, each made once for all.
+
+    On a GPU making the corruptions costs more than predicting them, so comparing k models this
+    way takes about 1/k of the time of k separate measurements. `seconds` is the shared total.
+    """
     names = list(CORRUPTIONS if corruptions is None else corruptions)
     severities = tuple(severities)
-    if not names or not severities:
-        raise UserError("measure needs at least one corruption and one severity")
+    if not names or not severities or not models:
+        raise UserError("measure needs at least one model, one corruption and one severity")
     for name in names:
         for severity in severities:
             check(name, severity)
@@ -231,23 +244,25 @@ def measure(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: to
     start = time.perf_counter()
     truth = torch.as_tensor(labels)
 
-    def accuracy(batch: np.ndarray) -> float:
-        logits = predict_logits(model, batch, device, batch_size=batch_size)
-        return (logits.argmax(1) == truth).float().mean().item()
+    def accuracies(batch: np.ndarray) -> dict[str, float]:
+        return {key: (predict_logits(model, batch, device, batch_size=batch_size).argmax(1) == truth)
+                .float().mean().item() for key, model in models.items()}
 
-    clean = accuracy(images)
-    table: dict[str, list[float]] = {}
+    clean = accuracies(images)
+    tables: dict[str, dict[str, list[float]]] = {key: {} for key in models}
     with tqdm(total=len(names) * len(severities), desc="robustness", unit="cell",
               disable=quiet, leave=False) as bar:
         for name in names:
-            row = []
+            for key in models:
+                tables[key][name] = []
             for severity in severities:
                 bar.set_postfix_str(f"{name} {severity}")
-                row.append(accuracy(corrupt(images, name, severity, seed)))
+                for key, acc in accuracies(corrupt(images, name, severity, seed)).items():
+                    tables[key][name].append(acc)
                 bar.update()
-            table[name] = row
-    return Robustness(clean_acc=clean, table=table, severities=severities, n_images=len(images),
-                      seed=seed, seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return {key: Robustness(clean_acc=clean[key], table=tables[key], severities=severities,
+                            n_images=len(images), seed=seed, seconds=seconds) for key in models}
 
 
 def markdown_table(results: Sequence[tuple[str, Robustness]]) -> str:
@@ -267,8 +282,8 @@ def comparison_figure(results: Sequence[tuple[str, Robustness]], title: str | No
     """Mean accuracy per corruption (over severities), one bar per labelled result in each group;
     the clean accuracy first."""
     names = ["clean", *dict.fromkeys(n for _, r in results for n in r.table)]
-    fig = Figure(figsize=(max(8.0, 0.75 * len(names) * max(1, len(results)) ** 0.5 + 2), 5.2),
-                 layout="constrained")
+    width = 1.5 + len(names) * (0.35 + 0.12 * len(results))  # 16 groups of 4 bars: 14 inches
+    fig = Figure(figsize=(max(7.0, width), 5.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(results))
     for k, (label, result) in enumerate(results):
