@@ -388,6 +388,8 @@ def _glass_blur(images: torch.Tensor, severity: int, generator: torch.Generator)
     On NumPy arrays the right side holds views, so this copies x[h', w'] into x[h, w] and leaves
     x[h', w'] as it was. The source, up or left, has not been visited yet in that order, so every
     pixel of rows and columns 2..H-1 takes its value from an untouched neighbour: one gather.
+    (Every value comes from up or left, so each round also moves the content half a pixel down
+    and right on average; we keep that, as the benchmark has it.)
     """
     sigma, delta, iterations = GLASS_BLUR[severity - 1]
     assert delta == 1, "the single-gather form holds for delta 1 (every CIFAR-10-C severity)"
@@ -453,9 +455,10 @@ def _frost_texture(n: int, h: int, w: int, generator: torch.Generator) -> torch.
     CIFAR-10-C crops 32x32 pieces of six photographs of frosted glass (scaled to 1/5) and adds
     them, weighted, to the image. We ship no photographs, so we grow a texture with the same
     job: bright, pale-blue and structured at several scales. It is a plasma fractal (the
-    patchy film of ice) plus needles (sparse seeds smeared by line kernels at two random angles:
-    the crystals), mean brightness about 0.45. The blend weights are the benchmark's, so the
-    severities keep their order, but the numbers are not comparable with CIFAR-10-C's frost.
+    patchy film of ice) plus needles (8 % of pixels as seeds, smeared by short line kernels at
+    three random angles: the crystals); its mean is about 0.47 (red) to 0.58 (blue) of white.
+    The blend weights are the benchmark's, so the severities keep their order, but the numbers
+    are not comparable with CIFAR-10-C's frost.
     """
     size = 1 << max(h - 1, w - 1, 1).bit_length()
     film = _plasma(n, size, 1.5, generator)[:, None, :h, :w]
@@ -466,7 +469,7 @@ def _frost_texture(n: int, h: int, w: int, generator: torch.Generator) -> torch.
         angles = _uniform((n,), 0, 360, generator)
         needles = torch.maximum(needles, _motion_blur(seeds, 3, 1.5, angles))
     needles = needles / needles.amax((1, 2, 3), keepdim=True).clamp_min(1e-6)
-    ice = (0.3 + 0.4 * film + 0.6 * needles).clamp(0, 1)
+    ice = (0.3 + 0.4 * film + 0.6 * needles).clamp(0, 1)  # a floor of 0.3: ice is never dark
     tint = torch.tensor([0.82, 0.92, 1.00]).view(1, 3, 1, 1)  # the blue-white of ice
     return 255 * ice * tint
 
