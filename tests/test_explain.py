@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -20,8 +22,11 @@ LAST_CONV = {"base": "body.6", "base_dropout": "body.6", "bn": "body.19",
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> None:
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: threads only add overhead
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
