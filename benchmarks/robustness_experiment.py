@@ -33,13 +33,15 @@ import numpy as np
 import torch
 
 from cifarlab import fsio, plots
-from cifarlab.checkpoint import MODEL_FILE, load_model
+from cifarlab.checkpoint import load_model
+from cifarlab.config import make_config
 from cifarlab.corruptions import CORRUPTIONS, SEVERITIES
 from cifarlab.data import load_dataset, make_splits
 from cifarlab.errors import UserError
-from cifarlab.recipes import make_config
+from cifarlab.evaluate import pick_device
 from cifarlab.robustness import PRESETS, Robustness, comparison_figure, markdown_table, measure_many, take
-from cifarlab.train import available_cores, pick_device, train
+from cifarlab.rundir import FINAL as MODEL_FILE
+from cifarlab.trainer import available_cores, train
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,11 +64,11 @@ def train_or_reuse(recipe: str, args: argparse.Namespace, run_dir: Path) -> dict
     """The run's summary: trained now, or read from a finished run in `run_dir`."""
     if (run_dir / MODEL_FILE).is_file():
         print(f"  reusing the finished run in {run_dir}", flush=True)
-        _, record = load_model(run_dir)
+        _, record = load_model(run_dir, weights="final")
         return dict(record.get("metrics", {}))
     config = make_config(recipe, epochs=args.epochs, data=str(args.data), device=args.device,
                          subset=args.subset)
-    return train(config, out=run_dir, quiet=not args.verbose)
+    return train(config, out=run_dir, quiet=not args.verbose)[1]
 
 
 def per_corruption_table(results: list[tuple[str, Robustness]]) -> str:

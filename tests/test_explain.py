@@ -13,7 +13,7 @@ from torch import nn
 
 from cifarlab.errors import UserError
 from cifarlab.explain import cam_figure, explain, feature_maps, find_last_conv, first_layer_filters, grad_cam
-from cifarlab.models import Classifier, FastNet, create_model, list_models
+from cifarlab.networks import Classifier, FastNet, create_model, list_models
 from conftest import class_images
 
 CLASSES = [f"class{i}" for i in range(10)]

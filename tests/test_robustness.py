@@ -17,7 +17,7 @@ from cifarlab.corruptions import CORRUPTIONS
 from cifarlab.data import Split
 from cifarlab.errors import UserError
 from cifarlab.evaluate import evaluate_split
-from cifarlab.models import create_model
+from cifarlab.networks import create_model
 from cifarlab.robustness import PRESETS, Robustness, comparison_figure, load, markdown_table, measure
 from conftest import class_images
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
+from cifarlab import plots
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_logits, to_batch
 from cifarlab.plots import RIGHT, WRONG
@@ -154,7 +155,7 @@ def first_layer_filters(model: nn.Module) -> Figure:
     rgb = rgb[:2]  # the first (the stem), and a second where a model has two (rare)
     columns = 8
     rows = [math.ceil(conv.out_channels / columns) for _, conv in rgb]
-    fig = Figure(figsize=(columns * 0.9 + 0.4, sum(rows) * 0.9 + 0.9 * len(rgb) + 0.3),
+    fig = plots.LabFigure(figsize=(columns * 0.9 + 0.4, sum(rows) * 0.9 + 0.9 * len(rgb) + 0.3),
                  layout="constrained")
     panels = fig.subfigures(len(rgb), 1, height_ratios=[r + 1 for r in rows], squeeze=False)[:, 0]
     for panel, (name, conv), count in zip(panels, rgb, rows, strict=True):
@@ -235,7 +236,7 @@ def feature_maps(model: nn.Module, images: np.ndarray, max_images: int = 4, chan
         raise UserError("the model has no conv layer or activation with feature maps to show")
     chosen = [stages[i] for i in _pick_stages([tuple(t.shape[2:]) for _, t in stages])]
     columns = 4 if channels > 4 else channels
-    fig = Figure(figsize=(2.0 + 2.3 * len(chosen), 2.1 * len(images) + 0.6), layout="constrained")
+    fig = plots.LabFigure(figsize=(2.0 + 2.3 * len(chosen), 2.1 * len(images) + 0.6), layout="constrained")
     axes = np.array(fig.subplots(len(images), len(chosen) + 1, squeeze=False))
     for row, image in enumerate(images):
         axes[row, 0].imshow(image, interpolation="nearest")
@@ -259,7 +260,7 @@ def cam_figure(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], ri
     """Each image beside itself with its heat map laid over; captions in green (right) or red."""
     count = len(images)
     if count == 0:
-        fig = Figure(figsize=(6, 1.2))
+        fig = plots.LabFigure(figsize=(6, 1.2))
         ax = fig.subplots()
         ax.set_axis_off()
         ax.text(0.5, 0.5, f"{title}\n(no images to show)", ha="center", va="center", fontsize=11)
@@ -268,7 +269,7 @@ def cam_figure(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], ri
     rows = math.ceil(count / columns)
     head = 0.8  # inches for the title
     height = rows * 2.0 + head
-    fig = Figure(figsize=(columns * 3.6, height))
+    fig = plots.LabFigure(figsize=(columns * 3.6, height))
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - head / height, wspace=0.05,
                         hspace=0.35)
     axes = np.array(fig.subplots(rows, 2 * columns, squeeze=False))

@@ -155,7 +155,7 @@ class Robustness:
         names = list(self.table)
         values = np.array([self.table[n] for n in names]) * 100
         means = np.array([[m * 100] for m in self.corruption_means.values()])
-        fig = Figure(figsize=(3.2 + 0.85 * (len(self.severities) + 1), 1.3 + 0.36 * len(names)),
+        fig = plots.LabFigure(figsize=(3.2 + 0.85 * (len(self.severities) + 1), 1.3 + 0.36 * len(names)),
                      layout="constrained")
         ax, mean_ax = fig.subplots(1, 2, width_ratios=[len(self.severities), 1], sharey=True)
         for axis, cells, labels in ((ax, values, [str(s) for s in self.severities]),
@@ -283,7 +283,7 @@ def comparison_figure(results: Sequence[tuple[str, Robustness]], title: str | No
     the clean accuracy first."""
     names = ["clean", *dict.fromkeys(n for _, r in results for n in r.table)]
     width = 1.5 + len(names) * (0.35 + 0.12 * len(results))  # 16 groups of 4 bars: 14 inches
-    fig = Figure(figsize=(max(7.0, width), 5.2), layout="constrained")
+    fig = plots.LabFigure(figsize=(max(7.0, width), 5.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(1, len(results))
     for k, (label, result) in enumerate(results):
