@@ -298,3 +298,30 @@ def test_registry_decorator_makes_a_model_trainable(toy_data: Path, tmp_path: Pa
     assert "tiny_test_net" in cl.models()
     run = cl.train("base", model="tiny_test_net", data=toy_data, out=tmp_path / "run", **QUICK)
     assert run.config.model == "tiny_test_net" and cl.load(run.path).evaluate()["images"] == 96
+
+
+def test_explain_from_python_and_the_command_line(base_run: cl.Run, toy_data: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    figures = base_run.explain(count=4)
+    assert set(figures) == {"filters", "feature_maps", "gradcam_correct", "gradcam_wrong"}
+    assert all(f._repr_png_().startswith(b"\x89PNG") for f in figures.values())
+    assert {p.name for p in (base_run.path / "explain").iterdir()} >= {"filters.png", "gradcam_wrong.png"}
+    assert main(["explain", str(base_run.path), str(toy_data / "test" / "a"), "--layer", "body.3"]) == 0
+    assert "gradcam.png" in capsys.readouterr().out
+    assert main(["explain", str(base_run.path), "--layer", "body.99"]) == 2
+    assert "its conv layers: body.0, body.3, body.6" in capsys.readouterr().err
+
+
+def test_robustness_from_python_and_the_command_line(base_run: cl.Run,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    result = base_run.robustness(corruptions=["brightness", "gaussian_noise"], severities=[1, 5],
+                                 images=40)
+    assert result.n_images == 40 and set(result.table) == {"brightness", "gaussian_noise"}
+    assert 0 <= result.mean_acc <= 1 and len(result.table["brightness"]) == 2
+    assert (base_run.path / "robustness" / "robustness.json").is_file()
+    assert main(["robustness", str(base_run.path), "--quick", "--corruptions", "fog",
+                 "--severities", "2", "--json"]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert saved["severities"] == [2] and list(saved["table"]) == ["fog"]
+    assert main(["robustness", str(base_run.path), "--severities", "1,x"]) == 2
+    assert "--severities takes numbers" in capsys.readouterr().err

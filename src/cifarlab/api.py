@@ -27,7 +27,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import nn
 
-from cifarlab import checkpoint, distributed, fsio, rundir
+from cifarlab import checkpoint, distributed, fsio, plots, rundir
 from cifarlab import comparison as comparing
 from cifarlab import report as reporting
 from cifarlab import trainer as training
@@ -173,6 +173,58 @@ class Run:
                          weights: str = "best") -> Figure:
         """Reliability diagram: confidence against accuracy."""
         return reporting.reliability_figure(self.predictions(data, split, False, weights))
+
+    # ------------------------------------------------------------------------------------------
+    # Understanding: what the network looks at, and how it holds up under corruptions
+
+    def explain(self, images: Any = None, layer: str | None = None, count: int = 8,
+                split: str = "val", data: PathLike | None = None, weights: str = "best",
+                device: str = "auto", save: bool = True) -> dict[str, Figure]:
+        """First-layer filters, feature maps by depth, and Grad-CAM heat maps for the most
+        confident right and wrong predictions (on the split, or on your `images`: files,
+        folders, PIL images or uint8 arrays). `layer` names the conv Grad-CAM reads (default:
+        the last one). Figures are also written to RUN/explain/*.png unless save=False.
+        """
+        from cifarlab import explain as explaining
+
+        torch_device = pick_device(device)
+        model = self.load_model(weights)
+        if images is None:
+            p = self.predictions(data, split, False, weights, device)
+            figures = explaining.explain(model, p.images, p.labels, self.classes, torch_device,
+                                         layer=layer, count=count)
+        else:
+            array, names = as_images(images)
+            figures = explaining.explain_images(model, array, names, self.classes, torch_device,
+                                                layer=layer)
+        if save and self.path.is_dir():
+            for name, figure in figures.items():
+                fsio.write_bytes(self.path / rundir.EXPLAIN / f"{name}.png", plots.to_png(figure))
+        return figures
+
+    def robustness(self, quick: bool = False, corruptions: Sequence[str] | None = None,
+                   severities: Sequence[int] | None = None, images: int | None = None,
+                   seed: int = 0, split: str = "val", data: PathLike | None = None,
+                   weights: str = "best", device: str = "auto", quiet: bool = True,
+                   save: bool = True) -> Any:
+        """Accuracy under the 15 CIFAR-10-C corruptions at 5 severities (robustness.py), beside
+        the clean accuracy; `quick` takes 1,000 images and severities 1, 3, 5. Written to
+        RUN/robustness/ (CSV, JSON, heat map) unless save=False; returns a Robustness
+        (`.mean_acc`, `.relative_drop`, `.table`, `.heatmap()`).
+        """
+        from cifarlab import robustness as robust
+
+        preset = robust.PRESETS["quick" if quick else "full"]
+        p = self.predictions(data, split, False, weights, device)
+        chosen, labels = robust.take(p.images, p.labels, images if images is not None else preset.images,
+                                     seed=seed)
+        result = robust.measure(self.load_model(weights), chosen, labels, pick_device(device),
+                                corruptions=corruptions, severities=tuple(severities or preset.severities),
+                                seed=seed, quiet=quiet)
+        if save and self.path.is_dir():
+            result.write(self.path / rundir.ROBUSTNESS, title=f"{self._files.label}: accuracy "
+                                                              "under corruption")
+        return result
 
     # ------------------------------------------------------------------------------------------
     # Files

@@ -32,6 +32,8 @@ def pick_device(name: str, local_rank: int | None = None) -> torch.device:
 
 def to_batch(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 NHWC images to an NCHW float tensor in channels_last layout (no copy of the layout)."""
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # e.g. a decoded image's read-only buffer: torch wants to own it
     tensor = torch.as_tensor(images).to(device, non_blocking=True)
     return tensor.permute(0, 3, 1, 2).float()
 

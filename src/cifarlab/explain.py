@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -330,3 +331,24 @@ def explain(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: S
             title=f"Grad-CAM on {find_last_conv(model, layer)[0]}: the most confident {word} "
                   f"predictions, heat on the predicted class")
     return figures
+
+
+def explain_images(model: nn.Module, images: np.ndarray, names: Sequence[str], classes: Sequence[str],
+                   device: torch.device, layer: str | None = None) -> dict[str, Figure]:
+    """The figures for your own images, whose true class is unknown: filters, feature maps and
+    Grad-CAM on the predicted class of each image."""
+    if len(images) == 0:
+        raise UserError("explain needs at least one image")
+    model = model.to(device)
+    probs = predict_logits(model, images, device).softmax(1).numpy()
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    heat = grad_cam(model, images, layer=layer, target=predicted)
+    captions = [f"{Path(str(name)).name}\n{classes[predicted[i]]} {confidence[i]:.0%}"
+                for i, name in enumerate(names)]
+    return {
+        "filters": first_layer_filters(model),
+        "feature_maps": feature_maps(model, images[:4], max_images=4),
+        "gradcam": cam_figure(images, heat, captions, [True] * len(images),
+                              title=f"Grad-CAM on {find_last_conv(model, layer)[0]}: heat on the "
+                                    "predicted class"),
+    }

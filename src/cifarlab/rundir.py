@@ -9,7 +9,7 @@ its file names (timm's summary.csv has one writer; so does everything here).
         best.pt         the weights of the best epoch by `monitor` (val_acc by default)
         model.pt        the final weights
         summary.json    final figures, naming both the best and the final epoch
-        report/ export/ tensorboard/   written by `report`, `export` and `--tensorboard`
+        report/ export/ explain/ robustness/ tensorboard/   written by those commands
 
     >>> from cifarlab import rundir
     >>> rundir.METRICS
@@ -41,6 +41,8 @@ FINAL = "model.pt"
 BEST = "best.pt"
 REPORT = "report"
 EXPORT = "export"
+EXPLAIN = "explain"
+ROBUSTNESS = "robustness"
 TENSORBOARD = "tensorboard"
 WEIGHTS = ("best", "final")
 DEFAULT_ROOT = Path("runs")

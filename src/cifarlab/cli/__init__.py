@@ -32,7 +32,8 @@ EXIT_INTERRUPTED = 130
 # command -> module under cifarlab.cli, in the order `--help` lists them
 COMMANDS = {
     "train": "train", "evaluate": "evaluate", "predict": "predict", "report": "report",
-    "compare": "compare", "export": "export", "serve": "serve", "summary": "summary",
+    "compare": "compare", "explain": "explain", "robustness": "robustness", "export": "export",
+    "serve": "serve", "summary": "summary",
     "models": "models", "data": "data",
 }
 
