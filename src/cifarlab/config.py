@@ -76,6 +76,7 @@ class TrainConfig:
     augment: Augment = field(default_factory=Augment)
     alternate_flip: bool = False  # mirror each image in every other epoch, not at random
     tta: bool = False  # also report the final val accuracy with test-time augmentation
+    calibrate: bool = True  # fit a temperature on val after training: probabilities mean what they say
     monitor: str = "val_acc"  # best weights (best.pt) and early stopping follow this metric
     early_stop: int = 0  # stop after this many epochs without a better `monitor` (0: never)
     budget: float | None = None  # seconds: `epochs` was sized to fit this wall-clock budget

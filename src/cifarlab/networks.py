@@ -144,22 +144,34 @@ def make_body(model: str | ModelFactory | nn.Module, num_classes: int,
 
 
 class Classifier(nn.Module):
-    """Normalisation + network: input is raw pixels (N, 3, 32, 32) in 0..255, output logits."""
+    """Normalisation + network + temperature: raw pixels (N, 3, 32, 32) in 0..255 in, logits out.
+
+    The temperature is 1 while training; afterwards it is fitted on the validation split
+    (calibrate.py), so softmax(logits) are calibrated probabilities wherever the model goes.
+    """
 
     mean: torch.Tensor
     std: torch.Tensor
+    temperature: torch.Tensor
 
     def __init__(self, body: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.body = body
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("temperature", torch.ones(()))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.normalize(x))
+        return self.body(self.normalize(x)) / self.temperature
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Files from before calibration have no temperature: theirs is 1."""
+        if "temperature" not in state_dict:
+            state_dict = {**state_dict, "temperature": torch.ones(())}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def create_model(name: str | ModelFactory | nn.Module, num_classes: int,

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from cifarlab import fsio, plots, rundir
+from cifarlab.calibrate import BINS as CALIBRATION_BINS
+from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import ModelArg, load_model
 from cifarlab.data import Split, load_dataset, make_splits
 from cifarlab.diagnose import Diagnosis, diagnose
@@ -39,7 +41,6 @@ REPORT_DIRNAME = rundir.REPORT
 SAMPLE_COUNT = 24  # random images in samples.png (4 rows of 6: readable captions on a phone)
 SAMPLE_SEED = 0  # the same images in every report on a split, so two runs' grids compare
 MISTAKE_COUNT = 24  # most confident wrong predictions in mistakes.png
-CALIBRATION_BINS = 15  # the usual ECE binning since Guo et al. 2017, "On Calibration of Modern NNs"
 CONFUSED_PAIRS = 5  # (true, predicted) pairs listed as most confused
 
 
@@ -98,23 +99,6 @@ def most_confused(counts: np.ndarray, classes: list[str], top: int = CONFUSED_PA
         pairs.append({"true": classes[i], "predicted": classes[j], "count": int(off[i, j]),
                       "share_of_true": float(off[i, j] / support[i])})
     return pairs
-
-
-def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
-    """Reliability bins over (0, 1] and the expected calibration error.
-
-    ECE = sum over bins of (share of images in the bin) * |accuracy in bin - mean confidence in bin|:
-    how far, on average, the model's stated confidence is from how often it is right.
-    """
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.digitize(confidence, edges[1:-1], right=True)
-    count = np.bincount(index, minlength=bins)
-    safe = np.maximum(count, 1)
-    accuracy = np.bincount(index, weights=correct.astype(np.float64), minlength=bins) / safe
-    mean_conf = np.bincount(index, weights=confidence.astype(np.float64), minlength=bins) / safe
-    ece = float(np.sum(count / max(1, len(confidence)) * np.abs(accuracy - mean_conf)))
-    return {"ece": ece, "bin_edges": edges.tolist(), "accuracy": accuracy.tolist(),
-            "confidence": mean_conf.tolist(), "count": count.tolist()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,10 +46,11 @@ from tqdm.auto import tqdm
 
 from cifarlab import __version__, budget, checkpoint, distributed, fsio, optim, rundir
 from cifarlab.augment import augment_batch, flip_where
+from cifarlab.calibrate import ece, fit_temperature
 from cifarlab.config import TrainConfig, validate
 from cifarlab.data import Dataset, Split, load_dataset, make_splits
 from cifarlab.errors import Interrupted, TrainingError, UserError
-from cifarlab.evaluate import evaluate_split, pick_device, to_batch
+from cifarlab.evaluate import evaluate_split, pick_device, predict_logits, to_batch
 from cifarlab.networks import Classifier, create_model
 
 METRIC_COLUMNS = rundir.METRIC_COLUMNS
@@ -424,9 +425,13 @@ class Trainer:
             if not self.quiet:
                 print(f"val_acc with test-time augmentation: {summary['val_acc_tta']:.4f} "
                       f"({summary['tta_seconds']:.1f} s)", flush=True)
+        if config.calibrate and main:
+            summary.update(self._calibrate(self.model, "final"))
         summary["wall_seconds"] = time.perf_counter() - self.started
         summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if main:
+            if config.calibrate and (self.path / rundir.BEST).is_file():
+                self._calibrate_best()
             checkpoint.save(self.path / rundir.FINAL,
                             self._model_record("final", len(self.history), summary))
             fsio.write_json(self.path / rundir.SUMMARY, summary)
@@ -521,6 +526,30 @@ class Trainer:
                 config, (epoch + 1) * steps / (config.epochs * steps) - 1e-9),
             "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         }
+
+    def _calibrate(self, model: Classifier, which: str) -> dict[str, float]:
+        """Fit the temperature of `model` on the validation split (calibrate.py); the predicted
+        classes, and so every accuracy, stay as they are."""
+        model.temperature.fill_(1.0)
+        logits = predict_logits(model, self.data.val.images, self.device)
+        labels = torch.from_numpy(self.data.val.labels)
+        temperature = fit_temperature(logits, labels)
+        model.temperature.fill_(temperature)
+        result = {"temperature": temperature, "ece": ece(logits, labels),
+                  "ece_calibrated": ece(logits / temperature, labels)}
+        if not self.quiet:
+            print(f"calibrated the {which} weights: temperature {temperature:.3f}, expected "
+                  f"calibration error {result['ece']:.3f} -> {result['ece_calibrated']:.3f} "
+                  "(val split)", flush=True)
+        return result
+
+    def _calibrate_best(self) -> None:
+        record = checkpoint.load(self.path / rundir.BEST, checkpoint.MODEL_FORMAT)
+        best = copy.deepcopy(self.model)
+        best.load_state_dict(record["state_dict"])
+        record["metrics"] = {**record.get("metrics", {}), **self._calibrate(best, "best")}
+        record["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in best.state_dict().items()}
+        checkpoint.save(self.path / rundir.BEST, record)
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1]
