@@ -12,6 +12,8 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import tracemalloc
 import zipfile
@@ -149,6 +151,72 @@ def test_hostile_pickles_allocate_nothing_and_run_nothing(make: Callable[[], byt
     with pytest.raises(UserError, match="not a valid CIFAR-10 batch"):
         read_batch(blob)
     assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+class Built:
+    """Pickles as numpy does an array: `_reconstruct(ndarray, (0,), 'b')`, then BUILD with `state`."""
+
+    def __init__(self, state: tuple[Any, ...]):
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _reconstruct(), (np.ndarray, (0,), b"b"), self.state
+
+
+def object_dtype_pickles() -> list[bytes]:
+    """BUILDs that make numpy read Python objects, or more bytes than the pickle holds."""
+    states = [
+        (1, (1,), np.dtype("O"), False, []),  # reads past the list: SIGSEGV before issue 12
+        (1, (2,), np.dtype("O"), False, [None]),
+        (1, (1,), np.dtype([("a", "O")]), False, b"\0" * 8),
+        (1, (1,), np.dtype(("u1", (4,))), False, b"\0"),
+        (1, (10**6, 3072), np.dtype("u1"), False, b"\0" * 16),
+        (1, (-1,), np.dtype("u1"), False, b""),
+        (1, (1,), "not a dtype", False, b"\0"),
+        (1, (4,), np.dtype("u1"), False, [1, 2, 3, 4]),
+    ]
+    return [pickle.dumps({b"data": Built(state), b"labels": [0]}, 2) for state in states]
+
+
+@pytest.mark.parametrize("blob", object_dtype_pickles(), ids=[
+    "object-short-list", "object", "object-field", "subarray", "huge", "negative", "not-a-dtype", "list-raw"])
+def test_object_dtypes_and_short_buffers_are_refused(blob: bytes, small_peak: None) -> None:
+    with pytest.raises(UserError, match="not a valid CIFAR-10 batch"):
+        read_batch(blob)
+
+
+def test_object_dtype_batch_is_one_line_not_a_crash(tmp_path: Path) -> None:
+    """Issue 12: in-process, the crash would take pytest down with it, so run the CLI."""
+    meta = pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}, 2)
+    bad = object_dtype_pickles()[0]
+    files = {"cifar-10-batches-py/batches.meta": meta, "cifar-10-batches-py/test_batch": bad}
+    files.update({f"cifar-10-batches-py/data_batch_{i}": bad for i in range(1, 6)})
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(tgz_of(files))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "CIFARLAB_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "cifarlab", "data", "--data",
+                           str(tmp_path / "cifar-10-python.tar.gz")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, (done.returncode, done.stderr[-500:])
+    assert "refusing array type" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("opcode", [b"]", b"}", b"(", b")", b"N"],
+                         ids=["list", "dict", "mark", "tuple", "none"])
+def test_opcode_floods_stay_small(opcode: bytes, small_peak: None) -> None:
+    """One byte of pickle (an empty list, dict, mark, tuple) becomes a ~70-byte object: 2 MB of
+    them took 143 MB before issue 12. The opcode budget stops them."""
+    with pytest.raises(UserError, match="pickle operations"):
+        read_batch(b"\x80\x02" + opcode * 2_000_000 + b".")
+
+
+def test_memoized_string_cannot_be_encoded_forever(small_peak: None) -> None:
+    """`_codecs.encode` copies: calling it again and again on one memoized 1 MB string."""
+    encode = __import__("_codecs").encode
+    text = "x" * (1 << 20)
+    blob = pickle.dumps([Call(encode, text, "latin1") for _ in range(200)], 2)
+    assert len(blob) < 2 << 20
+    with pytest.raises(UserError, match="more bytes than the file holds"):
+        read_batch(blob)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import hashlib
 import importlib
 import io
 import lzma
+import math
 import pickle
 import struct
 import tarfile
@@ -92,15 +93,47 @@ def read_source(path: Path) -> RawData:
 
 
 _NDARRAY = object()  # stands for numpy.ndarray, which a pickle may name but never call
+# A real batch takes ~30,000 opcodes (10,000 labels and 10,000 file names; ~90,000 when Python 3
+# writes protocol 2). Each opcode can leave a ~70-byte object behind (an empty list is one byte of
+# pickle), so the budget bounds memory to ~35 MB however the bytes are spent.
+MAX_PICKLE_OPS = 500_000
+PLAIN_DTYPE_KINDS = "biuf"  # bool, int, uint, float: what a batch holds; never objects or records
 
 
-def _reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
-    """numpy's `_reconstruct` as numpy pickles use it: an empty array that BUILD then fills from
-    the pickle's own bytes. Any other shape would allocate memory the file does not hold."""
-    if subtype is not _NDARRAY or shape != (0,):
+def _plain_dtype(dtype: object) -> np.dtype:
+    """`dtype` if it is a plain number type; object, record and sub-array types are refused, so
+    numpy never reads Python objects out of pickle bytes."""
+    if (not isinstance(dtype, np.dtype) or dtype.kind not in PLAIN_DTYPE_KINDS or dtype.hasobject
+            or dtype.fields is not None or dtype.subdtype is not None):
+        raise pickle.UnpicklingError(f"refusing array type {dtype!r}")
+    return dtype
+
+
+def _byte_count(shape: object, dtype: np.dtype) -> int:
+    """How many bytes an array of `shape` needs (Python ints: no overflow)."""
+    if (not isinstance(shape, tuple) or len(shape) > 32
+            or not all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError(f"bad array shape {shape!r}")
+    return math.prod(shape) * dtype.itemsize
+
+
+def _new_dtype(spec: object, align: object = False, copy: object = True) -> np.dtype:
+    """`numpy.dtype` as numpy pickles call it: a type code; always a copy, so that the BUILD that
+    follows cannot change numpy's shared instance of the type."""
+    if not isinstance(spec, (str, bytes)):
+        raise pickle.UnpicklingError("unexpected dtype construction")
+    return _plain_dtype(np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec,
+                                 bool(align), True))
+
+
+def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> np.ndarray:
+    """numpy's protocol-5 `_frombuffer`, once the buffer holds exactly the bytes the shape needs."""
+    if not isinstance(buffer, (bytes, bytearray)) or order not in ("C", "F"):
         raise pickle.UnpicklingError("unexpected array construction")
-    real = importlib.import_module("numpy._core.multiarray")._reconstruct
-    return real(np.ndarray, shape, dtype)
+    if len(buffer) != _byte_count(shape, _plain_dtype(dtype)):
+        raise pickle.UnpicklingError(f"an array of shape {shape} does not fit {len(buffer)} bytes")
+    real = importlib.import_module("numpy._core.numeric")._frombuffer
+    return real(buffer, dtype, shape, order)
 
 
 def _encode(text: object, encoding: object = "utf-8") -> bytes:
@@ -110,17 +143,36 @@ def _encode(text: object, encoding: object = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+def _counted(op: Any) -> Callable[[Any], None]:
+    """`op`, counted against MAX_PICKLE_OPS."""
+    def run(self: _BatchUnpickler) -> None:
+        self._ops += 1
+        if self._ops > MAX_PICKLE_OPS:
+            raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS:,} pickle operations; a CIFAR "
+                                         "batch needs far fewer")
+        op(self)
+    return run
+
+
 class _BatchUnpickler(pickle._Unpickler):
     """Unpickles CIFAR batches and refuses everything else (no arbitrary code execution).
 
     It is the pure-Python unpickler: the C one sizes its memo table by the largest index a pickle
     names, so 6 hostile bytes (LONG_BINPUT 667395525) make it allocate and clear 10 GB. And a
-    bytearray may not claim more bytes than the whole pickle holds.
+    bytearray may not claim more bytes than the whole pickle holds. Memory stays proportional to
+    the file: every opcode counts against MAX_PICKLE_OPS, the bytes that calls make (`encode`)
+    against the file's size, arrays are only ever views of the pickle's own bytes, and numpy's
+    BUILD (`ndarray.__setstate__`) only runs on a fresh empty array, with a plain number type and
+    exactly the bytes its shape needs: with an object type it would read Python objects out of a
+    list and, given too short a list, crash the process.
     """
 
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data), encoding="bytes")
         self._size = len(data)
+        self._ops = 0
+        self._encoded = 0  # bytes made by _codecs.encode calls so far
+        self._unbuilt: dict[int, np.ndarray] = {}  # arrays from _reconstruct not yet filled
 
     def _load_bytearray8(self) -> None:
         this: Any = self  # read, readinto and append are set per instance by the base class
@@ -132,8 +184,30 @@ class _BatchUnpickler(pickle._Unpickler):
         this.readinto(buffer)
         this.append(buffer)
 
+    def _load_build(self) -> None:
+        this: Any = self
+        state, inst = this.stack.pop(), this.stack[-1]
+        if isinstance(inst, np.dtype):  # byte order only: (3, '<', None, None, None, -1, -1, 0)
+            if (not isinstance(state, tuple) or len(state) != 8 or state[0] != 3
+                    or state[1] not in ("<", ">", "|", "=") or state[2:5] != (None, None, None)):
+                raise pickle.UnpicklingError("unexpected dtype state")
+        elif self._unbuilt.pop(id(inst), None) is inst:
+            if not isinstance(state, tuple) or len(state) != 5 or state[0] != 1:
+                raise pickle.UnpicklingError("unexpected array state")
+            _, shape, dtype, fortran, raw = state
+            if not isinstance(fortran, bool) or not isinstance(raw, (bytes, bytearray)):
+                raise pickle.UnpicklingError("unexpected array state")
+            if len(raw) != _byte_count(shape, _plain_dtype(dtype)):
+                raise pickle.UnpicklingError(f"an array of shape {shape} and type {dtype} does "
+                                             f"not fit {len(raw)} bytes")
+        else:
+            raise pickle.UnpicklingError(f"unexpected BUILD of {type(inst).__name__}")
+        inst.__setstate__(state)
+
     dispatch: ClassVar[dict[int, Callable[[Any], None]]] = {
-        **pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}
+        key: _counted(op) for key, op in {**pickle._Unpickler.dispatch,
+                                          pickle.BYTEARRAY8[0]: _load_bytearray8,
+                                          pickle.BUILD[0]: _load_build}.items()}
 
     ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"),
@@ -148,15 +222,25 @@ class _BatchUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if name == "_reconstruct":
-            return _reconstruct
-        if name == "ndarray":
-            return _NDARRAY
-        if name == "encode":
-            return _encode
-        if module.startswith("numpy.core."):
-            module = "numpy._core." + module.removeprefix("numpy.core.")
-        return getattr(importlib.import_module(module), name)
+        return {"_reconstruct": self._reconstruct, "_frombuffer": _frombuffer, "ndarray": _NDARRAY,
+                "dtype": _new_dtype, "encode": self._encode}[name]
+
+    def _reconstruct(self, subtype: object, shape: object, dtype: object) -> np.ndarray:
+        """numpy's `_reconstruct` as numpy pickles use it: an empty array that BUILD then fills
+        from the pickle's own bytes. Any other shape would allocate memory the file does not hold."""
+        if subtype is not _NDARRAY or shape != (0,) or not isinstance(dtype, (bytes, str)):
+            raise pickle.UnpicklingError("unexpected array construction")
+        real = importlib.import_module("numpy._core.multiarray")._reconstruct
+        array = real(np.ndarray, (0,), np.uint8)  # BUILD sets the real type, checked there
+        self._unbuilt[id(array)] = array
+        return array
+
+    def _encode(self, text: object, encoding: object = "utf-8") -> bytes:
+        data = _encode(text, encoding)
+        self._encoded += len(data)
+        if self._encoded > self._size:  # each call copies: a memoized string could be copied forever
+            raise pickle.UnpicklingError("codecs.encode calls make more bytes than the file holds")
+        return data
 
 
 def load_batch(data: bytes, name: str) -> dict[str, object]:
