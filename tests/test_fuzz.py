@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import os
 import pickle
@@ -375,6 +376,67 @@ def test_gzip_and_zip_bombs_are_refused(tmp_path: Path, monkeypatch: pytest.Monk
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(UserError, match="larger than 1 MB"):
             read_source(tmp_path / name)
+
+
+def gzipped(parts: Iterator[bytes]) -> bytes:
+    """A .gz of the concatenated parts, compressed as they come (no big buffer in the test)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return b"".join(packer.compress(part) for part in parts) + packer.flush()
+
+
+def tar_header(name: str, kind: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+def zeros(megabytes: int) -> Iterator[bytes]:
+    for _ in range(megabytes):
+        yield bytes(1 << 20)
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                                  tarfile.XGLTYPE], ids=["longname", "longlink", "pax", "pax-global"])
+def test_tar_meta_header_bombs_are_refused_before_reading(kind: bytes, tmp_path: Path,
+                                                          small_peak: None) -> None:
+    """tarfile reads a meta header's body into memory before the member it describes: an 80 MB
+    claim, 400 KB gzipped (600 MB took 605 MB of memory before issue 12)."""
+    path = tmp_path / "meta.tgz"
+    path.write_bytes(gzipped(itertools.chain([tar_header("././@LongLink", kind, 80 << 20)], zeros(80))))
+    assert path.stat().st_size < 400_000
+    with pytest.raises(UserError, match="a tar header claims 83,886,080 bytes"):
+        read_source(path)
+
+
+def test_tar_meta_header_chains_and_sparse_members_are_refused(tmp_path: Path) -> None:
+    image = png_bytes(np.zeros((32, 32, 3), np.uint8))
+    pax = b"".join(tar_header("././@PaxHeader", tarfile.XHDTYPE, 512) + b"9 a=bcd\n".ljust(512, b"\0")
+                   for _ in range(2000))  # would recurse 2000 deep in tarfile
+    sparse = tar_header("r/train/a/0.png", tarfile.GNUTYPE_SPARSE, 0)
+    for name, blob in (("chain.tgz", pax), ("sparse.tgz", sparse)):
+        (tmp_path / name).write_bytes(gzipped(iter([blob, tar_header("r/train/a/1.png", tarfile.REGTYPE,
+                                                                     len(image)), image])))
+        with pytest.raises(UserError, match="in a row|sparse"):
+            read_source(tmp_path / name)
+
+
+def test_tar_entry_count_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """300,000 empty entries (1.5 MB gzipped) took 137 MB and 10 s before issue 12."""
+    monkeypatch.setattr(sources, "MAX_ENTRIES", 100)
+    path = tmp_path / "many.tgz"
+    path.write_bytes(gzipped(tar_header(f"e{i}", tarfile.REGTYPE, 0) for i in range(200)))
+    with pytest.raises(UserError, match="more than 100 entries"):
+        read_source(path)
+
+
+def test_decode_cap_applies_before_jpeg_draft(monkeypatch: pytest.MonkeyPatch) -> None:
+    """draft() decodes a JPEG at 1/8 scale, but a progressive one still holds all its coefficients:
+    a 144-megapixel one of 845 KB used 423 MB. The cap is on the size in the header."""
+    monkeypatch.setattr(sources, "MAX_DECODE_PIXELS", 1_000_000)
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 1000), (90, 120, 200)).save(buffer, format="JPEG", progressive=True)
+    with pytest.raises(UserError, match="2000x1000 pixels, larger than cifarlab decodes"):
+        decode_image(buffer.getvalue(), "big.jpg")
 
 
 def patch_zip(blob: bytes, edit: Callable[[bytearray, int], None]) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import itertools
 import lzma
 import math
 import pickle
@@ -46,7 +47,16 @@ ARCHIVE_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".zip")
 # 31 MB, a CIFAR image 1-3 KB, and the whole official set decodes to 180 MB.
 MAX_FILE_BYTES = 256 << 20  # one batch file, image or archive member
 MAX_ARCHIVE_BYTES = 2 << 30  # all the members of an archive that are read, together
-MAX_DECODE_PIXELS = 40_000_000  # an image larger than this (after JPEG draft scaling) is refused
+# An image larger than this is refused before decoding, even a JPEG that `draft` would decode at
+# 1/8 scale: a progressive JPEG keeps all its coefficients in memory (~3 bytes a pixel) either way.
+MAX_DECODE_PIXELS = 40_000_000
+MAX_ENTRIES = 150_000  # archive members or folder entries: CIFAR-10 as image files is 60,000
+# tarfile reads a meta header's body (a GNU long name, a PAX header) into memory before cifarlab
+# sees the member it describes. A real one is a path or a few keys (< 1 KB); GNU tar's posix format
+# writes one per member, so 60,000 images carry ~60 MB of them.
+MAX_META_BYTES = 1 << 20
+MAX_ARCHIVE_META_BYTES = 128 << 20
+MAX_META_CHAIN = 4  # meta headers in a row before a member (PAX + long name + long link: 3)
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # what PIL may try (JPEG covers MPO)
 # What reading an archive can raise on damaged input, besides UserError.
 ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
@@ -333,16 +343,16 @@ def file_md5(path: Path) -> str:
 
 def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:
     """Decode a PNG, JPEG, GIF, BMP, WebP or TIFF image to 32x32 RGB uint8; also say whether it had
-    to be resized. Images over MAX_DECODE_PIXELS are refused before they are decoded."""
+    to be resized. Images over MAX_DECODE_PIXELS (by their header) are refused before decoding."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Corrupt EXIF data" and such: the pixels are fine
             with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # lets JPEG decode at reduced size
                 width, height = img.size
                 if width * height > MAX_DECODE_PIXELS:
                     raise UserError(f"image {name} is {width}x{height} pixels, larger than "
                                     f"cifarlab decodes ({MAX_DECODE_PIXELS:,} pixels)")
+                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # lets JPEG decode at reduced size
                 rgb = _to_rgb(img)
     except UserError:
         raise
@@ -445,8 +455,15 @@ def _read_tar(path: Path) -> RawData:
     batch_files: dict[str, bytes] = {}
     images: dict[str, bytes] = {}
     total = 0
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
+    with _TarFile.open(path, "r:*") as tar:
+        for count in itertools.count(1):
+            member = tar.next()
+            if member is None:
+                break
+            tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps each header (~500 bytes)
+            if count > MAX_ENTRIES:
+                raise UserError(f"{path} has more than {MAX_ENTRIES:,} entries; extract it and pass "
+                                "the folder")
             base = PurePosixPath(member.name).name
             if not member.isfile() or not (base in official or _is_image(member.name)):
                 continue
@@ -466,6 +483,44 @@ def _read_tar(path: Path) -> RawData:
         return raw
     layout = _parse_layout(list(images), str(path))
     return _decode_layout(layout, images.__getitem__, "image-folder-archive")
+
+
+_PlainTarInfo: Any = tarfile.TarInfo  # typeshed does not declare the methods overridden here
+
+
+class _TarInfo(_PlainTarInfo):
+    """A tar header that refuses meta headers (long names, PAX) too large, too many or chained too
+    deep, before tarfile reads their bodies into memory, and sparse members, whose maps tarfile
+    also builds in memory (images are never sparse)."""
+
+    def _proc_member(self, tar: Any) -> Any:
+        if self.type not in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                             tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+            tar.meta_chain = 0
+            return super()._proc_member(tar)
+        tar.meta_bytes += self.size
+        tar.meta_chain += 1
+        if self.size > MAX_META_BYTES:
+            problem = f"a tar header claims {self.size:,} bytes of file name or PAX data"
+        elif tar.meta_bytes > MAX_ARCHIVE_META_BYTES:
+            problem = f"more than {MAX_ARCHIVE_META_BYTES >> 20} MB of file-name and PAX headers"
+        elif tar.meta_chain > MAX_META_CHAIN:
+            problem = f"more than {MAX_META_CHAIN} file-name or PAX headers in a row"
+        else:
+            return super()._proc_member(tar)
+        raise UserError(f"{tar.name}: {problem}; real archives need far less")
+
+    def _refuse_sparse(self, *args: Any) -> Any:
+        raise UserError("a tar archive with sparse members: not an image folder (images are "
+                        "never sparse)")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
+class _TarFile(tarfile.TarFile):
+    tarinfo = _TarInfo
+    meta_bytes = 0  # meta-header bytes read so far
+    meta_chain = 0  # meta headers in a row so far
 
 
 def _check_member(name: str, size: int, total: int, archive: Path) -> None:
