@@ -544,3 +544,48 @@ def test_checkpoint_damage_is_a_user_error(data: st.DataObject, checkpoint_bytes
     path.write_bytes(bytes(blob))
     result = loads_or_user_error(lambda: checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT))
     assert result is None or result["format"] == checkpoint.CHECKPOINT_FORMAT
+
+
+def rezipped(blob: bytes, replace: dict[str, tuple[bytes, int]]) -> bytes:
+    """The zip `blob` (a torch.save file) with some records replaced: {name: (data, method)}."""
+    source, out = zipfile.ZipFile(io.BytesIO(blob)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in source.namelist():
+            data, method = replace.get(name.split("/", 1)[1], (source.read(name), zipfile.ZIP_STORED))
+            archive.writestr(zipfile.ZipInfo(name), data, compress_type=method)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("bomb, message", [
+    ("deflated-record", "declares 67,108,864 bytes stored in"),
+    ("pickle-flood", "cifarlab writes less than 2 MB"),
+    ("many-records", "records; cifarlab files have a few hundred"),
+    ("legacy-format", "not a zip archive"),
+])
+def test_model_file_bombs_are_refused_before_torch_load(bomb: str, message: str, checkpoint_bytes: bytes,
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.load allocates a record's declared size and inflates it before checking it: a 307 KB
+    model.pt cost 301 MB before issue 12. Serve, evaluate, predict, export and --resume all load
+    through checkpoint.load."""
+    if bomb == "deflated-record":
+        blob = rezipped(checkpoint_bytes, {"data/0": (bytes(64 << 20), zipfile.ZIP_DEFLATED)})
+    elif bomb == "pickle-flood":
+        blob = rezipped(checkpoint_bytes, {"data.pkl": (b"\x80\x02" + b"]" * (3 << 20) + b".",
+                                                        zipfile.ZIP_STORED)})
+    elif bomb == "many-records":
+        monkeypatch.setattr(checkpoint, "MAX_RECORDS", 5)
+        blob = checkpoint_bytes
+    else:
+        buffer = io.BytesIO()
+        torch.save({"format": checkpoint.CHECKPOINT_FORMAT}, buffer, _use_new_zipfile_serialization=False)
+        blob = buffer.getvalue()
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torch.load reached")
+
+    monkeypatch.setattr(checkpoint.torch, "load", never)
+    path = tmp_path / "model.pt"
+    path.write_bytes(blob)
+    with pytest.raises(UserError, match=message):
+        checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT)
