@@ -170,3 +170,27 @@ def test_decode_garbage() -> None:
         decode_image(b"definitely not an image", "x.png")
     with pytest.raises(UserError, match="cannot decode image"):
         decode_image(png_bytes(np.zeros((32, 32, 3), np.uint8))[:40], "cut.png")
+
+
+def test_dependency_floors_cover_the_safety_claims() -> None:
+    """Issue 12: torch below 2.10 can run code from a weights_only load; numpy below 2.0 has no
+    numpy._core.numeric (every batch refused); pillow below 10.0.1 bundles a libwebp with a heap
+    overflow. The installed versions must meet the floors too."""
+    import importlib
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    requirements = [Requirement(r) for r in project["dependencies"]
+                    + project["optional-dependencies"]["serve"]]
+    floors = {r.name.lower(): min(Version(s.version) for s in r.specifier if s.operator == ">=")
+              for r in requirements if r.specifier}
+    wanted = {"torch": "2.10", "numpy": "2.0", "pillow": "10.0.1", "h11": "0.16",
+              "starlette": "0.49.1"}
+    for name, least in wanted.items():
+        assert floors[name] >= Version(least), (name, floors[name])
+        assert Version(importlib.metadata.version(name)) >= floors[name], name
+    assert importlib.import_module("numpy._core.numeric")._frombuffer  # what the unpickler names
