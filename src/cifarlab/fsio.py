@@ -1,8 +1,10 @@
 """Atomic file writes: a reader (or a crash) never sees a half-written file.
 
 Everything cifarlab writes goes to a temporary file in the target's folder and is then renamed
-over the target with `os.replace`, which is atomic on POSIX file systems. A failure on the way
-(disk full, read-only folder) removes the temporary file and is reported as one clear error.
+over the target with `os.replace`, which is atomic on POSIX file systems; the file's data is synced
+before the rename and the folder after it, so a power cut leaves the old file or the new one. A
+failure on the way (disk full, read-only folder) removes the temporary file and is reported as one
+clear error. New files get the usual permissions: 0666 less the umask, as `open()` gives.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -24,7 +26,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = create_temp(target)
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from exc
     try:
@@ -33,12 +35,39 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+        _sync_folder(target.parent)
     except OSError as exc:
         _remove_quietly(tmp)
         raise UserError(f"cannot write {target}: {exc.strerror or exc}") from exc
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def create_temp(target: Path) -> tuple[int, str]:
+    """A new, empty `.NAME.XXXXXXXX.tmp` beside `target`, open for writing. Made with mode 0666 so
+    that the umask applies (tempfile.mkstemp makes every file 0600, readable by its owner only)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it survives a power cut (POSIX only)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    with contextlib.suppress(OSError):  # some file systems cannot sync a folder; the file is written
+        os.fsync(fd)
+    os.close(fd)
 
 
 def make_dir(path: str | os.PathLike[str]) -> None:
