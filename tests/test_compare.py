@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.compare import compare_rows, format_rows
+from cifarlab.compare import compare_rows, format_rows, write_chart
+from cifarlab.errors import UserError
 from cifarlab.report import read_run
 from cifarlab.train import METRIC_COLUMNS
 
@@ -101,6 +102,16 @@ def test_cli_default_out_is_the_current_directory(runs: list[Path], tmp_path: Pa
     assert main(["compare", *map(str, runs), "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert (tmp_path / "compare.png").is_file()
+
+
+def test_chart_never_replaces_a_compare_png_cifarlab_did_not_write(runs: list[Path], tmp_path: Path) -> None:
+    (tmp_path / "compare.png").write_bytes(b"the user's own chart")
+    with pytest.raises(UserError, match="compare.png exists and was not written by cifarlab"):
+        write_chart([read_run(p) for p in runs], tmp_path)
+    assert (tmp_path / "compare.png").read_bytes() == b"the user's own chart"
+    (tmp_path / "compare.png").unlink()
+    for _ in range(2):  # its own chart is replaced
+        assert write_chart([read_run(p) for p in runs], tmp_path) == tmp_path / "compare.png"
 
 
 @pytest.mark.parametrize("make, message", [

@@ -171,6 +171,20 @@ def test_default_output_is_inside_the_run(run: Path, tmp_path: Path) -> None:
     assert out == copy / "export" / "model.torchscript.pt" and sidecar.name == "model.torchscript.pt.json"
 
 
+def test_out_never_replaces_files_cifarlab_did_not_write(run: Path, tmp_path: Path) -> None:
+    """Issue 12: export --out replaced whatever file had the name."""
+    out = tmp_path / "ship" / "cat-dog.pt"
+    out.parent.mkdir()
+    out.with_name("cat-dog.pt.json").write_text("{}")  # the user's own file, named like a sidecar
+    with pytest.raises(UserError, match=r"cat-dog\.pt\.json exists and was not written by cifarlab"):
+        export.export_model(run, "torchscript", out)
+    assert not out.exists() and out.with_name("cat-dog.pt.json").read_text() == "{}"
+    out.with_name("cat-dog.pt.json").unlink()
+    for _ in range(2):  # its own files are replaced
+        assert export.export_model(run, "torchscript", out)[0] == out
+    assert export.export_model(run, "torchscript", out.parent)[0] == out.parent / "model.torchscript.pt"
+
+
 def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", str(tmp_path / "missing"), "--format", "onnx"]) == 2
     err = capsys.readouterr().err

@@ -60,3 +60,20 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
         raise OSError(28, "No space left on device")
     assert target.read_text() == '{\n  "v": 1\n}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_outputs_replace_only_what_cifarlab_wrote(tmp_path: Path) -> None:
+    fsio.write_outputs(tmp_path, {"a.png": b"1", "b.json": b"{}"})
+    fsio.write_outputs(tmp_path, {"a.png": b"2"})  # recorded and unchanged: replaced
+    assert (tmp_path / "a.png").read_bytes() == b"2"
+    (tmp_path / "c.txt").write_text("mine")
+    (tmp_path / "link.png").symlink_to(tmp_path / "c.txt")
+    for name in ("c.txt", "link.png"):
+        with pytest.raises(UserError, match=f"{name} exists and was not written by cifarlab"):
+            fsio.write_outputs(tmp_path, {"a.png": b"3", name: b"x"})
+    assert (tmp_path / "a.png").read_bytes() == b"2" and (tmp_path / "c.txt").read_text() == "mine"
+    fsio.write_outputs(tmp_path, {"c.txt": b"x"}, owned=True)  # a folder that is cifarlab's anyway
+    assert (tmp_path / "c.txt").read_bytes() == b"x"
+    (tmp_path / fsio.OUTPUTS_FILE).write_text("not a record")
+    with pytest.raises(UserError, match="not cifarlab's record"):
+        fsio.write_outputs(tmp_path, {"a.png": b"4"})

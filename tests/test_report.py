@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlab import plots
+from cifarlab import fsio, plots
 from cifarlab.checkpoint import MODEL_FILE, load_model
 from cifarlab.cli import main
 from cifarlab.diagnose import VERDICTS
@@ -156,13 +156,37 @@ def test_unfinished_run_still_gets_curves_and_diagnosis(run: Path, tmp_path: Pat
     (unfinished / MODEL_FILE).unlink()
     assert main(["report", str(unfinished)]) == 0
     out = unfinished / "report"
-    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "metrics.json", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == [fsio.OUTPUTS_FILE, "curves.png", "metrics.json",
+                                                     "report.html"]
     assert "skipped" in json.loads((out / "metrics.json").read_text())
     page = (out / "report.html").read_text()
     assert "Skipped." in page and "no model.pt" in page and page.count("data:image/png") == 1
     captured = capsys.readouterr()
     assert "verdict:" in captured.out
     assert "were skipped" in captured.err
+
+
+def test_out_never_replaces_files_cifarlab_did_not_write(run: Path, tmp_path: Path) -> None:
+    """Issue 12: report --out into a folder of the user's replaced their report.html and others."""
+    unfinished = Path(shutil.copytree(run, tmp_path / "unfinished"))
+    (unfinished / MODEL_FILE).unlink()  # curves and diagnosis only: quick
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.html").write_text("my notes")
+    with pytest.raises(UserError, match=r"report\.html exists and was not written by cifarlab"):
+        write_report(unfinished, out)
+    assert [p.name for p in out.iterdir()] == ["report.html"]  # nothing written at all
+    assert (out / "report.html").read_text() == "my notes"
+    (out / "report.html").unlink()
+    write_report(unfinished, out)
+    write_report(unfinished, out)  # its own files, unchanged: replaced
+    (out / "curves.png").write_bytes(b"edited by hand")
+    with pytest.raises(UserError, match=r"curves\.png exists"):
+        write_report(unfinished, out)
+    assert (out / "curves.png").read_bytes() == b"edited by hand"
+    (unfinished / "report").mkdir()  # the run's own report folder is cifarlab's, as before
+    (unfinished / "report" / "report.html").write_text("an older report")
+    assert write_report(unfinished).out == unfinished / "report"
 
 
 def test_bad_run_directories_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -82,10 +82,11 @@ def _cell(key: str, value: Any) -> str:
 
 
 def write_chart(runs: list[Run], out_dir: Path) -> Path:
-    """compare.png in `out_dir`: the val accuracy per epoch of every run."""
-    path = out_dir / "compare.png"
-    fsio.write_bytes(path, plots.val_curves([(run.label, run.history) for run in runs]))
-    return path
+    """compare.png in `out_dir`: the val accuracy per epoch of every run. A compare.png that
+    cifarlab did not write is never replaced (fsio.write_outputs)."""
+    png = plots.val_curves([(run.label, run.history) for run in runs])
+    fsio.write_outputs(out_dir, {"compare.png": png})
+    return out_dir / "compare.png"
 
 
 TRIAL_KEYS = ("val_acc", "val_acc_tta", "best_val_acc", "train_acc_clean", "epochs",

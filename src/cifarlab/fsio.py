@@ -10,6 +10,7 @@ clear error. New files get the usual permissions: 0666 less the umask, as `open(
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -96,6 +97,59 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], None]
     """Atomically write `path` with a function that writes to a binary file object."""
     with atomic_open(path, "wb") as handle:
         writer(handle)
+
+
+OUTPUTS_FILE = ".cifarlab-outputs.json"  # in each folder of results: what cifarlab wrote there
+OUTPUTS_FORMAT = "cifarlab-outputs"
+
+
+def write_outputs(folder: str | os.PathLike[str], files: dict[str, bytes], owned: bool = False) -> None:
+    """Write `files` ({name: bytes}) into `folder`, each atomically, replacing only files that
+    cifarlab wrote there itself and nobody changed since.
+
+    What cifarlab writes is recorded in the folder's OUTPUTS_FILE with each file's SHA-256, so a
+    file of the same name that is not recorded, or no longer matches its record, is the user's:
+    then nothing is written and the error names it. `owned` is for folders that belong to
+    cifarlab anyway (RUN/report/, RUN/export/): there, files are replaced as before.
+    """
+    folder = Path(folder)
+    record_file = folder / OUTPUTS_FILE
+    record: dict[str, str] = {}
+    if record_file.exists():
+        try:
+            saved = json.loads(record_file.read_text())
+            if saved.get("format") != OUTPUTS_FORMAT:
+                raise ValueError(saved.get("format"))
+            record = {str(k): str(v) for k, v in saved["files"].items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            if not owned:
+                raise UserError(f"{record_file} is not cifarlab's record of the files it wrote; "
+                                "choose another output folder") from exc
+    if not owned:
+        for name in files:
+            if _changed_since_written(folder / name, record.get(name)):
+                raise UserError(f"{folder / name} exists and was not written by cifarlab (or was "
+                                "changed since): move it away or choose another output folder")
+    for name, data in files.items():
+        write_bytes(folder / name, data)
+        record[name] = hashlib.sha256(data).hexdigest()
+        write_json(record_file, {"format": OUTPUTS_FORMAT, "files": record})
+
+
+def _changed_since_written(path: Path, digest: str | None) -> bool:
+    """Whether `path` holds something other than what cifarlab recorded writing (nothing: False)."""
+    if not os.path.lexists(path):
+        return False
+    if digest is None or path.is_symlink() or not path.is_file():
+        return True
+    sha = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(chunk)
+    except OSError:
+        return True
+    return sha.hexdigest() != digest
 
 
 def _remove_quietly(path: str) -> None:

@@ -185,8 +185,10 @@ class Report:
 
 def write_report(run: Run | str | Path, out: str | Path | None = None, data: str | None = None,
                  split: str = "val", device: str = "auto", quiet: bool = False) -> Report:
-    """Write a run's report files into `out` (default RUN_DIR/report/); the Python form of the CLI."""
+    """Write a run's report files into `out` (default RUN_DIR/report/); the Python form of the CLI.
+    In a folder of the user's (`out`), files cifarlab did not write are never replaced."""
     run = run if isinstance(run, Run) else read_run(run)
+    owned = out is None  # RUN/report/ is cifarlab's; in a folder of the user's, see fsio.write_outputs
     out = Path(out) if out is not None else run.path / REPORT_DIRNAME
     diagnosis = diagnose(run.history)
     figures = {"curves.png": plots.curves(
@@ -200,19 +202,21 @@ def write_report(run: Run | str | Path, out: str | Path | None = None, data: str
         skipped = (f"{run.path} has no {MODEL_FILE} (an unfinished run?), so the confusion matrix, "
                    "per-class scores, calibration and sample predictions were skipped; finish the run "
                    f"with: cifarlab train --resume {run.path}")
-    for name, png in figures.items():
-        fsio.write_bytes(out / name, png)
-    files = list(figures)
+    contents = dict(figures)
     metrics: dict[str, Any] = {"run": str(run.path), "diagnosis": diagnosis.to_dict()}
     if evaluation is not None:
-        fsio.write_json(out / "confusion.json", evaluation["confusion"])
+        contents["confusion.json"] = _json_bytes(evaluation["confusion"])
         metrics.update({k: v for k, v in evaluation.items() if k != "confusion"})
-        files.append("confusion.json")
     else:
         metrics["skipped"] = skipped
-    fsio.write_json(out / "metrics.json", metrics)
-    fsio.write_text(out / "report.html", render_html(run, diagnosis, evaluation, skipped, figures))
-    return Report(out, diagnosis, evaluation, skipped, [*files, "metrics.json", "report.html"])
+    contents["metrics.json"] = _json_bytes(metrics)
+    contents["report.html"] = render_html(run, diagnosis, evaluation, skipped, figures).encode()
+    fsio.write_outputs(out, contents, owned=owned)
+    return Report(out, diagnosis, evaluation, skipped, list(contents))
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
 
 
 def _evaluate(run: Run, data: str | None, split: str, device_name: str, quiet: bool,
