@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -97,6 +99,35 @@ def test_image_folder_archives(image_folder: Path, tmp_path: Path) -> None:
         assert raw.classes == expected.classes
         assert np.array_equal(raw.images["train"], expected.images["train"])
         assert np.array_equal(raw.labels["test"], expected.labels["test"])
+
+
+@pytest.mark.parametrize("last", ["notes.docx", "arrays.npz", "more.zip"])
+def test_tar_ending_in_a_zip_based_file_is_read_as_tar(last: str, image_folder: Path,
+                                                       tmp_path: Path) -> None:
+    """Issue 12: zipfile finds a zip directory at the end of the file, so an uncompressed .tar
+    whose last member is zip-based was read as that zip."""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        archive.writestr("word/document.xml", "<w/>")
+    path = tmp_path / "images.tar"
+    with tarfile.open(path, "w") as tar:
+        tar.add(image_folder, arcname="folder")
+        info = tarfile.TarInfo(f"folder/{last}")
+        info.size = len(inner.getvalue())
+        tar.addfile(info, io.BytesIO(inner.getvalue()))
+    assert zipfile.is_zipfile(path)  # the trap
+    for name in ("images.tar", "images"):  # by suffix, and by the tar header without one
+        path = path.rename(tmp_path / name)
+        raw = read_source(path)
+        assert raw.kind == "image-folder-archive" and raw.classes == ["cat", "dog", "frog"]
+
+
+def test_archive_errors_are_one_line(tmp_path: Path) -> None:
+    for name in ("x.tgz", "x.tar", "x.zip"):
+        (tmp_path / name).write_bytes(b"\x1f\x8b" + b"not an archive" * 40)
+        with pytest.raises(UserError) as caught:
+            read_source(tmp_path / name)
+        assert "\n" not in str(caught.value), str(caught.value)
 
 
 def test_class_folders_without_split_are_train(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 OFFICIAL_DIRNAME = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
-ARCHIVE_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".zip")
+TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # Limits that bound memory on hostile input, far above anything real: an official batch file is
 # 31 MB, a CIFAR image 1-3 KB, and the whole official set decodes to 180 MB.
 MAX_FILE_BYTES = 256 << 20  # one batch file, image or archive member
@@ -84,14 +84,20 @@ def read_source(path: Path) -> RawData:
         if (path / "batches.meta").exists() or (path / TRAIN_BATCHES[0]).exists():
             return read_official_dir(path)
         return read_image_folder(path)
+    # The suffix decides, else the tar header: is_zipfile looks for a zip directory at the *end*, so
+    # an uncompressed .tar whose last member is a .zip, .npz or .docx would pass for that zip.
     name = path.name.lower()
     try:
+        if name.endswith(".zip"):
+            return _read_zip(path)
+        if name.endswith(TAR_SUFFIXES) or tarfile.is_tarfile(path):
+            return _read_tar(path)
         if zipfile.is_zipfile(path):
             return _read_zip(path)
-        if name.endswith(ARCHIVE_SUFFIXES) or tarfile.is_tarfile(path):
-            return _read_tar(path)
     except ARCHIVE_ERRORS as exc:
-        raise UserError(f"corrupt or truncated archive {path}: {exc or type(exc).__name__}") from exc
+        # first line only: tarfile's "could not be opened" lists every method it tried, one a line
+        reason = str(exc).strip().splitlines()[0].rstrip(":") if str(exc).strip() else type(exc).__name__
+        raise UserError(f"corrupt or truncated archive {path}: {reason}") from exc
     raise UserError(
         f"unsupported data source {path}: expected cifar-10-python.tar.gz, a cifar-10-batches-py "
         "folder, or an image folder (ROOT/train/<class>/*.png) or an archive of one"
