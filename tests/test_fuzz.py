@@ -253,16 +253,19 @@ def test_images_of_any_mode_format_and_size_decode(mode: str, fmt: str, width: i
     assert resized == ((width, height) != (32, 32))
 
 
-@pytest.mark.parametrize("mode, fmt", [("P", "PNG"), ("LA", "PNG"), ("CMYK", "JPEG"),
-                                       ("I;16", "PNG"), ("I;16", "TIFF"), ("F", "TIFF")])
-def test_odd_modes_keep_their_content(mode: str, fmt: str) -> None:
-    """A mid-grey image in any mode decodes to mid-grey, not black or noise."""
-    if mode == "I;16":  # 16-bit: mid-grey is 128 * 257
-        image = Image.fromarray(np.full((32, 32), 128 * 257, np.uint16))
-    elif mode == "F":
-        image = Image.fromarray(np.full((32, 32), 128, np.float32))
+@pytest.mark.parametrize("mode, fmt, value", [
+    ("P", "PNG", 128), ("LA", "PNG", 128), ("CMYK", "JPEG", 128), ("I;16", "PNG", 128 * 257),
+    ("I;16", "TIFF", 128 * 257), ("F", "TIFF", 128.0), ("F", "TIFF", 0.502), ("I", "TIFF", 128),
+    ("I", "TIFF", 128 * 257),
+])
+def test_odd_modes_keep_their_content(mode: str, fmt: str, value: float) -> None:
+    """A mid-grey image in any mode decodes to mid-grey, not black, white or noise: float images in
+    0..1 (they decoded black before issue 12) as well as 0..255, 32-bit integers in 0..255 (white)."""
+    if mode in ("I;16", "I", "F"):
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        image = Image.fromarray(np.full((32, 32), value, dtype))
     else:
-        image = Image.new("L", (32, 32), 128).convert(mode)
+        image = Image.new("L", (32, 32), int(value)).convert(mode)
     assert image.mode == mode
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)

@@ -225,3 +225,39 @@ def test_dependency_floors_cover_the_safety_claims() -> None:
         assert floors[name] >= Version(least), (name, floors[name])
         assert Version(importlib.metadata.version(name)) >= floors[name], name
     assert importlib.import_module("numpy._core.numeric")._frombuffer  # what the unpickler names
+
+
+def exif_oriented(orientation: int, fmt: str = "JPEG") -> bytes:
+    """A 64x32 image stored dark left, bright right, with an EXIF Orientation tag."""
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, 32:] = 250
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_applied(fmt: str, tmp_path: Path) -> None:
+    """Issue 12: a phone photo with Orientation 6 reached the model turned 90 degrees while the web
+    page (and every photo viewer) showed it upright. 6 means: turn 90 degrees clockwise to view,
+    so the stored left half (dark) is on top."""
+    image, resized = decode_image(exif_oriented(6, fmt), "phone.jpg")
+    assert resized
+    top, bottom = image[:12].mean(), image[-12:].mean()
+    assert top < 40 and bottom > 210, (top, bottom)
+    upright, _ = decode_image(exif_oriented(1, fmt), "plain.jpg")
+    assert upright[:, :12].mean() < 40 and upright[:, -12:].mean() > 210
+    root = write_image_folder(tmp_path / "f", ["a", "b"], n_train=1)  # and in a folder of images
+    (root / "train" / "a" / f"phone.{fmt.lower()}").write_bytes(exif_oriented(6, fmt))
+    if fmt != "WEBP":  # (not an image-folder suffix)
+        assert any(np.array_equal(x, image) for x in read_source(root).images["train"])
+
+
+def test_damaged_exif_keeps_the_pixels() -> None:
+    data = bytearray(exif_oriented(6))
+    at = data.find(b"Exif\0\0")
+    data[at + 6:at + 14] = b"\xff" * 8  # the TIFF header of the EXIF block
+    image, _ = decode_image(bytes(data), "odd.jpg")
+    assert image.shape == (32, 32, 3)

@@ -15,6 +15,7 @@ benchmarks/fuzz_readers.py and tests/test_fuzz.py check that.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
@@ -33,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cifarlab.errors import UserError, warn
 
@@ -359,6 +360,8 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:
                     raise UserError(f"image {name} is {width}x{height} pixels, larger than "
                                     f"cifarlab decodes ({MAX_DECODE_PIXELS:,} pixels)")
                 img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # lets JPEG decode at reduced size
+                img.load()
+                _upright(img)
                 rgb = _to_rgb(img)
     except UserError:
         raise
@@ -370,12 +373,32 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:
     return np.asarray(rgb, dtype=np.uint8), resized
 
 
+def _upright(img: Image.Image) -> None:
+    """Turn a loaded image the way its EXIF Orientation says, as browsers and photo viewers show it:
+    a phone stores a portrait photo sideways with Orientation 6. Damaged EXIF leaves it as stored."""
+    with contextlib.suppress(Exception):  # EXIF parsers raise many types on damaged data
+        ImageOps.exif_transpose(img, in_place=True)
+
+
+def _grey_levels(img: Image.Image) -> np.ndarray:
+    """A 32-bit integer or float grey image as uint8, every mode the same way: by the range its
+    values fit, 0..1 (floats only), 0..255, 0..65535, else 0..max. A 16-bit mode (I;16) says its
+    range itself. Not the PIL way, which clips floats at 255 (0..1 becomes black) and integers too."""
+    array = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = float(array.max()) if array.size else 0.0
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    elif img.mode == "F" and peak <= 1.0:
+        top = 1.0
+    else:
+        top = next((t for t in (255.0, 65535.0) if peak <= t), peak)
+    return np.clip(np.rint(array / top * 255.0), 0, 255).astype(np.uint8)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode (P, LA, RGBA, CMYK, I;16, ...) to RGB; transparency goes on white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        img = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8))
+    """Convert any mode (P, LA, RGBA, CMYK, I;16, F, ...) to RGB; transparency goes on white."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = Image.fromarray(_grey_levels(img))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
