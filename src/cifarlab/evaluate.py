@@ -12,7 +12,7 @@ from torch import nn
 
 from cifarlab.data import Split
 from cifarlab.errors import UserError
-from cifarlab.sources import IMAGE_SUFFIXES, decode_image
+from cifarlab.sources import IMAGE_SUFFIXES, decode_image, list_files
 
 
 def to_batch(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -79,9 +79,9 @@ def image_files(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if path.is_dir():  # list_files: no recursion, no link loops, bounded
+            found = [path / name for name in list_files(path)
+                     if Path(name).suffix.lower() in IMAGE_SUFFIXES]
             if not found:
                 raise UserError(f"no images (.png, .jpg, .jpeg) in {path}")
             files.extend(found)

@@ -1,8 +1,9 @@
 """Readers for every supported data source, each returning uint8 image arrays.
 
 Supported: the official `cifar-10-python.tar.gz`, its extracted `cifar-10-batches-py/` folder, and
-an image-folder tree `ROOT/{train,test}/<class>/*.{png,jpg,jpeg}` (or `ROOT/<class>/*`, train only)
-as a folder or a .tar/.tgz/.tar.gz/.zip archive of one. Images are HWC uint8, 32x32x3.
+an image-folder tree `ROOT/{train,val,test}/<class>/*.{png,jpg,jpeg}` (split folders in any case,
+val/ optional; or `ROOT/<class>/*`, train only) as a folder or a .tar/.tgz/.tar.gz/.zip archive of
+one. Images are HWC uint8, 32x32x3.
 
 The official batches are pickles. Unpickling can run arbitrary code, so they are read with an
 unpickler that only accepts the handful of numpy names a CIFAR batch actually contains, and only in
@@ -22,6 +23,7 @@ import io
 import itertools
 import lzma
 import math
+import os
 import pickle
 import struct
 import tarfile
@@ -52,6 +54,7 @@ MAX_ARCHIVE_BYTES = 2 << 30  # all the members of an archive that are read, toge
 # 1/8 scale: a progressive JPEG keeps all its coefficients in memory (~3 bytes a pixel) either way.
 MAX_DECODE_PIXELS = 40_000_000
 MAX_ENTRIES = 150_000  # archive members or folder entries: CIFAR-10 as image files is 60,000
+MAX_DEPTH = 32  # folders below an image folder's root: ROOT/train/<class>/ is 2
 # tarfile reads a meta header's body (a GNU long name, a PAX header) into memory before cifarlab
 # sees the member it describes. A real one is a path or a few keys (< 1 KB); GNU tar's posix format
 # writes one per member, so 60,000 images carry ~60 MB of them.
@@ -406,31 +409,50 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# Split folders, matched in any case (Train/, TEST/); valid/ and validation/ are val/ too.
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def _split_of(path: str) -> str | None:
+    """The split of ROOT/<split>/<class>/<image>, or None if the image is not under a split folder."""
+    parts = PurePosixPath(path).parts
+    return SPLIT_FOLDERS.get(parts[-3].lower()) if len(parts) >= 3 else None
+
+
 def _parse_layout(paths: list[str], origin: str) -> dict[str, dict[str, list[str]]]:
-    """{split: {class: [paths]}} for ROOT/{train,test}/<class>/* (or ROOT/<class>/*: train only)."""
+    """{split: {class: [paths]}} for ROOT/{train,val,test}/<class>/* (or ROOT/<class>/*: train only)."""
     images = [p for p in paths if _is_image(p)]
     if not images:
         raise UserError(f"{origin}: no images found (.png, .jpg, .jpeg)")
+    with_split = [p for p in images if _split_of(p)]
+    if with_split and len(with_split) < len(images):
+        outside = sorted(set(images) - set(with_split))
+        warn(f"{origin}: ignored {len(outside)} image(s) outside the train/, val/ and test/ folders "
+             f"(such as {outside[0]})")
     layout: dict[str, dict[str, list[str]]] = {}
-    with_split = [p for p in images if len(PurePosixPath(p).parts) >= 3
-                  and PurePosixPath(p).parts[-3] in ("train", "test")]
-    chosen = with_split or images
-    for p in sorted(chosen):
+    folders: dict[str, str] = {}  # split -> the folder it was found in
+    for p in sorted(with_split or images):
         parts = PurePosixPath(p).parts
         if len(parts) < 2:
             raise UserError(f"{origin}: image {p} is not inside a class folder")
-        split = parts[-3] if with_split else "train"
+        split = _split_of(p) or "train"
+        folder = "/".join(parts[:-2]) if with_split else ""
+        if folders.setdefault(split, folder) != folder:  # e.g. Train/ and train/: never merged
+            raise UserError(f"{origin}: both {folders[split]}/ and {folder}/ look like the {split} "
+                            "split; keep one")
         layout.setdefault(split, {}).setdefault(_display(parts[-2]), []).append(p)
     if "train" not in layout:
-        raise UserError(f"{origin}: found a test/ folder but no train/ folder")
-    if "test" in layout:
-        train_classes, test_classes = set(layout["train"]), set(layout["test"])
-        if train_classes - test_classes:
-            missing = ", ".join(sorted(train_classes - test_classes))
-            raise UserError(f"{origin}: class folder(s) {missing} in train/ but missing from test/")
-        if test_classes - train_classes:
-            extra = ", ".join(sorted(test_classes - train_classes))
-            raise UserError(f"{origin}: class folder(s) {extra} in test/ but not in train/")
+        found = ", ".join(f"{folder}/" for folder in folders.values())
+        raise UserError(f"{origin}: found {found} but no train/ folder")
+    train_classes = set(layout["train"])
+    for split in layout.keys() - {"train"}:
+        where = PurePosixPath(folders[split]).name
+        if train_classes - set(layout[split]):
+            missing = ", ".join(sorted(train_classes - set(layout[split])))
+            raise UserError(f"{origin}: class folder(s) {missing} in train/ but missing from {where}/")
+        if set(layout[split]) - train_classes:
+            extra = ", ".join(sorted(set(layout[split]) - train_classes))
+            raise UserError(f"{origin}: class folder(s) {extra} in {where}/ but not in train/")
     if len(layout["train"]) < 2:
         raise UserError(f"{origin}: need at least 2 class folders, found {len(layout['train'])}")
     return layout
@@ -469,12 +491,41 @@ def _decode_layout(layout: dict[str, dict[str, list[str]]], read: Callable[[str]
     return raw
 
 
+def list_files(root: Path) -> list[str]:
+    """The files under `root` (links to files too; not FIFOs or devices), as sorted relative POSIX
+    paths. A loop, not recursion: pathlib's rglob recurses and a tree ~1000 folders deep ends in
+    RecursionError. Links to folders are not followed (no loops); more than MAX_DEPTH folders deep
+    or MAX_ENTRIES entries is a UserError."""
+    found, pending, entries = [], [(root, 0)], 0
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                children = list(listing)
+        except OSError as exc:
+            raise UserError(f"cannot read {folder}: {exc.strerror or exc}") from exc
+        entries += len(children)
+        if entries > MAX_ENTRIES:
+            raise UserError(f"{root} holds more than {MAX_ENTRIES:,} files and folders; cifarlab "
+                            "reads image folders of CIFAR size")
+        for child in children:
+            if child.is_dir(follow_symlinks=False):
+                if depth >= MAX_DEPTH:
+                    raise UserError(f"{root} has folders more than {MAX_DEPTH} levels deep "
+                                    f"({child.path}); expected ROOT/<split>/<class>/<image>")
+                pending.append((Path(child.path), depth + 1))
+            else:
+                try:
+                    is_file = child.is_file()  # follows a link; a loop or a dangling one is not
+                except OSError:
+                    is_file = False
+                if is_file:
+                    found.append(Path(child.path).relative_to(root).as_posix())
+    return sorted(found)
+
+
 def read_image_folder(root: Path) -> RawData:
-    paths = []
-    for file in root.rglob("*"):
-        if file.is_file():
-            paths.append(file.relative_to(root).as_posix())
-    layout = _parse_layout(paths, str(root))
+    layout = _parse_layout(list_files(root), str(root))
     return _decode_layout(layout, lambda p: read_file(root / p), "image-folder")
 
 
@@ -562,9 +613,13 @@ def _check_member(name: str, size: int, total: int, archive: Path) -> None:
 def _read_zip(path: Path) -> RawData:
     official = {"batches.meta", *TRAIN_BATCHES, "test_batch"}
     with zipfile.ZipFile(path) as archive:
-        # (not ZipInfo.is_dir(), which raises IndexError on an empty member name)
-        infos = {i.filename: i for i in archive.infolist()
-                 if i.filename and not i.filename.endswith("/")}
+        # Windows tools (PowerShell's Compress-Archive) write train\cat\0.png: a backslash is a
+        # separator here. (Not ZipInfo.is_dir(), which raises IndexError on an empty name.)
+        infos = {i.filename.replace("\\", "/"): i for i in archive.infolist()}
+        infos = {name: info for name, info in infos.items() if name and not name.endswith("/")}
+        if len(infos) > MAX_ENTRIES:
+            raise UserError(f"{path} has more than {MAX_ENTRIES:,} entries; extract it and pass "
+                            "the folder")
         if any(PurePosixPath(n).name == TRAIN_BATCHES[0] for n in infos):
             wanted = [n for n in infos if PurePosixPath(n).name in official]
             files = dict(zip((PurePosixPath(n).name for n in wanted),
