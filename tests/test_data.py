@@ -263,14 +263,20 @@ def test_deep_folder_trees_are_a_user_error(tmp_path: Path) -> None:
     for cls in ("a", "b"):
         (root / "train" / cls).mkdir(parents=True)
         (root / "train" / cls / "0.png").write_bytes(flat_png(3))
-    deep = root / "train" / "a"
-    for _ in range(1000):  # (os.makedirs recurses too)
-        deep = deep / "d"
-        deep.mkdir()
-    with pytest.raises(UserError, match="more than 32 levels deep"):
-        data.load_dataset(root, quiet=True)
-    with pytest.raises(UserError, match="more than 32 levels deep"):
-        image_files([str(root)])
+    made = [root / "train" / "a" / "d"]
+    for _ in range(999):  # (os.makedirs recurses too)
+        made.append(made[-1] / "d")
+    try:
+        for folder in made:
+            folder.mkdir()
+        with pytest.raises(UserError, match="more than 32 levels deep"):
+            data.load_dataset(root, quiet=True)
+        with pytest.raises(UserError, match="more than 32 levels deep"):
+            image_files([str(root)])
+    finally:  # shutil.rmtree, which pytest cleans up with, recurses as well
+        for folder in reversed(made):
+            if folder.exists():
+                folder.rmdir()
 
 
 def test_a_fraction_too_small_for_the_data_names_the_fraction(tmp_path: Path) -> None:

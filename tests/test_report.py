@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -237,6 +238,34 @@ def test_image_grid_without_images() -> None:
     """A model with no mistakes still gets a mistakes.png."""
     png = plots.image_grid(np.zeros((0, 32, 32, 3), np.uint8), [], [], "No wrong predictions on val")
     assert png.startswith(b"\x89PNG")
+
+
+def test_class_and_run_names_are_plain_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: a class folder named `$\\foo$` crashed report (matplotlib's mathtext), and
+    `a$b$c` rendered as math. Every figure draws names as they are."""
+    from matplotlib.text import Text
+
+    names = ["$\\foo$", "a$b$c"]
+    drawn: list[Text] = []
+    real = plots.to_png
+
+    def capture(fig: Any, tight: bool = True) -> bytes:
+        png = real(fig, tight)  # tick labels only exist once the figure is drawn
+        drawn.extend(t for t in fig.findobj(Text) if t.get_text())
+        return png
+
+    monkeypatch.setattr(plots, "to_png", capture)
+    history = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.1, "train_acc": 0.5, "train_acc_clean": 0.55,
+                "val_acc": 0.5, "lr": 0.1, "seconds": 1.0, "train_seconds": 1.0} for e in (1, 2)]
+    plots.confusion(np.array([[3, 1], [0, 4]]), names, f"Confusion matrix: {names[0]}")
+    plots.image_grid(np.zeros((2, 32, 32, 3), np.uint8), [f"pred: {n}" for n in names], [True, False],
+                     names[1])
+    plots.curves(history, f"run {names[0]}", 1)
+    plots.val_curves([(names[0], history), (names[1], history)])
+    plots.reliability(calibration(np.array([0.6, 0.9]), np.array([True, False])), names[1])
+    texts = {t.get_text() for t in drawn}
+    assert {"$\\foo$", "a$b$c", "pred: a$b$c"} <= texts
+    assert not [t.get_text() for t in drawn if t.get_parse_math() or t.get_usetex()]
 
 
 def test_calibration_error() -> None:

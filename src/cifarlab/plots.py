@@ -2,14 +2,19 @@
 
 Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no GUI backend, no global
 figure registry to leak memory, and it works on a machine without a display.
+
+Every text is plain text: class and run names are the user's folder names, and matplotlib would
+read `$...$` in them as math (a class named `$\\foo$` made it raise; `a$b$c` came out as math).
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -19,6 +24,19 @@ DPI = 110  # sharp enough to zoom into on a phone, small enough to embed (~100 K
 TRAIN, VAL, GAP = "tab:blue", "tab:orange", "tab:red"
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red, with a ✓ / ✗ for readers who can't tell them apart
 ANNOTATE_MAX_CLASSES = 20  # above this many classes, numbers in the confusion cells are unreadable
+
+
+Draw = TypeVar("Draw", bound=Callable[..., bytes])
+
+
+def plain_text(draw: Draw) -> Draw:
+    """Build and render a figure with mathtext and TeX off. rcParams, not a flag per text: tick
+    labels are made while the figure is drawn, so the setting must hold until the PNG exists."""
+    @functools.wraps(draw)
+    def run(*args: Any, **kwargs: Any) -> bytes:
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return draw(*args, **kwargs)
+    return run  # type: ignore[return-value]
 
 
 def to_png(fig: Figure, tight: bool = True) -> bytes:
@@ -34,6 +52,7 @@ def _epoch_axis(ax: Axes) -> None:
     ax.grid(alpha=0.3)
 
 
+@plain_text
 def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int) -> bytes:
     """Loss and accuracy per epoch, train vs val, the gap shaded, running and clean train accuracy."""
     epochs = [row["epoch"] for row in history]
@@ -61,6 +80,7 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
     return to_png(fig)
 
 
+@plain_text
 def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> bytes:
     """Two heat maps side by side: raw counts, and each row as a share of its true class."""
     totals = counts.sum(1, keepdims=True)
@@ -84,6 +104,7 @@ def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> bytes:
     return to_png(fig)
 
 
+@plain_text
 def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool], title: str,
                columns: int = 6) -> bytes:
     """32x32 images enlarged without smoothing, each captioned in green (right) or red (wrong)."""
@@ -103,6 +124,7 @@ def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool
     return to_png(fig, tight=False)
 
 
+@plain_text
 def reliability(calibration: dict[str, Any], title: str) -> bytes:
     """Accuracy against confidence per bin, over the diagonal of perfect calibration; counts below.
 
@@ -130,6 +152,7 @@ def reliability(calibration: dict[str, Any], title: str) -> bytes:
     return to_png(fig)
 
 
+@plain_text
 def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> bytes:
     """Validation accuracy per epoch of several runs on one chart."""
     fig = Figure(figsize=(9, 5.2), layout="constrained")
