@@ -46,8 +46,10 @@ def _check_zip(path: Path) -> None:
             raise UserError(f"{unreadable} (not a zip archive, as torch.save writes)")
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
-    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        raise UserError(f"{unreadable} ({exc})") from exc
+    except UserError:
+        raise
+    except Exception as exc:  # zipfile raises many types on a damaged directory (NotImplementedError...)
+        raise UserError(f"{unreadable} ({exc or type(exc).__name__})") from exc
     if len(records) > MAX_RECORDS:
         raise UserError(f"{unreadable} ({len(records):,} records; cifarlab files have a few hundred)")
     for record in records:
