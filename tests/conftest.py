@@ -5,11 +5,15 @@ Tests never download and never touch the user's cache: XDG_CACHE_HOME points int
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,3 +118,26 @@ def shared_archive() -> Path:
     if not SHARED_ARCHIVE.exists():
         pytest.skip(f"the shared CIFAR-10 archive is not at {SHARED_ARCHIVE}")
     return SHARED_ARCHIVE.resolve()
+
+
+@contextlib.contextmanager
+def live_server(app: Any, http: str = "auto", limits: Any = None) -> Iterator[str]:
+    """Run `app` under uvicorn as `cifarlab serve` does (serve.uvicorn_config), in a thread on a
+    free loopback port; yields its base URL. Needs the serve packages."""
+    import uvicorn
+
+    from cifarlab.serve import Limits, listen, uvicorn_config
+
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn_config(app, limits or Limits(), http))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

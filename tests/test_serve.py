@@ -1,8 +1,8 @@
 """`cifarlab serve`: the JSON API, the page, the report folder, and every kind of bad upload.
 
-Most tests use FastAPI's in-process TestClient; the ones about not reading an oversized body run a
-real uvicorn server on a loopback port (`live_server`, shared with test_serve_browser.py), because
-the TestClient reads the whole request before the app sees it.
+Most tests use FastAPI's in-process TestClient; the ones about not reading an oversized body, and
+about slow or idle clients, run a real uvicorn server on a loopback port (`conftest.live_server`),
+because the TestClient reads the whole request before the app sees it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,28 +39,8 @@ pytest.importorskip("python_multipart")
 
 from fastapi.testclient import TestClient
 
-from cifarlab.serve import Limits, allowed_hosts, create_app, host_allowed, listen, uvicorn_config
-
-
-@contextlib.contextmanager
-def live_server(app: Any, http: str = "auto", limits: Limits | None = None) -> Iterator[str]:
-    """Run `app` under uvicorn as `cifarlab serve` does, in a thread on a free loopback port;
-    yields its base URL."""
-    import uvicorn
-
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn_config(app, limits or Limits(), http))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+from cifarlab.serve import Limits, allowed_hosts, create_app, host_allowed
+from conftest import live_server
 
 
 def local(app: Any) -> TestClient:
@@ -461,19 +439,21 @@ def test_slow_clients_are_dropped(run: Path, image: Path, http: str) -> None:
             sock.close()
 
 
-def test_requests_in_flight_are_limited_not_sockets(run: Path, image: Path) -> None:
+def test_uploads_in_flight_are_limited_not_sockets(run: Path, image: Path) -> None:
     import httpx
 
     limits = Limits(max_concurrency=1, upload_seconds=1.5)
     with live_server(create_app(run, limits), "h11", limits) as url:
         port = int(url.rsplit(":", 1)[1])
         idle = [_http(port, b"") for _ in range(5)]
-        assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # idle sockets do not count
+        # idle sockets do not count
+        assert httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=5).status_code == 200
         slow = _http(port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\nx")
         time.sleep(0.3)
-        busy = httpx.get(f"{url}/health", timeout=5)
+        busy = httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=5)
         assert busy.status_code == 503 and "in flight" in busy.json()["detail"]
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # GETs are never held up
         assert _reply(slow).startswith(b"HTTP/1.1 408")
-        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        assert httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=5).status_code == 200
         for sock in (*idle, slow):
             sock.close()

@@ -37,7 +37,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from cifarlab.serve import create_app  # noqa: E402
-from test_serve import copy_run, live_server  # noqa: E402
+from conftest import live_server  # noqa: E402
+from test_serve import copy_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

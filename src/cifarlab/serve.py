@@ -52,13 +52,13 @@ class Limits:
     ~20 KB per open connection.
 
     A client that connects and sends nothing, or a byte now and then, is dropped after
-    `header_seconds`; one that trickles its body gets 408 after `upload_seconds`. Only requests in
+    `header_seconds`; one that trickles its body gets 408 after `upload_seconds`. Only uploads in
     flight count towards `max_concurrency`, so idle sockets cannot make the server answer 503.
     """
 
     max_upload_bytes: int = 10 * 2**20  # a phone photo is 2-8 MB
     max_pixels: int = 25_000_000  # a 24-megapixel camera photo; a 20000x20000 bomb is 400 MP
-    max_concurrency: int = 32  # requests in flight (being read, decoded or classified); more: 503
+    max_concurrency: int = 32  # uploads in flight (being read, decoded or classified); more: 503
     workers: int = 2  # images decoded and classified at once (one 32x32 image takes ~1 ms)
     max_connections: int = 512  # open sockets, idle ones included (~20 KB each); more: 503
     header_seconds: float = 5.0  # to send a request head, from connecting or the last response
@@ -225,6 +225,7 @@ async def read_upload(request: Any, limit: int, seconds: float = Limits.upload_s
     """The image bytes of a raw or multipart body, never holding more than `limit` bytes of it,
     nor waiting more than `seconds` for all of it."""
     import anyio
+    from starlette.requests import ClientDisconnect
 
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -238,6 +239,8 @@ async def read_upload(request: Any, limit: int, seconds: float = Limits.upload_s
                     raise Rejected(413, too_large(None, limit))
     except TimeoutError as exc:
         raise Rejected(408, f"upload too slow: the image did not arrive within {seconds:g} s") from exc
+    except ClientDisconnect as exc:  # gone mid-upload: nobody to answer, nothing to log
+        raise Rejected(400, "the client closed the connection during the upload") from exc
     data = bytes(body)
     del body  # at most one copy alive at a time
     # media types are case-insensitive (RFC 9110): Multipart/Form-Data is multipart too
@@ -275,7 +278,9 @@ async def _multipart_file(headers: Any, body: bytes) -> bytes:
 
 
 class Guard:
-    """ASGI middleware in front of the app: the Host check, and the limit on requests in flight.
+    """ASGI middleware in front of the app: the Host check, and the limit on uploads in flight.
+    Only requests with a body count: they hold memory and CPU, and a client that trickles one holds
+    its place for up to `upload_seconds`; the page, /health and the report stay answered meanwhile.
 
     The Host check stops DNS rebinding: a web page at attacker.example can make its own name resolve
     to 127.0.0.1, and the browser then lets it read this server's answers (predictions, the report's
@@ -297,8 +302,10 @@ class Guard:
             detail = (f"this server answers to IP addresses and {names} in the Host header; "
                       "start it with --host NAME to be reached by another name")
             return await JSONResponse({"detail": detail}, 400)(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD"):  # the page, /health, report files: cheap, no body
+            return await self.app(scope, receive, send)
         if self.in_flight >= self.max_requests:
-            detail = f"busy: {self.max_requests} requests in flight (--max-concurrency); try again"
+            detail = f"busy: {self.max_requests} uploads in flight (--max-concurrency); try again"
             return await JSONResponse({"detail": detail}, 503, {"Retry-After": "1"})(scope, receive, send)
         self.in_flight += 1
         try:

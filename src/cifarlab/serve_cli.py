@@ -49,7 +49,7 @@ def register(commands: Any) -> None:
                    help="largest image accepted, width x height, checked before decoding "
                         "(default: %(default)d)")
     s.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency,
-                   help="requests in flight at once; more are answered 503 (default: %(default)d)")
+                   help="uploads in flight at once; more are answered 503 (default: %(default)d)")
     s.set_defaults(func=cmd_serve)
 
 
