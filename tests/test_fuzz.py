@@ -7,6 +7,7 @@ runs the long version.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -592,3 +593,98 @@ def test_model_file_bombs_are_refused_before_torch_load(bomb: str, message: str,
     path.write_bytes(blob)
     with pytest.raises(UserError, match=message):
         checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nested archives
+
+
+def archive_of(kind: str, files: dict[str, bytes]) -> bytes:
+    if kind == "zip":
+        return zip_of(files)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if kind == "tgz" else "w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@settings(FAST, max_examples=60)
+@given(outer=st.sampled_from(["tar", "tgz", "zip"]), inner=st.sampled_from(["tar", "tgz", "zip"]),
+       member=st.sampled_from(["root/notes.docx", "root/train/a/inner.png", "root/extra.zip",
+                               "root/train/data_batch_1", "cifar-10-batches-py/batches.meta"]),
+       suffix=st.sampled_from(["", ".tar", ".tgz", ".zip"]))
+def test_nested_archives(outer: str, inner: str, member: str, suffix: str, tmp_path: Path) -> None:
+    """An archive inside an archive is only ever a member: loaded as the folder it sits in, or a
+    UserError; never read as the outer archive (a .tar ending in a zip passed for that zip)."""
+    image = png_bytes(np.zeros((32, 32, 3), np.uint8))
+    def folder(classes: str) -> dict[str, bytes]:
+        return {f"root/{split}/{cls}/0.png": image for split in ("train", "test") for cls in classes}
+
+    files = {**folder("ab"), member: archive_of(inner, folder("cd"))}  # last: where zips are found
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(archive_of(outer, files))
+    raw = loads_or_user_error(lambda: read_source(path))
+    assert_valid(raw)
+    tar_like = {"tar", "tgz"}
+    right_reader = suffix in ("", f".{outer}") or (outer in tar_like and suffix[1:] in tar_like)
+    if right_reader and not member.endswith((".png", "data_batch_1")):
+        assert raw is not None and raw.classes == ["a", "b"], (outer, inner, member, suffix)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow sockets: `cifarlab serve` on 127.0.0.1 with slow and broken clients
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, list[Any]]]:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from cifarlab.models import create_model
+    from cifarlab.serve import Limits, create_app
+    from conftest import live_server
+
+    folder = tmp_path_factory.mktemp("serve")
+    model = create_model("base", 2, [128.0] * 3, [64.0] * 3)
+    checkpoint.save(folder / "model.pt", checkpoint.model_record(model, "base", ["a", "b"], {}, {}))
+    limits = Limits(max_concurrency=2, header_seconds=0.5, upload_seconds=1.0)
+    clients: list[Any] = []
+    with live_server(create_app(folder / "model.pt", limits), limits=limits) as url:
+        yield int(url.rsplit(":", 1)[1]), clients
+        for client in clients:
+            client.close()
+
+
+HEADS = [b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+         b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000\r\n\r\n",
+         b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc",
+         b"GET /health HTTP/1.1\r\nHost: attacker.example\r\n\r\n"]
+
+
+@settings(FAST, max_examples=25)
+@given(head=st.sampled_from(HEADS), cut=st.floats(0, 1), junk=st.binary(max_size=40),
+       step=st.integers(1, 32), pause=st.sampled_from([0.0, 0.01, 0.03]))
+def test_slow_and_broken_clients_leave_the_server_answering(
+        head: bytes, cut: float, junk: bytes, step: int, pause: float,
+        slow_server: tuple[int, list[Any]]) -> None:
+    """A client that sends part of a request, a few bytes at a time, and then nothing, stays open
+    beside the others: a normal client still gets /health at once."""
+    import socket
+    import time
+
+    port, clients = slow_server
+    data = head[:int(len(head) * cut)] + junk
+    client = socket.create_connection(("127.0.0.1", port), timeout=2)
+    clients.append(client)
+    with contextlib.suppress(OSError):
+        for start in range(0, len(data), step):
+            client.sendall(data[start:start + step])
+            time.sleep(pause)
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as normal:
+        normal.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := normal.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
