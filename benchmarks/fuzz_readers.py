@@ -6,7 +6,14 @@ finding: it is printed and the input saved under --out. The seeds are valid file
 cifarlab reads (batch pickles, images in many modes and formats, .tgz/.tar/.zip image folders and
 official sets, folders, checkpoints); each trial either mutates a seed (truncate, flip bits,
 overwrite, insert, delete, splice) or builds a hostile input (random bytes, wrong shapes, dtypes and
-labels, allocation bombs in pickles, gzip/zip/PNG bombs, symlink loops, non-UTF-8 names, FIFOs).
+labels, allocation bombs in pickles, object dtypes and short buffers, opcode floods, gzip/zip/PNG
+bombs, tar meta-header bombs, nested and Windows-made zips, zip bombs in model files, symlink loops,
+non-UTF-8 names, FIFOs, deep trees).
+
+The `socket` target (needs the serve packages) runs `cifarlab serve`'s app on a loopback port and
+plays slow and broken clients at it: request heads cut anywhere, sent a few bytes at a time with
+pauses, or never finished; bodies that trickle or lie about their length. After each one a normal
+client must still get /health within a second, and idle connections must be closed in time.
 
     CIFARLAB_THREADS=1 .venv/bin/python benchmarks/fuzz_readers.py --seconds 120
     CIFARLAB_THREADS=1 .venv/bin/python benchmarks/fuzz_readers.py --targets image --seconds 30
@@ -28,6 +35,7 @@ import random
 import resource
 import shutil
 import signal
+import socket
 import sys
 import tarfile
 import tempfile
@@ -47,7 +55,7 @@ from cifarlab import checkpoint, sources
 from cifarlab.data import load_dataset
 from cifarlab.errors import UserError
 
-TARGETS = ("batch", "image", "archive", "folder", "checkpoint")
+TARGETS = ("batch", "image", "archive", "folder", "checkpoint", "socket")
 
 
 class Hang(Exception):
@@ -106,9 +114,33 @@ def crafted_pickles() -> list[bytes]:
         {b"data": Call(np.ndarray, (n, 3072), np.uint8), b"labels": Call(np.ndarray, (n,))},
         {b"data": Call(__import__("_codecs").encode, "abc", "zlib")},
         Call(os.system, "echo pwned"), Call(eval, "1+1"),
-    )] + [pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}, 5)[:-20], b"",
+    )] + object_dtype_pickles() + [pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}, 5)[:-20], b"",
           b"\x80\x02Nr" + (667395525).to_bytes(4, "little") + b".",  # a 10 GB memo index
           b"\x80\x05\x96" + (2**31).to_bytes(8, "little") + b"\0" * 16 + b"."]  # 2 GB bytearray
+
+
+class Built:
+    """Pickles as numpy does an array: `_reconstruct(ndarray, (0,), 'b')`, then BUILD with `state`."""
+
+    def __init__(self, state: tuple[Any, ...]):
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from numpy._core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, (0,), b"b"), self.state
+
+
+def object_dtype_pickles() -> list[bytes]:
+    """BUILDs that would make numpy read Python objects or more bytes than the pickle holds (a
+    list one element short of the shape crashed the process), and opcode floods."""
+    states = [(1, (1,), np.dtype("O"), False, []), (1, (3,), np.dtype("O"), False, [1, 2]),
+              (1, (1,), np.dtype([("a", "O"), ("b", "u1")]), False, b"\0" * 9),
+              (1, (2, 3072), np.dtype("u1"), False, b"\0" * 100), (1, (1,), np.dtype("V8"), False, b"\0" * 8)]
+    encode = __import__("_codecs").encode
+    return ([pickle.dumps({b"data": Built(state), b"labels": [0]}, 2) for state in states]
+            + [b"\x80\x02" + op * 1_000_000 + b"." for op in (b"]", b"(", b"}")]
+            + [pickle.dumps([Call(encode, "x" * 100_000, "latin1") for _ in range(50)], 2)])
 
 
 def _save(img: Image.Image, fmt: str) -> bytes:
@@ -230,7 +262,71 @@ def archive_seeds(rng: random.Random, images: list[bytes]) -> list[tuple[str, by
         ("x.zip", bytes(zip_lying)), ("x.zip", bytes(unsupported)), ("x.zip", bytes(encrypted)),
         ("x.tgz", gzip.compress(b"\0" * (64 << 20))), ("x.tgz", b""), ("x.bin", b""),
         ("x.zip", b"PK\x05\x06" + b"\0" * 18),
+        *meta_header_seeds(folder), *nested_seeds(folder, official),
     ]
+
+
+def gzipped(parts: Any) -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return b"".join(packer.compress(part) for part in parts) + packer.flush()
+
+
+def tar_header(name: str, kind: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+def meta_header_seeds(folder: dict[str, bytes]) -> list[tuple[str, bytes]]:
+    """Tar headers that make tarfile read a body into memory before any member check: long names
+    and PAX headers claiming 64 MB, chains of PAX headers, a sparse member, 160,000 empty entries."""
+    body = tar_bytes(folder, "w")[:-1024]  # the folder's members, without the end-of-archive blocks
+    seeds = [("x.tgz", gzipped([tar_header("././@LongLink", kind, 64 << 20),
+                                *(bytes(1 << 20) for _ in range(64))]))
+             for kind in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                          tarfile.XGLTYPE)]
+    pax = tar_header("././@PaxHeader", tarfile.XHDTYPE, 512) + b"9 a=bcd\n".ljust(512, b"\0")
+    seeds.append(("x.tgz", gzipped([pax * 3000, body])))
+    seeds.append(("x.tgz", gzipped([tar_header("root/train/cat/9.png", tarfile.GNUTYPE_SPARSE, 0), body])))
+    seeds.append(("x.tgz", gzipped(tar_header(f"e{i}", tarfile.REGTYPE, 0) for i in range(160_000))))
+    return seeds
+
+
+def nested_seeds(folder: dict[str, bytes], official: dict[str, bytes]) -> list[tuple[str, bytes]]:
+    """Archives inside archives, and zips that are not quite what they seem: a tar whose last member
+    is a zip (zipfile finds the zip directory at the end), a zip in a zip, a zip made on Windows
+    (backslashes), an official set zipped twice, a zip named like a tar."""
+    inner = zip_bytes(folder)
+    docx = zip_bytes({"word/document.xml": b"<w/>"})
+    backslashed = {name.replace("/", "\\"): data for name, data in folder.items()}
+    return [
+        ("x.tar", tar_bytes({**folder, "root/notes.docx": docx}, "w")),
+        ("x", tar_bytes({**folder, "root/more.zip": inner}, "w")),
+        ("x.zip", zip_bytes({**folder, "root/train/cat/inner.png": inner})),
+        ("x.zip", zip_bytes({"nested/inner.zip": zip_bytes(official)})),
+        ("x.zip", zip_bytes(backslashed)),
+        ("x.tgz", inner), ("x.zip", tar_bytes(folder)),
+    ]
+
+
+def model_zip_bombs(seed: bytes) -> list[bytes]:
+    """model.pt files whose zip makes torch.load allocate far more than the file: a deflated
+    64 MB record, a 3 MB empty-list flood as data.pkl, 20,000 records."""
+    source = zipfile.ZipFile(io.BytesIO(seed))
+
+    def rezip(replace: dict[str, tuple[bytes, int]], extra: int = 0) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as archive:
+            for name in source.namelist():
+                data, method = replace.get(name.split("/", 1)[1], (source.read(name), zipfile.ZIP_STORED))
+                archive.writestr(zipfile.ZipInfo(name), data, compress_type=method)
+            for i in range(extra):
+                archive.writestr(f"archive/extra/{i}", b"")
+        return out.getvalue()
+
+    return [rezip({"data/0": (bytes(64 << 20), zipfile.ZIP_DEFLATED)}),
+            rezip({"data.pkl": (b"\x80\x02" + b"]" * (3 << 20) + b".", zipfile.ZIP_STORED)}),
+            rezip({}, extra=20_000)]
 
 
 def _find_all(data: bytes, needle: bytes) -> list[int]:
@@ -294,6 +390,8 @@ class Fuzzer:
         self.batches = [batch_pickle(2, self.rng, p) for p in (2, 4, 5)] + crafted_pickles()
         self.archives = archive_seeds(self.rng, self.images)
         self.checkpoints = [checkpoint_seed()]
+        self.checkpoints += model_zip_bombs(self.checkpoints[0])
+        self.server: SlowClients | None = None
         self.folder_layouts = [image_folder_files(self.rng, self.images)]
 
     def batch(self) -> None:
@@ -385,6 +483,11 @@ class Fuzzer:
         path.write_bytes(data)
         checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT)
 
+    def socket(self) -> None:
+        if self.server is None:
+            self.server = SlowClients(self.scratch)
+        self._record(self.server.trial(self.rng))
+
     def _record(self, data: bytes) -> None:
         """Keep the input about to be tried, on disk too: a hang in C code ends the process."""
         self.last_input = data
@@ -399,6 +502,85 @@ class Fuzzer:
             labels = raw.labels[split]
             assert labels.shape == (len(images),) and labels.min() >= 0
             assert labels.max() < len(raw.classes)
+
+
+class SlowClients:
+    """A live `cifarlab serve` app on 127.0.0.1 (an untrained model) and a pool of slow clients."""
+
+    HEADER_SECONDS = 0.5  # short, so that dropped connections show within a trial or two
+    HEADS = (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+             b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n",
+             b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n")
+
+    def __init__(self, scratch: Path):
+        import threading
+
+        import uvicorn
+
+        from cifarlab.networks import create_model
+        from cifarlab.serve import Limits, create_app, listen, uvicorn_config
+
+        model = create_model("base", 2, [128.0] * 3, [64.0] * 3)
+        checkpoint.save(scratch / "model.pt", checkpoint.model_record(
+            model, "base", ["a", "b"], {}, {}, 0, "final"))
+        limits = Limits(max_concurrency=4, header_seconds=self.HEADER_SECONDS, upload_seconds=1.0)
+        self.sock = listen("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn_config(create_app(scratch / "model.pt", limits), limits))
+        threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True).start()
+        while not self.server.started:
+            time.sleep(0.02)
+        self.open: list[tuple[float, socket.socket]] = []  # (opened at, socket) of slow clients
+
+    def trial(self, rng: random.Random) -> bytes:
+        """One slow or broken client, left open; then /health for a normal one. Returns the bytes
+        the slow client sent (the finding's input)."""
+        head = rng.choice(self.HEADS)
+        data = mutate(head, rng, []) if rng.random() < 0.3 else head
+        if rng.random() < 0.6:
+            data = data[:rng.randrange(len(data) + 1)]  # a head or body never finished
+        else:
+            data += rng.randbytes(rng.randrange(64))
+        client = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+        with contextlib.suppress(OSError):
+            for start in range(0, len(data), step := rng.randint(1, 16)):
+                client.sendall(data[start:start + step])
+                time.sleep(rng.choice([0, 0, 0.01, 0.05]))
+        self.open.append((time.monotonic(), client))
+        self._health()
+        self._check_dropped()
+        return data
+
+    def _health(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as normal:
+            normal.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := normal.recv(65536):
+                reply += chunk
+        if not reply.startswith(b"HTTP/1.1 200"):
+            raise AssertionError(f"/health answered {reply[:60]!r} beside slow clients")
+
+    def _check_dropped(self) -> None:
+        """A client that has been open for longer than the head deadline (plus the upload deadline
+        and slack) must have been closed by the server by now."""
+        now, still = time.monotonic(), []
+        for opened, client in self.open:
+            if now - opened < self.HEADER_SECONDS + 3:
+                still.append((opened, client))
+                continue
+            client.setblocking(False)
+            try:
+                while client.recv(65536):
+                    pass
+                closed = True
+            except BlockingIOError:
+                closed = False
+            except OSError:
+                closed = True
+            client.close()
+            if not closed:
+                raise AssertionError(f"a slow client was still connected after {now - opened:.1f} s")
+        self.open = still
 
 
 def main() -> int:

@@ -5,15 +5,25 @@ Tests never download and never touch the user's cache: XDG_CACHE_HOME points int
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
 import pickle
+import shutil
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from cifarlab import trainer
+from cifarlab.config import make_config
+from cifarlab.trainer import train
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-train-jpeg.tgz"
 CLASSES = [f"class{i}" for i in range(10)]
@@ -114,3 +124,135 @@ def shared_archive() -> Path:
     if not SHARED_ARCHIVE.exists():
         pytest.skip(f"the shared CIFAR-10 archive is not at {SHARED_ARCHIVE}")
     return SHARED_ARCHIVE.resolve()
+
+
+@contextlib.contextmanager
+def live_server(app: Any, http: str = "auto", limits: Any = None) -> Iterator[str]:
+    """Run `app` under uvicorn as `cifarlab serve` does (serve.uvicorn_config), in a thread on a
+    free loopback port; yields its base URL. Needs the serve packages."""
+    import uvicorn
+
+    from cifarlab.serve import Limits, listen, uvicorn_config
+
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn_config(app, limits or Limits(), http))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders that several test modules share (tests never import each other).
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]
+TRAIN_PER_CLASS, HELD_OUT_PER_CLASS = 50, 10
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+class StopAfter(trainer._StopFlag):
+    """A Ctrl-C that arrives after `limit` training steps."""
+
+    limit = 0
+    reads = 0
+
+    @property  # type: ignore[override]
+    def stop(self) -> bool:
+        StopAfter.reads += 1
+        return StopAfter.reads > StopAfter.limit
+
+    @stop.setter
+    def stop(self, value: bool) -> None:
+        pass
+
+
+def make_dataset(root: Path, train_per_class: int = 16, test_per_class: int = 5) -> Path:
+    """ROOT/{train,test}/<class>/*.png: each class a colour plus strong noise (learnable, not trivially)."""
+    rng = np.random.default_rng(0)
+    palette = rng.integers(40, 216, (len(CIFAR_CLASSES), 3))
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for k, name in enumerate(CIFAR_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = palette[k] + rng.normal(0, 70, (32, 32, 3))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def make_run(root: Path) -> Path:
+    """Train the base recipe for 2 epochs on synthetic data, with the decoded cache under `root`."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(root / "xdg-cache"))
+        config = make_config("base", data=str(make_dataset(root / "data")), epochs=2, val_fraction=0.25,
+                             device="cpu")
+        train(config, out=root / "run", quiet=True)
+    return root / "run"
+
+
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RUN with model.pt, trained 1 epoch; RUN/../held-out/<class>/*.jpg are images it never saw.
+
+    Built once per session (in the session's base temp folder) and shared by every test module.
+    Real CIFAR-10 images from the shared archive where it exists, else toy images.
+    """
+    root = tmp_path_factory.getbasetemp() / "tiny-run"
+    run = root / "run"
+    if (run / "model.pt").exists():
+        return run
+    data = root / "data"
+    if SHARED_ARCHIVE.exists():
+        _extract(SHARED_ARCHIVE, data, root / "held-out")
+    else:
+        write_image_folder(data, CLASSES, n_train=TRAIN_PER_CLASS)
+        write_image_folder(root / "toy-held-out", CLASSES, n_train=HELD_OUT_PER_CLASS, seed=7)
+        (root / "toy-held-out" / "train").rename(root / "held-out")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CIFARLAB_THREADS", "1")
+        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+        train(make_config("base", data=str(data), epochs=1, val_fraction=0.2), out=run, quiet=True)
+    return run
+
+
+def _extract(archive: Path, data: Path, held_out: Path) -> None:
+    """The first 50 images per class to data/train/<class>/, the next 10 to held-out/<class>/."""
+    counts: dict[str, int] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            if not member.isfile() or len(parts) < 2 or not member.name.endswith(".jpg"):
+                continue
+            cls = parts[-2]
+            n = counts.get(cls, 0)
+            if n >= TRAIN_PER_CLASS + HELD_OUT_PER_CLASS:
+                continue
+            counts[cls] = n + 1
+            folder = data / "train" / cls if n < TRAIN_PER_CLASS else held_out / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = tar.extractfile(member)
+            assert handle is not None
+            (folder / parts[-1]).write_bytes(handle.read())
+
+
+def held_out_files(run: Path) -> list[Path]:
+    return sorted((run.parent / "held-out").rglob("*.*"))
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A private copy of the run (just model.pt), for tests that add a report folder."""
+    to.mkdir(parents=True)
+    shutil.copy(run / "model.pt", to / "model.pt")
+    return to

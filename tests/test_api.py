@@ -291,13 +291,18 @@ def test_summary_counts_parameters_and_flops() -> None:
 
 
 def test_registry_decorator_makes_a_model_trainable(toy_data: Path, tmp_path: Path) -> None:
+    from cifarlab.networks import MODELS
+
     @cl.register_model("tiny_test_net")
     def tiny(num_classes: int = 10) -> nn.Module:
         return TinyNet(num_classes, width=4)
 
-    assert "tiny_test_net" in cl.models()
-    run = cl.train("base", model="tiny_test_net", data=toy_data, out=tmp_path / "run", **QUICK)
-    assert run.config.model == "tiny_test_net" and cl.load(run.path).evaluate()["images"] == 96
+    try:
+        assert "tiny_test_net" in cl.models()
+        run = cl.train("base", model="tiny_test_net", data=toy_data, out=tmp_path / "run", **QUICK)
+        assert run.config.model == "tiny_test_net" and cl.load(run.path).evaluate()["images"] == 96
+    finally:
+        MODELS.pop("tiny_test_net")  # the registry is global: leave it as the other tests expect
 
 
 def test_explain_from_python_and_the_command_line(base_run: cl.Run, toy_data: Path,

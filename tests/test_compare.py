@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.comparison import compare_rows, format_rows
+from cifarlab.comparison import compare_rows, format_rows, write_chart
+from cifarlab.errors import UserError
 from cifarlab.report import read_run
 from cifarlab.trainer import METRIC_COLUMNS
 
@@ -96,6 +97,16 @@ def test_cli_writes_a_chart_only_when_asked(runs: list[Path], tmp_path: Path,
     assert captured.out.startswith("| run |") and str(chart) in captured.err
     with Image.open(chart) as image:
         assert image.width > 600 and image.height > 300
+
+
+def test_chart_never_replaces_a_compare_png_cifarlab_did_not_write(runs: list[Path], tmp_path: Path) -> None:
+    (tmp_path / "compare.png").write_bytes(b"the user's own chart")
+    with pytest.raises(UserError, match="compare.png exists and was not written by cifarlab"):
+        write_chart([read_run(p) for p in runs], tmp_path)
+    assert (tmp_path / "compare.png").read_bytes() == b"the user's own chart"
+    (tmp_path / "compare.png").unlink()
+    for _ in range(2):  # its own chart is replaced
+        assert write_chart([read_run(p) for p in runs], tmp_path) == tmp_path / "compare.png"
 
 
 def test_cli_skips_folders_that_are_not_runs(runs: list[Path], tmp_path: Path,

@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,60 +21,7 @@ from cifarlab.cli import main
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_logits
 from cifarlab.sources import decode_image
-from conftest import CLASSES, SHARED_ARCHIVE, write_image_folder
-
-TRAIN_PER_CLASS, HELD_OUT_PER_CLASS = 50, 10
-
-
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """RUN with model.pt, trained 1 epoch; RUN/../held-out/<class>/*.jpg are images it never saw.
-
-    Built once per session (in the session's base temp folder) and shared by every test module.
-    Real CIFAR-10 images from the shared archive where it exists, else toy images.
-    """
-    root = tmp_path_factory.getbasetemp() / "tiny-run"
-    run = root / "run"
-    if (run / "model.pt").exists():
-        return run
-    data = root / "data"
-    if SHARED_ARCHIVE.exists():
-        _extract(SHARED_ARCHIVE, data, root / "held-out")
-    else:
-        write_image_folder(data, CLASSES, n_train=TRAIN_PER_CLASS)
-        write_image_folder(root / "toy-held-out", CLASSES, n_train=HELD_OUT_PER_CLASS, seed=7)
-        (root / "toy-held-out" / "train").rename(root / "held-out")
-    from cifarlab.config import make_config
-    from cifarlab.trainer import train
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CIFARLAB_THREADS", "1")
-        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
-        train(make_config("base", data=str(data), epochs=1, val_fraction=0.2), out=run, quiet=True)
-    return run
-
-
-def _extract(archive: Path, data: Path, held_out: Path) -> None:
-    """The first 50 images per class to data/train/<class>/, the next 10 to held-out/<class>/."""
-    counts: dict[str, int] = {}
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = PurePosixPath(member.name).parts
-            if not member.isfile() or len(parts) < 2 or not member.name.endswith(".jpg"):
-                continue
-            cls = parts[-2]
-            n = counts.get(cls, 0)
-            if n >= TRAIN_PER_CLASS + HELD_OUT_PER_CLASS:
-                continue
-            counts[cls] = n + 1
-            folder = data / "train" / cls if n < TRAIN_PER_CLASS else held_out / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            handle = tar.extractfile(member)
-            assert handle is not None
-            (folder / parts[-1]).write_bytes(handle.read())
-
-
-def held_out_files(run: Path) -> list[Path]:
-    return sorted((run.parent / "held-out").rglob("*.*"))
+from conftest import CLASSES, held_out_files, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +115,20 @@ def test_default_output_is_inside_the_run(run: Path, tmp_path: Path) -> None:
     (copy / "model.pt").write_bytes((run / "model.pt").read_bytes())
     out, sidecar = export.export_model(copy / "model.pt", "torchscript")
     assert out == copy / "export" / "model.torchscript.pt" and sidecar.name == "model.torchscript.pt.json"
+
+
+def test_out_never_replaces_files_cifarlab_did_not_write(run: Path, tmp_path: Path) -> None:
+    """Issue 12: export --out replaced whatever file had the name."""
+    out = tmp_path / "ship" / "cat-dog.pt"
+    out.parent.mkdir()
+    out.with_name("cat-dog.pt.json").write_text("{}")  # the user's own file, named like a sidecar
+    with pytest.raises(UserError, match=r"cat-dog\.pt\.json exists and was not written by cifarlab"):
+        export.export_model(run, "torchscript", out)
+    assert not out.exists() and out.with_name("cat-dog.pt.json").read_text() == "{}"
+    out.with_name("cat-dog.pt.json").unlink()
+    for _ in range(2):  # its own files are replaced
+        assert export.export_model(run, "torchscript", out)[0] == out
+    assert export.export_model(run, "torchscript", out.parent)[0] == out.parent / "model.torchscript.pt"
 
 
 def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

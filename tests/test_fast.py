@@ -14,8 +14,9 @@ from cifarlab.augment import flip_where
 from cifarlab.cli import main
 from cifarlab.config import RECIPES, make_config
 from cifarlab.errors import Interrupted, UserError
+from cifarlab.evaluate import predict_logits
 from cifarlab.networks import create_model
-from test_train import StopAfter, read_metrics
+from conftest import StopAfter, read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -210,3 +211,18 @@ def test_muon_run_resumes_exactly(toy_data: Path, tmp_path: Path,
     b, _ = checkpoint.load_model(tmp_path / "cut", weights="final")
     for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_tta_on_the_least_confident_share_only() -> None:
+    torch.manual_seed(0)
+    model = create_model("fastnet_small", 10)
+    model.eval()
+    images = torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8).numpy()
+    plain = predict_logits(model, images, torch.device("cpu"))
+    full = predict_logits(model, images, torch.device("cpu"), tta=True)
+    part = predict_logits(model, images, torch.device("cpu"), tta=True, tta_fraction=0.25)
+    changed = (part != plain).any(1)
+    assert int(changed.sum()) == 10  # a quarter of 40
+    unsure = torch.argsort(plain.softmax(1).max(1).values)[:10]
+    assert set(torch.nonzero(changed).flatten().tolist()) == set(unsure.tolist())
+    torch.testing.assert_close(part[changed], full[changed])

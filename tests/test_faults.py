@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -139,12 +140,14 @@ def no_space(*args: object) -> None:
 
 
 class FailAfter:
-    """os.fsync that works `n` times, then finds the disk full."""
+    """os.fsync that works `n` times on files, then finds the disk full (folders always sync)."""
 
     def __init__(self, n: int):
         self.n, self.real = n, os.fsync
 
     def __call__(self, fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            return self.real(fd)
         self.n -= 1
         if self.n < 0:
             no_space()
@@ -217,7 +220,7 @@ def test_unwritable_run_directory(where: str, toy_data: Path, tmp_path: Path,
         def read_only(*args: object, **kwargs: object) -> None:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-        monkeypatch.setattr(fsio.tempfile, "mkstemp", read_only)
+        monkeypatch.setattr(fsio, "create_temp", read_only)
     code = main(["train", "--data", str(toy_data), *ARGS, "--out", str(run)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err

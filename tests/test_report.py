@@ -15,10 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlab import plots
+from cifarlab import fsio, plots
 from cifarlab.checkpoint import load_model
 from cifarlab.cli import main
-from cifarlab.config import make_config
 from cifarlab.diagnose import VERDICTS
 from cifarlab.errors import UserError
 from cifarlab.evaluate import evaluate_split
@@ -32,34 +31,10 @@ from cifarlab.report import (
     write_report,
 )
 from cifarlab.rundir import FINAL as MODEL_FILE
-from cifarlab.trainer import train
+from conftest import make_run
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FIGURES = ["curves.png", "confusion_matrix.png", "reliability.png", "samples.png", "mistakes.png"]
-
-
-def make_dataset(root: Path, train_per_class: int = 16, test_per_class: int = 5) -> Path:
-    """ROOT/{train,test}/<class>/*.png: each class a colour plus strong noise (learnable, not trivially)."""
-    rng = np.random.default_rng(0)
-    palette = rng.integers(40, 216, (len(CLASSES), 3))
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for k, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = palette[k] + rng.normal(0, 70, (32, 32, 3))
-                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
-
-
-def make_run(root: Path) -> Path:
-    """Train the base recipe for 2 epochs on synthetic data, with the decoded cache under `root`."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(root / "xdg-cache"))
-        config = make_config("base", data=str(make_dataset(root / "data")), epochs=2, val_fraction=0.25,
-                             device="cpu")
-        train(config, out=root / "run", quiet=True)
-    return root / "run"
 
 
 @pytest.fixture(scope="session")
@@ -160,13 +135,37 @@ def test_unfinished_run_still_gets_curves_and_diagnosis(run: Path, tmp_path: Pat
     (unfinished / MODEL_FILE).unlink()
     assert main(["report", str(unfinished)]) == 0
     out = unfinished / "report"
-    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "metrics.json", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == [fsio.OUTPUTS_FILE, "curves.png", "metrics.json",
+                                                     "report.html"]
     assert "skipped" in json.loads((out / "metrics.json").read_text())
     page = (out / "report.html").read_text()
     assert "Skipped." in page and "no model.pt" in page and page.count("data:image/png") == 1
     captured = capsys.readouterr()
     assert "verdict:" in captured.out
     assert "were skipped" in captured.err
+
+
+def test_out_never_replaces_files_cifarlab_did_not_write(run: Path, tmp_path: Path) -> None:
+    """Issue 12: report --out into a folder of the user's replaced their report.html and others."""
+    unfinished = Path(shutil.copytree(run, tmp_path / "unfinished"))
+    (unfinished / MODEL_FILE).unlink()  # curves and diagnosis only: quick
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.html").write_text("my notes")
+    with pytest.raises(UserError, match=r"report\.html exists and was not written by cifarlab"):
+        write_report(unfinished, out)
+    assert [p.name for p in out.iterdir()] == ["report.html"]  # nothing written at all
+    assert (out / "report.html").read_text() == "my notes"
+    (out / "report.html").unlink()
+    write_report(unfinished, out)
+    write_report(unfinished, out)  # its own files, unchanged: replaced
+    (out / "curves.png").write_bytes(b"edited by hand")
+    with pytest.raises(UserError, match=r"curves\.png exists"):
+        write_report(unfinished, out)
+    assert (out / "curves.png").read_bytes() == b"edited by hand"
+    (unfinished / "report").mkdir()  # the run's own report folder is cifarlab's, as before
+    (unfinished / "report" / "report.html").write_text("an older report")
+    assert write_report(unfinished).out == unfinished / "report"
 
 
 def test_bad_run_directories_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -218,6 +217,31 @@ def test_image_grid_without_images() -> None:
     png = plots.to_png(plots.image_grid(np.zeros((0, 32, 32, 3), np.uint8), [], [],
                                         "No wrong predictions on val"))
     assert png.startswith(b"\x89PNG")
+
+
+def test_class_and_run_names_are_plain_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: a class folder named `$\\foo$` crashed report (matplotlib's mathtext), and
+    `a$b$c` rendered as math. Every figure draws names as they are."""
+    from matplotlib.text import Text
+
+    names = ["$\\foo$", "a$b$c"]
+    history = [{"epoch": e, "train_loss": 1.0, "val_loss": 1.1, "train_acc": 0.5, "train_acc_clean": 0.55,
+                "val_acc": 0.5, "lr": 0.1, "seconds": 1.0, "train_seconds": 1.0} for e in (1, 2)]
+    figures = [
+        plots.confusion(np.array([[3, 1], [0, 4]]), names, f"Confusion matrix: {names[0]}"),
+        plots.image_grid(np.zeros((2, 32, 32, 3), np.uint8), [f"pred: {n}" for n in names],
+                         [True, False], names[1]),
+        plots.curves(history, f"run {names[0]}", 1),
+        plots.val_curves([(names[0], history), (names[1], history)]),
+        plots.reliability(calibration(np.array([0.6, 0.9]), np.array([True, False])), names[1]),
+    ]
+    drawn: list[Text] = []
+    for fig in figures:
+        plots.to_png(fig)  # tick labels only exist once the figure is drawn
+        drawn.extend(t for t in fig.findobj(Text) if t.get_text())
+    texts = {t.get_text() for t in drawn}
+    assert {"$\\foo$", "a$b$c", "pred: a$b$c"} <= texts
+    assert not [t.get_text() for t in drawn if t.get_parse_math() or t.get_usetex()]
 
 
 def test_calibration_error() -> None:

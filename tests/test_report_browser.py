@@ -16,7 +16,7 @@ import pytest
 
 from cifarlab.report import write_report
 from cifarlab.rundir import FINAL as MODEL_FILE
-from test_report import make_run
+from conftest import make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

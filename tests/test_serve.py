@@ -1,8 +1,8 @@
 """`cifarlab serve`: the JSON API, the page, the report folder, and every kind of bad upload.
 
-Most tests use FastAPI's in-process TestClient; the ones about not reading an oversized body run a
-real uvicorn server on a loopback port (`live_server`, shared with test_serve_browser.py), because
-the TestClient reads the whole request before the app sees it.
+Most tests use FastAPI's in-process TestClient; the ones about not reading an oversized body, and
+about slow or idle clients, run a real uvicorn server on a loopback port (`conftest.live_server`),
+because the TestClient reads the whole request before the app sees it.
 """
 
 from __future__ import annotations
@@ -11,16 +11,13 @@ import contextlib
 import io
 import os
 import select
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +28,9 @@ from PIL import Image
 
 from cifarlab import checkpoint
 from cifarlab.cli import main
+from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_files
-from test_export import held_out_files, tiny_run
+from conftest import held_out_files, tiny_run
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -40,34 +38,13 @@ pytest.importorskip("python_multipart")
 
 from fastapi.testclient import TestClient
 
-from cifarlab.serve import Limits, create_app, listen
+from cifarlab.serve import Limits, allowed_hosts, create_app, host_allowed
+from conftest import copy_run, live_server
 
 
-@contextlib.contextmanager
-def live_server(app: Any, http: str = "auto") -> Iterator[str]:
-    """Run `app` under uvicorn in a thread on a free loopback port; yields its base URL."""
-    import uvicorn
-
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-def copy_run(run: Path, to: Path) -> Path:
-    """A private copy of the run (just model.pt), for tests that add a report folder."""
-    to.mkdir(parents=True)
-    shutil.copy(run / "model.pt", to / "model.pt")
-    return to
+def local(app: Any) -> TestClient:
+    """A test client that sends `Host: localhost`, as a browser on this machine does."""
+    return TestClient(app, base_url="http://localhost:8000")
 
 
 def bomb_png(side: int) -> bytes:
@@ -95,7 +72,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(run: Path) -> TestClient:
-    return TestClient(create_app(run))
+    return local(create_app(run))
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +129,7 @@ def test_report_link_and_folder(run: Path, tmp_path: Path) -> None:
     (own / "report" / "plot.png").write_bytes(png(np.zeros((4, 4, 3), np.uint8)))
     (tmp_path / "secret.txt").write_text("secret")
     (own / "report" / "link.txt").symlink_to(tmp_path / "secret.txt")
-    client = TestClient(create_app(own))
+    client = local(create_app(own))
     assert 'href="report/report.html"' in client.get("/").text
     assert client.get("/report/report.html").text == "<h1>Training report</h1>"
     assert client.get("/report/").text == "<h1>Training report</h1>"
@@ -195,7 +172,7 @@ def test_other_formats_and_modes_are_accepted(client: TestClient) -> None:
 
 
 def test_limits_are_configurable(run: Path, image: Path) -> None:
-    client = TestClient(create_app(run, Limits(max_upload_bytes=500, max_pixels=31 * 31)))
+    client = local(create_app(run, Limits(max_upload_bytes=500, max_pixels=31 * 31)))
     assert client.post("/predict", content=bytes(600)).status_code == 413
     small = png(np.zeros((32, 32, 3), np.uint8))
     assert len(small) < 500
@@ -212,7 +189,7 @@ def test_model_is_loaded_once(run: Path, image: Path, monkeypatch: pytest.Monkey
         return real(path, **kwargs)
 
     monkeypatch.setattr(checkpoint, "load_model", counting)
-    client = TestClient(create_app(run))
+    client = local(create_app(run))
     for _ in range(3):
         assert client.post("/predict", content=image.read_bytes()).status_code == 200
     client.get("/")
@@ -245,12 +222,14 @@ def test_oversized_bodies_are_refused_without_reading_them(run: Path, image: Pat
     with live_server(create_app(run, Limits(max_upload_bytes=limit)), http) as url:
         port = int(url.rsplit(":", 1)[1])
         # Declared 50 MB: answered at once, before a single body byte is sent.
-        with _http(port, b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 52428800\r\n\r\n") as sock:
+        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 52428800\r\n\r\n"
+        with _http(port, head) as sock:
             reply = _reply(sock)
         assert reply.startswith(b"HTTP/1.1 413") and b"50.0 MB" in reply, reply[:200]
         # Streamed without a length: cut off once past the limit, long before 50 MB are sent.
         sent = 0
-        with _http(port, b"POST /predict HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n") as sock:
+        head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        with _http(port, head) as sock:
             piece = b"%x\r\n" % 65536 + bytes(65536) + b"\r\n"
             with contextlib.suppress(OSError):
                 while sent < 50 * 2**20 and not select.select([sock], [], [], 0)[0]:
@@ -295,7 +274,10 @@ def test_serve_errors_are_one_line(run: Path, capsys: pytest.CaptureFixture[str]
         port = taken.getsockname()[1]
         for argv, message in [
             (["serve", "/no/such/run"], "model not found"),
-            (["serve", str(run), "--max-pixels", "0"], "--max-pixels must be positive"),
+            (["serve", str(run), "--max-pixels", "0"], "--max-pixels must be a positive number, got 0"),
+            (["serve", str(run), "--max-upload-mb", "nan"], "--max-upload-mb must be a positive number"),
+            (["serve", str(run), "--max-upload-mb", "inf"], "--max-upload-mb must be a positive number"),
+            (["serve", str(run), "--max-concurrency", "-1"], "--max-concurrency must be a positive"),
             (["serve", str(run), "--port", "70000"], "--port must be"),
             (["serve", str(run), "--port", str(port)], "cannot listen on 127.0.0.1"),
         ]:
@@ -309,3 +291,161 @@ def test_help_lists_export_and_serve(capsys: pytest.CaptureFixture[str]) -> None
         main(["--help"])
     out = capsys.readouterr().out
     assert "export" in out and "serve" in out
+
+
+def test_limits_refuse_nan_inf_and_zero() -> None:
+    for bad in (float("nan"), float("inf"), 0, -1):
+        with pytest.raises(UserError, match="must be a positive number"):
+            Limits.from_megabytes(bad)
+        with pytest.raises(UserError, match="--max-pixels must be a positive number"):
+            Limits(max_pixels=bad)  # type: ignore[arg-type]
+    assert Limits.from_megabytes(0.5).max_upload_bytes == 2**19
+
+
+def test_multipart_content_type_is_case_insensitive(client: TestClient, image: Path) -> None:
+    boundary = "cifarlab-boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n")
+    body = head.encode() + image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    for kind in ("multipart/form-data", "Multipart/Form-Data", "MULTIPART/FORM-DATA"):
+        headers = {"Content-Type": f"{kind}; boundary={boundary}"}
+        response = client.post("/predict", content=body, headers=headers)
+        assert response.status_code == 200, (kind, response.text)
+
+
+# ---------------------------------------------------------------------------------------------
+# DNS rebinding: only Host names that reach this server
+
+
+def test_foreign_host_names_are_refused(run: Path, tmp_path: Path) -> None:
+    """A page at attacker.example whose name now resolves to 127.0.0.1 (DNS rebinding) could read
+    /predict, /health and /report/* (training images): its requests still say Host: attacker.example."""
+    own = copy_run(run, tmp_path / "run")
+    (own / "report").mkdir()
+    (own / "report" / "report.html").write_text("<h1>report</h1>")
+    app = create_app(own)
+    for base in ("http://attacker.example", "http://attacker.example:8000", "http://localhost.attacker.example"):
+        client = TestClient(app, base_url=base)
+        for response in (client.get("/health"), client.get("/report/report.html"), client.get("/"),
+                         client.post("/predict", content=b"x")):
+            assert response.status_code == 400, (base, response.status_code)
+            assert "Host header" in response.json()["detail"]
+    for base in ("http://localhost:8000", "http://127.0.0.1:8000", "http://[::1]:8000", "http://LOCALHOST",
+                 "http://192.168.1.20:8000"):
+        assert TestClient(app, base_url=base).get("/health").status_code == 200, base
+
+
+def test_host_names_follow_the_bind_address() -> None:
+    assert allowed_hosts("0.0.0.0") is None and allowed_hosts("::") is None  # deliberately public
+    named = allowed_hosts("MyBox.lan")
+    assert named == frozenset({"localhost", "mybox.lan"})
+    assert host_allowed("mybox.lan:8000", named) and host_allowed("MYBOX.LAN.", named)
+    loopback = allowed_hosts("127.0.0.1")
+    assert loopback is not None
+    for good in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "10.0.0.7"):
+        assert host_allowed(good, loopback), good
+    for bad in ("", "mybox.lan", "attacker.example:8000", "[::1", "127.0.0.1.nip.io"):
+        assert not host_allowed(bad, loopback), bad
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow and idle clients, with real sockets on 127.0.0.1
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closes `sock` (reads what it sends meanwhile), None if it did not."""
+    start = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - start < seconds:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - start
+        except TimeoutError:
+            continue
+        except OSError:  # reset
+            return time.monotonic() - start
+    return None
+
+
+def test_idle_sockets_cannot_take_the_cli_server_down(run: Path) -> None:
+    """Issue 12: 4 idle TCP connections with --max-concurrency 4 made /health answer 503 to everyone
+    until they closed. Now only requests count, and a socket without a request is dropped after 5 s."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "CIFARLAB_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cifarlab", "serve", str(run), "--port", str(port),
+                             "--max-concurrency", "4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    idle: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None and "serving" in proc.stdout.readline()
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        idle[0].sendall(b"GET /health HTTP/1.1\r\nHo")  # a trickler: part of a head, then nothing
+        time.sleep(0.5)
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        assert health.status_code == 200, health.text
+        waited = [_closed_within(sock, 10) for sock in idle]
+        assert all(w is not None and w < 8 for w in waited), waited
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_slow_clients_are_dropped(run: Path, image: Path, http: str) -> None:
+    """A trickled head is closed after header_seconds, a head over 64 KB at once, a trickled body
+    gets 408 after upload_seconds; meanwhile a normal client is served."""
+    pytest.importorskip(http)
+    import httpx
+
+    limits = Limits(header_seconds=1.0, upload_seconds=1.0)
+    with live_server(create_app(run, limits), http, limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        trickle = _http(port, b"GET /health HTTP/1.1\r\n")
+        for _ in range(4):  # a header line every 0.3 s never completes the head
+            trickle.sendall(b"X-A: b\r\n")
+            time.sleep(0.3)
+        waited = _closed_within(trickle, 3)
+        assert waited is not None, "a trickled head kept its socket"
+        flood = _http(port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(200):
+                flood.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+        assert _closed_within(flood, 3) is not None, "a 200 KB head was accepted"
+        body = _http(port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\nxx")
+        reply = _reply(body)
+        assert reply.startswith(b"HTTP/1.1 408") and b"upload too slow" in reply, reply[:200]
+        assert _closed_within(body, 3) is not None  # and the socket goes once its head time is up
+        assert httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=5).status_code == 200
+        for sock in (trickle, flood, body):
+            sock.close()
+
+
+def test_uploads_in_flight_are_limited_not_sockets(run: Path, image: Path) -> None:
+    import httpx
+
+    limits = Limits(max_concurrency=1, upload_seconds=1.5)
+    with live_server(create_app(run, limits), "h11", limits) as url:
+        port = int(url.rsplit(":", 1)[1])
+        idle = [_http(port, b"") for _ in range(5)]
+        # idle sockets do not count
+        assert httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=5).status_code == 200
+        slow = _http(port, b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\nx")
+        time.sleep(0.3)
+        busy = httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=5)
+        assert busy.status_code == 503 and "in flight" in busy.json()["detail"]
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # GETs are never held up
+        assert _reply(slow).startswith(b"HTTP/1.1 408")
+        assert httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=5).status_code == 200
+        for sock in (*idle, slow):
+            sock.close()

@@ -17,7 +17,7 @@ import torch
 
 from cifarlab import checkpoint
 from cifarlab.evaluate import predict_files
-from test_export import held_out_files, tiny_run
+from conftest import held_out_files, tiny_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -37,7 +37,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from cifarlab.serve import create_app  # noqa: E402
-from test_serve import copy_run, live_server  # noqa: E402
+from conftest import copy_run, live_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import pickle
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -99,6 +101,35 @@ def test_image_folder_archives(image_folder: Path, tmp_path: Path) -> None:
         assert np.array_equal(raw.labels["test"], expected.labels["test"])
 
 
+@pytest.mark.parametrize("last", ["notes.docx", "arrays.npz", "more.zip"])
+def test_tar_ending_in_a_zip_based_file_is_read_as_tar(last: str, image_folder: Path,
+                                                       tmp_path: Path) -> None:
+    """Issue 12: zipfile finds a zip directory at the end of the file, so an uncompressed .tar
+    whose last member is zip-based was read as that zip."""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        archive.writestr("word/document.xml", "<w/>")
+    path = tmp_path / "images.tar"
+    with tarfile.open(path, "w") as tar:
+        tar.add(image_folder, arcname="folder")
+        info = tarfile.TarInfo(f"folder/{last}")
+        info.size = len(inner.getvalue())
+        tar.addfile(info, io.BytesIO(inner.getvalue()))
+    assert zipfile.is_zipfile(path)  # the trap
+    for name in ("images.tar", "images"):  # by suffix, and by the tar header without one
+        path = path.rename(tmp_path / name)
+        raw = read_source(path)
+        assert raw.kind == "image-folder-archive" and raw.classes == ["cat", "dog", "frog"]
+
+
+def test_archive_errors_are_one_line(tmp_path: Path) -> None:
+    for name in ("x.tgz", "x.tar", "x.zip"):
+        (tmp_path / name).write_bytes(b"\x1f\x8b" + b"not an archive" * 40)
+        with pytest.raises(UserError) as caught:
+            read_source(tmp_path / name)
+        assert "\n" not in str(caught.value), str(caught.value)
+
+
 def test_class_folders_without_split_are_train(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "x", ["a", "b"], n_train=3)
     flat = tmp_path / "flat"
@@ -170,3 +201,63 @@ def test_decode_garbage() -> None:
         decode_image(b"definitely not an image", "x.png")
     with pytest.raises(UserError, match="cannot decode image"):
         decode_image(png_bytes(np.zeros((32, 32, 3), np.uint8))[:40], "cut.png")
+
+
+def test_dependency_floors_cover_the_safety_claims() -> None:
+    """Issue 12: torch below 2.10 can run code from a weights_only load; numpy below 2.0 has no
+    numpy._core.numeric (every batch refused); pillow below 10.0.1 bundles a libwebp with a heap
+    overflow. The installed versions must meet the floors too."""
+    import importlib
+    import importlib.metadata
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    requirements = [Requirement(r) for r in project["dependencies"]
+                    + project["optional-dependencies"]["serve"]]
+    floors = {r.name.lower(): min(Version(s.version) for s in r.specifier if s.operator == ">=")
+              for r in requirements if r.specifier}
+    wanted = {"torch": "2.10", "numpy": "2.0", "pillow": "10.0.1", "h11": "0.16",
+              "starlette": "0.49.1"}
+    for name, least in wanted.items():
+        assert floors[name] >= Version(least), (name, floors[name])
+        assert Version(importlib.metadata.version(name)) >= floors[name], name
+    assert importlib.import_module("numpy._core.numeric")._frombuffer  # what the unpickler names
+
+
+def exif_oriented(orientation: int, fmt: str = "JPEG") -> bytes:
+    """A 64x32 image stored dark left, bright right, with an EXIF Orientation tag."""
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, 32:] = 250
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_applied(fmt: str, tmp_path: Path) -> None:
+    """Issue 12: a phone photo with Orientation 6 reached the model turned 90 degrees while the web
+    page (and every photo viewer) showed it upright. 6 means: turn 90 degrees clockwise to view,
+    so the stored left half (dark) is on top."""
+    image, resized = decode_image(exif_oriented(6, fmt), "phone.jpg")
+    assert resized
+    top, bottom = image[:12].mean(), image[-12:].mean()
+    assert top < 40 and bottom > 210, (top, bottom)
+    upright, _ = decode_image(exif_oriented(1, fmt), "plain.jpg")
+    assert upright[:, :12].mean() < 40 and upright[:, -12:].mean() > 210
+    root = write_image_folder(tmp_path / "f", ["a", "b"], n_train=1)  # and in a folder of images
+    (root / "train" / "a" / f"phone.{fmt.lower()}").write_bytes(exif_oriented(6, fmt))
+    if fmt != "WEBP":  # (not an image-folder suffix)
+        assert any(np.array_equal(x, image) for x in read_source(root).images["train"])
+
+
+def test_damaged_exif_keeps_the_pixels() -> None:
+    data = bytearray(exif_oriented(6))
+    at = data.find(b"Exif\0\0")
+    data[at + 6:at + 14] = b"\xff" * 8  # the TIFF header of the EXIF block
+    image, _ = decode_image(bytes(data), "odd.jpg")
+    assert image.shape == (32, 32, 3)

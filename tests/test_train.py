@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from cifarlab import checkpoint, distributed, trainer
 from cifarlab.config import TrainConfig, make_config
 from cifarlab.errors import Interrupted, TrainingError, UserError
+from conftest import StopAfter, read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -25,11 +25,6 @@ def tiny_config(data: Path, recipe: str = "base", **overrides: Any) -> TrainConf
     settings = {"epochs": 2, "batch_size": 32, "val_fraction": 0.2, "seed": 1, "device": "cpu"}
     settings.update(overrides)
     return make_config(recipe, data=str(data), **settings)
-
-
-def read_metrics(run: Path) -> list[dict[str, str]]:
-    with (run / "metrics.csv").open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_run_directory(toy_data: Path, tmp_path: Path) -> None:
@@ -59,22 +54,6 @@ def test_same_seed_same_numbers(toy_data: Path, tmp_path: Path) -> None:
             for i, s in enumerate((4, 4, 5))]
     assert [runs[0][k] for k in keys] == [runs[1][k] for k in keys]
     assert [runs[0][k] for k in keys] != [runs[2][k] for k in keys]
-
-
-class StopAfter(trainer._StopFlag):
-    """A Ctrl-C that arrives after `limit` training steps."""
-
-    limit = 0
-    reads = 0
-
-    @property  # type: ignore[override]
-    def stop(self) -> bool:
-        StopAfter.reads += 1
-        return StopAfter.reads > StopAfter.limit
-
-    @stop.setter
-    def stop(self, value: bool) -> None:
-        pass
 
 
 @pytest.mark.parametrize("limit", [5, 15])  # mid-epoch 1, and mid-epoch 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,42 @@ MODEL_FORMAT = "cifarlab-model"
 CHECKPOINT_FORMAT = "cifarlab-checkpoint"
 
 
+# What a model file's zip may declare, checked before torch.load, which allocates each record's
+# declared size (and inflates it) before it checks anything. torch.save stores records
+# uncompressed, one per tensor plus six: a checkpoint of the largest net has a few hundred.
+MAX_RECORDS = 10_000
+MAX_EXPANSION = 10  # a record may declare at most 10x its stored bytes (torch.save: exactly 1x)
+# data.pkl is unpickled object by object (~75 bytes of memory per byte of pickle when it is a
+# flood of empty lists); a real one is 2-5 KB plus ~150 bytes of metric history per epoch.
+MAX_PICKLE_BYTES = 2 << 20
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse a model file whose zip would make torch.load allocate more than the file holds: a
+    307 KB file declaring a deflated 300 MB record cost 301 MB before any error. The sizes come
+    from the zip's central directory, which zipfile reads without decompressing anything."""
+    unreadable = f"{path} is not a readable cifarlab file"
+    try:
+        if not zipfile.is_zipfile(path):  # torch.save writes zips; older formats read unchecked
+            raise UserError(f"{unreadable} (not a zip archive, as torch.save writes)")
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except UserError:
+        raise
+    except Exception as exc:  # zipfile raises many types on a damaged directory (NotImplementedError...)
+        raise UserError(f"{unreadable} ({exc or type(exc).__name__})") from exc
+    if len(records) > MAX_RECORDS:
+        raise UserError(f"{unreadable} ({len(records):,} records; cifarlab files have a few hundred)")
+    for record in records:
+        name = record.filename
+        if record.file_size > MAX_EXPANSION * max(record.compress_size, 1):
+            raise UserError(f"{unreadable} (record {name} declares {record.file_size:,} bytes "
+                            f"stored in {record.compress_size:,})")
+        if name.rsplit("/", 1)[-1] == "data.pkl" and record.file_size > MAX_PICKLE_BYTES:
+            raise UserError(f"{unreadable} (its pickle {name} is {record.file_size:,} bytes; "
+                            f"cifarlab writes less than {MAX_PICKLE_BYTES >> 20} MB)")
+
+
 def save(path: Path, obj: dict[str, Any]) -> None:
     """Serialise in memory, then write atomically: torch.save turns a failed write (disk full)
     into an opaque RuntimeError, while a plain write reports it as one clear UserError."""
@@ -37,6 +74,7 @@ def load(path: Path, expected_format: str) -> dict[str, Any]:
     """Load a cifarlab file safely; anything else is a clear error, never a code execution."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    _check_zip(path)
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols; we say more
             warnings.simplefilter("ignore")

@@ -88,9 +88,14 @@ def chart(runs: list[Run]) -> Figure:
 
 
 def write_chart(runs: list[Run], out_dir: Path) -> Path:
-    """compare.png in `out_dir`: the val accuracy per epoch of every run."""
-    path = out_dir / "compare.png"
-    fsio.write_bytes(path, plots.to_png(chart(runs)))
+    """compare.png in `out_dir`: the val accuracy per epoch of every run. A compare.png that
+    cifarlab did not write is never replaced (fsio.write_outputs)."""
+    return write_chart_file(runs, out_dir / "compare.png")
+
+
+def write_chart_file(runs: list[Run], path: Path) -> Path:
+    """The chart as a PNG at `path`, which may replace only a file that cifarlab wrote."""
+    fsio.write_outputs(path.parent, {path.name: plots.to_png(chart(runs))})
     return path
 
 

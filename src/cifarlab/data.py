@@ -4,17 +4,25 @@ Where the data comes from: `--data SRC`, else `$CIFARLAB_DATA`, else the officia
 in `~/.cache/cifarlab` (`$XDG_CACHE_HOME/cifarlab`), else a download of it.
 
 Decoding 50,000 JPEGs takes many seconds, so the decoded arrays are cached in one uncompressed
-.npz keyed by the source's path, size and modification time; loading that takes a fraction of a
-second. The validation split is carved from the end of a seeded, per-class shuffle of train, so
-every run with the same `val_fraction` and `split_seed` validates on the same images.
+.npz keyed by the source's path and, for it or each file in it, size, modification and change
+times and inode (a file replaced by one of the same size and the same mtime, as `cp -p`, `rsync -a`
+and tar extraction leave it, still gets a new inode or ctime); loading that takes a fraction of a
+second. A new entry replaces the older ones of the same path (each is ~180 MB for CIFAR-10). A
+cache file that cannot be read, whatever the reason, is decoded again and overwritten.
+
+The validation split is the source's val/ folder when it has one; otherwise it is carved from the
+end of a seeded, per-class shuffle of train, so every run with the same `val_fraction` and
+`split_seed` validates on the same images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import zipfile
+import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +31,11 @@ import numpy as np
 from cifarlab import fsio
 from cifarlab.download import download_official
 from cifarlab.errors import UserError, warn
-from cifarlab.sources import OFFICIAL_DIRNAME, RawData, read_source
+from cifarlab.sources import OFFICIAL_DIRNAME, RawData, list_files, read_source
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key holds inodes and ctimes, the name the path's own hash; val splits
+STALE_TMP_SECONDS = 3600  # a .tmp this old in the cache is from a write that died (one takes seconds)
+OLD_CACHE_NAME = re.compile(r"[0-9a-f]{20}\.npz")  # version 1's names, which nothing reads any more
 
 
 @dataclass
@@ -61,24 +71,48 @@ def resolve_source(data: str | os.PathLike[str] | None, quiet: bool = False) -> 
     return download_official(cache_dir(), quiet=quiet)
 
 
-def _fingerprint(path: Path) -> str:
-    """Path + size + mtime; for a folder, of every file in it (a changed image changes the key)."""
+def _fingerprint(path: Path) -> tuple[str, str]:
+    """(hash of the path, hash of the path and its contents' stat): the cache file's name is both,
+    so that newer entries for a path can replace the older ones."""
     try:
         if path.is_dir():
             entries = []
-            for file in sorted(path.rglob("*")):
-                if file.is_file():
-                    stat = file.stat()
-                    entries.append(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}")
+            for name in list_files(path):
+                stat = (path / name).stat()
+                entries.append(f"{name}:{_stat_key(stat)}")
             # surrogatepass: file names that are not UTF-8 come as lone surrogates
             detail = hashlib.sha1("\n".join(entries).encode("utf-8", "surrogatepass")).hexdigest()
         else:
-            stat = path.stat()
-            detail = f"{stat.st_size}:{stat.st_mtime_ns}"
+            detail = _stat_key(path.stat())
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    key = f"v{CACHE_VERSION}|{path}|{detail}"
-    return hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    where = hashlib.sha1(str(path).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    what = hashlib.sha1(f"v{CACHE_VERSION}|{path}|{detail}".encode("utf-8", "surrogatepass"))
+    return where, what.hexdigest()[:20]
+
+
+def _stat_key(stat: os.stat_result) -> str:
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
+
+
+def _prune_cache(folder: Path, keep: Path, where: str) -> None:
+    """Remove the cache entries of the same source path but older contents, entries of the old
+    naming, and temporary files of writes that died: each entry is ~180 MB for CIFAR-10."""
+    now = time.time()
+    for file in folder.iterdir():
+        name = file.name
+        stale_tmp = name.endswith(".tmp") and now - _mtime(file) > STALE_TMP_SECONDS
+        replaced = name.startswith(f"{where}-") and name.endswith(".npz") and file != keep
+        if stale_tmp or replaced or OLD_CACHE_NAME.fullmatch(name):
+            with contextlib.suppress(OSError):  # another process may have removed it already
+                file.unlink()
+
+
+def _mtime(file: Path) -> float:
+    try:
+        return file.stat().st_mtime
+    except OSError:
+        return float("inf")  # gone already: not stale
 
 
 def _save_cache(file: Path, raw: RawData) -> None:
@@ -95,31 +129,48 @@ def _save_cache(file: Path, raw: RawData) -> None:
 
 
 def _load_cache(file: Path) -> RawData | None:
+    """The cached arrays, or None if the file cannot be read or does not hold what was saved: any
+    failure (a flipped bit in the zip raised NotImplementedError, forever) means decode again."""
     try:
         with np.load(file, allow_pickle=False) as npz:
             meta = json.loads(npz["meta"].tobytes())
-            raw = RawData(kind=meta["kind"], classes=list(meta["classes"]),
+            raw = RawData(kind=str(meta["kind"]), classes=[str(c) for c in meta["classes"]],
                           resized=int(meta["resized"]))
             for key in npz.files:
                 if key.endswith("_images"):
                     split = key.removesuffix("_images")
                     raw.images[split] = npz[key]
                     raw.labels[split] = npz[f"{split}_labels"]
+        _check_arrays(raw)
         return raw
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
+    except Exception:  # a cache is only a copy: whatever went wrong, the source is still there
         warn(f"ignoring an unreadable cache file {file}; decoding the source again")
         return None
 
 
+def _check_arrays(raw: RawData) -> None:
+    if "train" not in raw.images or len(raw.classes) < 2:
+        raise ValueError("no train split")
+    for split, images in raw.images.items():
+        labels = raw.labels[split]
+        if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3) or images.ndim != 4:
+            raise ValueError(f"{split} images of shape {images.shape}")
+        if labels.dtype != np.int64 or labels.shape != (len(images),):
+            raise ValueError(f"{split} labels of shape {labels.shape}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(raw.classes)):
+            raise ValueError(f"{split} labels out of range")
+
+
 def load_dataset(data: str | os.PathLike[str] | None = None, quiet: bool = False,
                  use_cache: bool = True) -> Dataset:
-    """Read a source (or its cached arrays) into a Dataset with `train` and, if any, `test`."""
+    """Read a source (or its cached arrays) into a Dataset with `train` and, if any, `val`, `test`."""
     source = resolve_source(data, quiet=quiet)
     if not source.exists():
         raise UserError(f"data source not found: {source}")
     if source.is_dir() and (source / OFFICIAL_DIRNAME).is_dir():
         source = source / OFFICIAL_DIRNAME
-    file = cache_dir() / "arrays" / f"{_fingerprint(source)}.npz"
+    where, what = _fingerprint(source)
+    file = cache_dir() / "arrays" / f"{where}-{what}.npz"
     raw = _load_cache(file) if use_cache and file.exists() else None
     if raw is None:
         if not quiet:
@@ -128,6 +179,7 @@ def load_dataset(data: str | os.PathLike[str] | None = None, quiet: bool = False
         if use_cache:
             try:
                 _save_cache(file, raw)
+                _prune_cache(file.parent, file, where)
             except UserError as exc:
                 warn(f"could not cache decoded data: {exc}")
     splits = {name: Split(raw.images[name], raw.labels[name]) for name in raw.images}
@@ -151,12 +203,21 @@ def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[n
 
 
 def make_splits(dataset: Dataset, val_fraction: float, split_seed: int = 0) -> dict[str, Split]:
-    """`train` and `val` carved from the source's train split, plus `test` if the source has one."""
+    """`train` and `val`, plus `test` if the source has one. `val` is the source's val/ folder when
+    it has one (then `val_fraction` is not used), else carved from the source's train split."""
     full = dataset.splits["train"]
-    train_idx, val_idx = split_indices(full.labels, val_fraction, split_seed)
-    splits = {"train": Split(full.images[train_idx], full.labels[train_idx])}
-    if len(val_idx):
-        splits["val"] = Split(full.images[val_idx], full.labels[val_idx])
+    if "val" in dataset.splits:
+        splits = {"train": full, "val": dataset.splits["val"]}
+    else:
+        train_idx, val_idx = split_indices(full.labels, val_fraction, split_seed)
+        if val_fraction > 0 and not len(val_idx):
+            smallest = int(np.bincount(full.labels).min()) if len(full) else 0
+            raise UserError(f"--val-fraction {val_fraction:g} leaves no validation images (the "
+                            f"smallest class has {smallest}); use a larger fraction, or put "
+                            "validation images in a val/ folder")
+        splits = {"train": Split(full.images[train_idx], full.labels[train_idx])}
+        if len(val_idx):
+            splits["val"] = Split(full.images[val_idx], full.labels[val_idx])
     if "test" in dataset.splits:
         splits["test"] = dataset.splits["test"]
     return splits
@@ -164,12 +225,19 @@ def make_splits(dataset: Dataset, val_fraction: float, split_seed: int = 0) -> d
 
 def describe(dataset: Dataset, splits: dict[str, Split]) -> str:
     """A human-readable summary for `cifarlab data`."""
+    if "val" in dataset.splits:
+        val_from = "the source's val/ folder (--val-fraction is not used)"
+    elif "val" in splits:
+        val_from = "carved from train: a seeded per-class shuffle (--val-fraction)"
+    else:
+        val_from = "none"
     lines = [
         f"source:      {dataset.source}",
         f"kind:        {dataset.kind}",
         f"classes:     {len(dataset.classes)} ({', '.join(dataset.classes)})",
         "image shape: 32x32x3 uint8",
         f"cache:       {dataset.cache_file or '(not cached)'}",
+        f"validation:  {val_from}",
         "splits:",
     ]
     width = max(len(c) for c in dataset.classes)

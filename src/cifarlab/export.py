@@ -67,13 +67,14 @@ def sidecar_path(out: Path) -> Path:
 def export_model(run_or_ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = None,
                  weights: str = "best", model: checkpoint.ModelArg = None) -> tuple[Path, Path]:
     """Write the model in `fmt` and its JSON sidecar; returns (model file, sidecar). Python form of
-    `cifarlab export`."""
+    `cifarlab export`. Files cifarlab did not write are never replaced (fsio.write_outputs)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}' (choose from: {', '.join(FORMATS)})")
     if fmt == "onnx":
         require(["onnxscript", "onnx"], "onnx onnxscript", "ONNX export")
     model_file = checkpoint.find_model_file(run_or_ckpt, weights)
     classifier, record = checkpoint.load_model(model_file, model=model)
+    owned = out is None  # RUN/export/ is cifarlab's; in a folder of the user's, see fsio.write_outputs
     if out is None:
         out = default_out(model_file, fmt)
     else:
@@ -85,8 +86,8 @@ def export_model(run_or_ckpt: str | Path, fmt: str = "onnx", out: str | Path | N
     info = describe(record, fmt, out.name)
     data = _onnx_bytes(module, example, info) if fmt == "onnx" else _torchscript_bytes(module, example, info)
     info["sha256"] = hashlib.sha256(data).hexdigest()
-    fsio.write_bytes(out, data)
-    fsio.write_json(sidecar_path(out), info)
+    sidecar = (json.dumps(info, indent=2) + "\n").encode()
+    fsio.write_outputs(out.parent, {out.name: data, sidecar_path(out).name: sidecar}, owned=owned)
     return out, sidecar_path(out)
 
 

@@ -3,14 +3,19 @@
 Figures are built with `matplotlib.figure.Figure` directly, not pyplot: no GUI backend, no global
 figure registry to leak memory, and it works on a machine without a display. They are `LabFigure`s,
 which Jupyter shows inline by itself (`_repr_png_`), with no `%matplotlib inline` needed.
+
+Every text is plain text: class and run names are the user's folder names, and matplotlib would
+read `$...$` in them as math (a class named `$\\foo$` made it raise; `a$b$c` came out as math).
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -22,10 +27,30 @@ RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red, with a ✓ / ✗ for readers
 ANNOTATE_MAX_CLASSES = 20  # above this many classes, numbers in the confusion cells are unreadable
 
 
+Draw = TypeVar("Draw", bound=Callable[..., Any])
+PLAIN_TEXT: Any = {"text.parse_math": False, "text.usetex": False}
+
+
+def plain_text(draw: Draw) -> Draw:
+    """Build a figure with mathtext and TeX off (LabFigure renders it the same way): class and run
+    names are the user's folder names, which must never be read as math."""
+    @functools.wraps(draw)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with matplotlib.rc_context(PLAIN_TEXT):
+            return draw(*args, **kwargs)
+    return run  # type: ignore[return-value]
+
+
 class LabFigure(Figure):
-    """A Figure that Jupyter displays inline as PNG, and that knows how it prefers to be cropped."""
+    """A Figure that Jupyter displays inline as PNG, renders its texts as plain text, and knows how
+    it prefers to be cropped."""
 
     tight = True  # crop to the drawn content when saved (costs a second drawing pass)
+
+    def savefig(self, *args: Any, **kwargs: Any) -> None:
+        # Tick labels are made while the figure is drawn: the setting must hold until then.
+        with matplotlib.rc_context(PLAIN_TEXT):
+            super().savefig(*args, **kwargs)
 
     def _repr_png_(self) -> bytes:
         return to_png(self)
@@ -35,7 +60,9 @@ def to_png(fig: Figure, tight: bool | None = None) -> bytes:
     """PNG bytes of a figure, cropped as the figure prefers unless `tight` says otherwise."""
     tight = getattr(fig, "tight", True) if tight is None else tight
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if tight else None, facecolor="white")
+    with matplotlib.rc_context(PLAIN_TEXT):  # any Figure, not only a LabFigure
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if tight else None,
+                    facecolor="white")
     return buffer.getvalue()
 
 
@@ -45,6 +72,7 @@ def _epoch_axis(ax: Axes) -> None:
     ax.grid(alpha=0.3)
 
 
+@plain_text
 def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int) -> LabFigure:
     """Loss and accuracy per epoch, train vs val, the gap shaded, running and clean train accuracy."""
     epochs = [row["epoch"] for row in history]
@@ -72,6 +100,7 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
     return fig
 
 
+@plain_text
 def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> LabFigure:
     """Two heat maps side by side: raw counts, and each row as a share of its true class."""
     totals = counts.sum(1, keepdims=True)
@@ -95,6 +124,7 @@ def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> LabFigu
     return fig
 
 
+@plain_text
 def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool], title: str,
                columns: int = 6) -> LabFigure:
     """32x32 images enlarged without smoothing, each captioned in green (right) or red (wrong)."""
@@ -115,6 +145,7 @@ def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool
     return fig
 
 
+@plain_text
 def reliability(calibration: dict[str, Any], title: str) -> LabFigure:
     """Accuracy against confidence per bin, over the diagonal of perfect calibration; counts below.
 
@@ -142,6 +173,7 @@ def reliability(calibration: dict[str, Any], title: str) -> LabFigure:
     return fig
 
 
+@plain_text
 def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
     """Validation accuracy per epoch of several runs on one chart."""
     fig = LabFigure(figsize=(9, 5.2), layout="constrained")

@@ -219,8 +219,10 @@ class Report:
 def write_report(run: Run | str | Path, out: str | Path | None = None, data: str | None = None,
                  split: str = "val", device: str = "auto", quiet: bool = False,
                  weights: str = "best", tta: bool = False, model: ModelArg = None) -> Report:
-    """Write a run's report files into `out` (default RUN_DIR/report/); the Python form of the CLI."""
+    """Write a run's report files into `out` (default RUN_DIR/report/); the Python form of the CLI.
+    In a folder of the user's (`out`), files cifarlab did not write are never replaced."""
     run = run if isinstance(run, Run) else read_run(run)
+    owned = out is None  # RUN/report/ is cifarlab's; in a folder of the user's, see fsio.write_outputs
     out = Path(out) if out is not None else run.path / REPORT_DIRNAME
     diagnosis = diagnose(run.history)
     figures: dict[str, Figure] = {"curves.png": curves_figure(run)}
@@ -236,20 +238,22 @@ def write_report(run: Run | str | Path, out: str | Path | None = None, data: str
         skipped = (f"{run.path} has no {rundir.FINAL} (an unfinished run?), so the confusion matrix, "
                    "per-class scores, calibration and sample predictions were skipped; finish the run "
                    f"with: cifarlab train --resume {run.path}")
-    pngs = {name: plots.to_png(fig) for name, fig in figures.items()}
-    for name, png in pngs.items():
-        fsio.write_bytes(out / name, png)
-    files = list(pngs)
+    contents = {name: plots.to_png(fig) for name, fig in figures.items()}
+    pngs = dict(contents)
     metrics: dict[str, Any] = {"run": str(run.path), "diagnosis": diagnosis.to_dict()}
     if evaluation is not None:
-        fsio.write_json(out / "confusion.json", evaluation["confusion"])
+        contents["confusion.json"] = _json_bytes(evaluation["confusion"])
         metrics.update({k: v for k, v in evaluation.items() if k != "confusion"})
-        files.append("confusion.json")
     else:
         metrics["skipped"] = skipped
-    fsio.write_json(out / "metrics.json", metrics)
-    fsio.write_text(out / "report.html", render_html(run, diagnosis, evaluation, skipped, pngs))
-    return Report(out, diagnosis, evaluation, skipped, [*files, "metrics.json", "report.html"])
+    contents["metrics.json"] = _json_bytes(metrics)
+    contents["report.html"] = render_html(run, diagnosis, evaluation, skipped, pngs).encode()
+    fsio.write_outputs(out, contents, owned=owned)
+    return Report(out, diagnosis, evaluation, skipped, list(contents))
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
 
 
 def _caption(classes: list[str], true: int, predicted: int, confidence: float) -> str:
@@ -389,6 +393,7 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
                  ("ran on", f"{run.record.get('device', '?')}, {run.record.get('threads', '?')} threads"),
                  ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
                  ("command", str(run.record.get("command", "?")))]
+    parts += _understanding(run)
     parts += ["<h2>Configuration</h2>", _table(["setting", "value"], settings, kinds="tl")]
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -406,6 +411,49 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
 </body>
 </html>
 """
+
+
+EXPLAIN_CAPTIONS = {
+    "filters": "The first layer's filters: what the network looks for at the first step (colour "
+               "blobs and edges when it learned well).",
+    "feature_maps": "The strongest feature maps at a few depths: edges near the input, parts and "
+                    "textures deeper down.",
+    "gradcam_correct": "Grad-CAM: where the last conv layer looked for its most confident right "
+                       "answers (red = most evidence for the predicted class).",
+    "gradcam_wrong": "Grad-CAM for its most confident mistakes: what did it look at when it got "
+                     "the class wrong?",
+    "gradcam": "Grad-CAM on your images, for the predicted class.",
+}
+
+
+def _understanding(run: Run) -> list[str]:
+    """The explain and robustness sections, where `cifarlab explain` / `robustness` wrote files."""
+    from cifarlab import robustness
+
+    e, parts = html.escape, []
+
+    def embed(path: Path, caption: str) -> str:
+        data = base64.b64encode(path.read_bytes()).decode()
+        return (f'<figure><img src="data:image/png;base64,{data}" alt="{e(caption)}">'
+                f"<figcaption>{e(caption)}</figcaption></figure>")
+
+    explained = [run.path / rundir.EXPLAIN / f"{name}.png" for name in EXPLAIN_CAPTIONS]
+    if any(p.is_file() for p in explained):
+        parts.append("<h2>What the network learned (cifarlab explain)</h2>")
+        parts += [embed(p, EXPLAIN_CAPTIONS[p.stem]) for p in explained if p.is_file()]
+    result = robustness.load(run.path / rundir.ROBUSTNESS)
+    if result is not None:
+        rows = [("clean", f"{result.clean_acc:.1%}"), ("mean under corruption", f"{result.mean_acc:.1%}"),
+                ("relative drop", f"{result.relative_drop:.1%}")]
+        rows += [(f"{group} (mean)", f"{value:.1%}") for group, value in result.group_means.items()]
+        parts += ["<h2>Robustness to common corruptions (cifarlab robustness)</h2>",
+                  f"<p>{result.n_images:,} images, 15 CIFAR-10-C corruptions at severities "
+                  f"{', '.join(map(str, result.severities))} (docs/robustness.md).</p>",
+                  _table(["measure", "accuracy"], rows, kinds="tn")]
+        heat = run.path / rundir.ROBUSTNESS / "robustness.png"
+        if heat.is_file():
+            parts.append(embed(heat, "Accuracy per corruption and severity."))
+    return parts
 
 
 def _table(header: list[str], rows: Sequence[Sequence[str]], kinds: str) -> str:

@@ -1,8 +1,9 @@
 """Readers for every supported data source, each returning uint8 image arrays.
 
 Supported: the official `cifar-10-python.tar.gz`, its extracted `cifar-10-batches-py/` folder, and
-an image-folder tree `ROOT/{train,test}/<class>/*.{png,jpg,jpeg}` (or `ROOT/<class>/*`, train only)
-as a folder or a .tar/.tgz/.tar.gz/.zip archive of one. Images are HWC uint8, 32x32x3.
+an image-folder tree `ROOT/{train,val,test}/<class>/*.{png,jpg,jpeg}` (split folders in any case,
+val/ optional; or `ROOT/<class>/*`, train only) as a folder or a .tar/.tgz/.tar.gz/.zip archive of
+one. Images are HWC uint8, 32x32x3.
 
 The official batches are pickles. Unpickling can run arbitrary code, so they are read with an
 unpickler that only accepts the handful of numpy names a CIFAR batch actually contains, and only in
@@ -15,10 +16,14 @@ benchmarks/fuzz_readers.py and tests/test_fuzz.py check that.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
+import itertools
 import lzma
+import math
+import os
 import pickle
 import struct
 import tarfile
@@ -31,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cifarlab.errors import UserError, warn
 
@@ -40,12 +45,22 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 OFFICIAL_DIRNAME = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
-ARCHIVE_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".zip")
+TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # Limits that bound memory on hostile input, far above anything real: an official batch file is
 # 31 MB, a CIFAR image 1-3 KB, and the whole official set decodes to 180 MB.
 MAX_FILE_BYTES = 256 << 20  # one batch file, image or archive member
 MAX_ARCHIVE_BYTES = 2 << 30  # all the members of an archive that are read, together
-MAX_DECODE_PIXELS = 40_000_000  # an image larger than this (after JPEG draft scaling) is refused
+# An image larger than this is refused before decoding, even a JPEG that `draft` would decode at
+# 1/8 scale: a progressive JPEG keeps all its coefficients in memory (~3 bytes a pixel) either way.
+MAX_DECODE_PIXELS = 40_000_000
+MAX_ENTRIES = 150_000  # archive members or folder entries: CIFAR-10 as image files is 60,000
+MAX_DEPTH = 32  # folders below an image folder's root: ROOT/train/<class>/ is 2
+# tarfile reads a meta header's body (a GNU long name, a PAX header) into memory before cifarlab
+# sees the member it describes. A real one is a path or a few keys (< 1 KB); GNU tar's posix format
+# writes one per member, so 60,000 images carry ~60 MB of them.
+MAX_META_BYTES = 1 << 20
+MAX_ARCHIVE_META_BYTES = 128 << 20
+MAX_META_CHAIN = 4  # meta headers in a row before a member (PAX + long name + long link: 3)
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")  # what PIL may try (JPEG covers MPO)
 # What reading an archive can raise on damaged input, besides UserError.
 ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError,
@@ -73,14 +88,20 @@ def read_source(path: Path) -> RawData:
         if (path / "batches.meta").exists() or (path / TRAIN_BATCHES[0]).exists():
             return read_official_dir(path)
         return read_image_folder(path)
+    # The suffix decides, else the tar header: is_zipfile looks for a zip directory at the *end*, so
+    # an uncompressed .tar whose last member is a .zip, .npz or .docx would pass for that zip.
     name = path.name.lower()
     try:
+        if name.endswith(".zip"):
+            return _read_zip(path)
+        if name.endswith(TAR_SUFFIXES) or tarfile.is_tarfile(path):
+            return _read_tar(path)
         if zipfile.is_zipfile(path):
             return _read_zip(path)
-        if name.endswith(ARCHIVE_SUFFIXES) or tarfile.is_tarfile(path):
-            return _read_tar(path)
     except ARCHIVE_ERRORS as exc:
-        raise UserError(f"corrupt or truncated archive {path}: {exc or type(exc).__name__}") from exc
+        # first line only: tarfile's "could not be opened" lists every method it tried, one a line
+        reason = str(exc).strip().splitlines()[0].rstrip(":") if str(exc).strip() else type(exc).__name__
+        raise UserError(f"corrupt or truncated archive {path}: {reason}") from exc
     raise UserError(
         f"unsupported data source {path}: expected cifar-10-python.tar.gz, a cifar-10-batches-py "
         "folder, or an image folder (ROOT/train/<class>/*.png) or an archive of one"
@@ -92,15 +113,47 @@ def read_source(path: Path) -> RawData:
 
 
 _NDARRAY = object()  # stands for numpy.ndarray, which a pickle may name but never call
+# A real batch takes ~30,000 opcodes (10,000 labels and 10,000 file names; ~90,000 when Python 3
+# writes protocol 2). Each opcode can leave a ~70-byte object behind (an empty list is one byte of
+# pickle), so the budget bounds memory to ~35 MB however the bytes are spent.
+MAX_PICKLE_OPS = 500_000
+PLAIN_DTYPE_KINDS = "biuf"  # bool, int, uint, float: what a batch holds; never objects or records
 
 
-def _reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
-    """numpy's `_reconstruct` as numpy pickles use it: an empty array that BUILD then fills from
-    the pickle's own bytes. Any other shape would allocate memory the file does not hold."""
-    if subtype is not _NDARRAY or shape != (0,):
+def _plain_dtype(dtype: object) -> np.dtype:
+    """`dtype` if it is a plain number type; object, record and sub-array types are refused, so
+    numpy never reads Python objects out of pickle bytes."""
+    if (not isinstance(dtype, np.dtype) or dtype.kind not in PLAIN_DTYPE_KINDS or dtype.hasobject
+            or dtype.fields is not None or dtype.subdtype is not None):
+        raise pickle.UnpicklingError(f"refusing array type {dtype!r}")
+    return dtype
+
+
+def _byte_count(shape: object, dtype: np.dtype) -> int:
+    """How many bytes an array of `shape` needs (Python ints: no overflow)."""
+    if (not isinstance(shape, tuple) or len(shape) > 32
+            or not all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise pickle.UnpicklingError(f"bad array shape {shape!r}")
+    return math.prod(shape) * dtype.itemsize
+
+
+def _new_dtype(spec: object, align: object = False, copy: object = True) -> np.dtype:
+    """`numpy.dtype` as numpy pickles call it: a type code; always a copy, so that the BUILD that
+    follows cannot change numpy's shared instance of the type."""
+    if not isinstance(spec, (str, bytes)):
+        raise pickle.UnpicklingError("unexpected dtype construction")
+    return _plain_dtype(np.dtype(spec.decode("latin1") if isinstance(spec, bytes) else spec,
+                                 bool(align), True))
+
+
+def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> np.ndarray:
+    """numpy's protocol-5 `_frombuffer`, once the buffer holds exactly the bytes the shape needs."""
+    if not isinstance(buffer, (bytes, bytearray)) or order not in ("C", "F"):
         raise pickle.UnpicklingError("unexpected array construction")
-    real = importlib.import_module("numpy._core.multiarray")._reconstruct
-    return real(np.ndarray, shape, dtype)
+    if len(buffer) != _byte_count(shape, _plain_dtype(dtype)):
+        raise pickle.UnpicklingError(f"an array of shape {shape} does not fit {len(buffer)} bytes")
+    real = importlib.import_module("numpy._core.numeric")._frombuffer
+    return real(buffer, dtype, shape, order)
 
 
 def _encode(text: object, encoding: object = "utf-8") -> bytes:
@@ -110,17 +163,36 @@ def _encode(text: object, encoding: object = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+def _counted(op: Any) -> Callable[[Any], None]:
+    """`op`, counted against MAX_PICKLE_OPS."""
+    def run(self: _BatchUnpickler) -> None:
+        self._ops += 1
+        if self._ops > MAX_PICKLE_OPS:
+            raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS:,} pickle operations; a CIFAR "
+                                         "batch needs far fewer")
+        op(self)
+    return run
+
+
 class _BatchUnpickler(pickle._Unpickler):
     """Unpickles CIFAR batches and refuses everything else (no arbitrary code execution).
 
     It is the pure-Python unpickler: the C one sizes its memo table by the largest index a pickle
     names, so 6 hostile bytes (LONG_BINPUT 667395525) make it allocate and clear 10 GB. And a
-    bytearray may not claim more bytes than the whole pickle holds.
+    bytearray may not claim more bytes than the whole pickle holds. Memory stays proportional to
+    the file: every opcode counts against MAX_PICKLE_OPS, the bytes that calls make (`encode`)
+    against the file's size, arrays are only ever views of the pickle's own bytes, and numpy's
+    BUILD (`ndarray.__setstate__`) only runs on a fresh empty array, with a plain number type and
+    exactly the bytes its shape needs: with an object type it would read Python objects out of a
+    list and, given too short a list, crash the process.
     """
 
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data), encoding="bytes")
         self._size = len(data)
+        self._ops = 0
+        self._encoded = 0  # bytes made by _codecs.encode calls so far
+        self._unbuilt: dict[int, np.ndarray] = {}  # arrays from _reconstruct not yet filled
 
     def _load_bytearray8(self) -> None:
         this: Any = self  # read, readinto and append are set per instance by the base class
@@ -132,8 +204,30 @@ class _BatchUnpickler(pickle._Unpickler):
         this.readinto(buffer)
         this.append(buffer)
 
+    def _load_build(self) -> None:
+        this: Any = self
+        state, inst = this.stack.pop(), this.stack[-1]
+        if isinstance(inst, np.dtype):  # byte order only: (3, '<', None, None, None, -1, -1, 0)
+            if (not isinstance(state, tuple) or len(state) != 8 or state[0] != 3
+                    or state[1] not in ("<", ">", "|", "=") or state[2:5] != (None, None, None)):
+                raise pickle.UnpicklingError("unexpected dtype state")
+        elif self._unbuilt.pop(id(inst), None) is inst:
+            if not isinstance(state, tuple) or len(state) != 5 or state[0] != 1:
+                raise pickle.UnpicklingError("unexpected array state")
+            _, shape, dtype, fortran, raw = state
+            if not isinstance(fortran, bool) or not isinstance(raw, (bytes, bytearray)):
+                raise pickle.UnpicklingError("unexpected array state")
+            if len(raw) != _byte_count(shape, _plain_dtype(dtype)):
+                raise pickle.UnpicklingError(f"an array of shape {shape} and type {dtype} does "
+                                             f"not fit {len(raw)} bytes")
+        else:
+            raise pickle.UnpicklingError(f"unexpected BUILD of {type(inst).__name__}")
+        inst.__setstate__(state)
+
     dispatch: ClassVar[dict[int, Callable[[Any], None]]] = {
-        **pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _load_bytearray8}
+        key: _counted(op) for key, op in {**pickle._Unpickler.dispatch,
+                                          pickle.BYTEARRAY8[0]: _load_bytearray8,
+                                          pickle.BUILD[0]: _load_build}.items()}
 
     ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"),
@@ -148,15 +242,25 @@ class _BatchUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if name == "_reconstruct":
-            return _reconstruct
-        if name == "ndarray":
-            return _NDARRAY
-        if name == "encode":
-            return _encode
-        if module.startswith("numpy.core."):
-            module = "numpy._core." + module.removeprefix("numpy.core.")
-        return getattr(importlib.import_module(module), name)
+        return {"_reconstruct": self._reconstruct, "_frombuffer": _frombuffer, "ndarray": _NDARRAY,
+                "dtype": _new_dtype, "encode": self._encode}[name]
+
+    def _reconstruct(self, subtype: object, shape: object, dtype: object) -> np.ndarray:
+        """numpy's `_reconstruct` as numpy pickles use it: an empty array that BUILD then fills
+        from the pickle's own bytes. Any other shape would allocate memory the file does not hold."""
+        if subtype is not _NDARRAY or shape != (0,) or not isinstance(dtype, (bytes, str)):
+            raise pickle.UnpicklingError("unexpected array construction")
+        real = importlib.import_module("numpy._core.multiarray")._reconstruct
+        array = real(np.ndarray, (0,), np.uint8)  # BUILD sets the real type, checked there
+        self._unbuilt[id(array)] = array
+        return array
+
+    def _encode(self, text: object, encoding: object = "utf-8") -> bytes:
+        data = _encode(text, encoding)
+        self._encoded += len(data)
+        if self._encoded > self._size:  # each call copies: a memoized string could be copied forever
+            raise pickle.UnpicklingError("codecs.encode calls make more bytes than the file holds")
+        return data
 
 
 def load_batch(data: bytes, name: str) -> dict[str, object]:
@@ -249,16 +353,18 @@ def file_md5(path: Path) -> str:
 
 def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:
     """Decode a PNG, JPEG, GIF, BMP, WebP or TIFF image to 32x32 RGB uint8; also say whether it had
-    to be resized. Images over MAX_DECODE_PIXELS are refused before they are decoded."""
+    to be resized. Images over MAX_DECODE_PIXELS (by their header) are refused before decoding."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Corrupt EXIF data" and such: the pixels are fine
             with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # lets JPEG decode at reduced size
                 width, height = img.size
                 if width * height > MAX_DECODE_PIXELS:
                     raise UserError(f"image {name} is {width}x{height} pixels, larger than "
                                     f"cifarlab decodes ({MAX_DECODE_PIXELS:,} pixels)")
+                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))  # lets JPEG decode at reduced size
+                img.load()
+                _upright(img)
                 rgb = _to_rgb(img)
     except UserError:
         raise
@@ -270,12 +376,32 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:
     return np.asarray(rgb, dtype=np.uint8), resized
 
 
+def _upright(img: Image.Image) -> None:
+    """Turn a loaded image the way its EXIF Orientation says, as browsers and photo viewers show it:
+    a phone stores a portrait photo sideways with Orientation 6. Damaged EXIF leaves it as stored."""
+    with contextlib.suppress(Exception):  # EXIF parsers raise many types on damaged data
+        ImageOps.exif_transpose(img, in_place=True)
+
+
+def _grey_levels(img: Image.Image) -> np.ndarray:
+    """A 32-bit integer or float grey image as uint8, every mode the same way: by the range its
+    values fit, 0..1 (floats only), 0..255, 0..65535, else 0..max. A 16-bit mode (I;16) says its
+    range itself. Not the PIL way, which clips floats at 255 (0..1 becomes black) and integers too."""
+    array = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = float(array.max()) if array.size else 0.0
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    elif img.mode == "F" and peak <= 1.0:
+        top = 1.0
+    else:
+        top = next((t for t in (255.0, 65535.0) if peak <= t), peak)
+    return np.clip(np.rint(array / top * 255.0), 0, 255).astype(np.uint8)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode (P, LA, RGBA, CMYK, I;16, ...) to RGB; transparency goes on white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        img = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8))
+    """Convert any mode (P, LA, RGBA, CMYK, I;16, F, ...) to RGB; transparency goes on white."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = Image.fromarray(_grey_levels(img))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -283,31 +409,50 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# Split folders, matched in any case (Train/, TEST/); valid/ and validation/ are val/ too.
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def _split_of(path: str) -> str | None:
+    """The split of ROOT/<split>/<class>/<image>, or None if the image is not under a split folder."""
+    parts = PurePosixPath(path).parts
+    return SPLIT_FOLDERS.get(parts[-3].lower()) if len(parts) >= 3 else None
+
+
 def _parse_layout(paths: list[str], origin: str) -> dict[str, dict[str, list[str]]]:
-    """{split: {class: [paths]}} for ROOT/{train,test}/<class>/* (or ROOT/<class>/*: train only)."""
+    """{split: {class: [paths]}} for ROOT/{train,val,test}/<class>/* (or ROOT/<class>/*: train only)."""
     images = [p for p in paths if _is_image(p)]
     if not images:
         raise UserError(f"{origin}: no images found (.png, .jpg, .jpeg)")
+    with_split = [p for p in images if _split_of(p)]
+    if with_split and len(with_split) < len(images):
+        outside = sorted(set(images) - set(with_split))
+        warn(f"{origin}: ignored {len(outside)} image(s) outside the train/, val/ and test/ folders "
+             f"(such as {outside[0]})")
     layout: dict[str, dict[str, list[str]]] = {}
-    with_split = [p for p in images if len(PurePosixPath(p).parts) >= 3
-                  and PurePosixPath(p).parts[-3] in ("train", "test")]
-    chosen = with_split or images
-    for p in sorted(chosen):
+    folders: dict[str, str] = {}  # split -> the folder it was found in
+    for p in sorted(with_split or images):
         parts = PurePosixPath(p).parts
         if len(parts) < 2:
             raise UserError(f"{origin}: image {p} is not inside a class folder")
-        split = parts[-3] if with_split else "train"
+        split = _split_of(p) or "train"
+        folder = "/".join(parts[:-2]) if with_split else ""
+        if folders.setdefault(split, folder) != folder:  # e.g. Train/ and train/: never merged
+            raise UserError(f"{origin}: both {folders[split]}/ and {folder}/ look like the {split} "
+                            "split; keep one")
         layout.setdefault(split, {}).setdefault(_display(parts[-2]), []).append(p)
     if "train" not in layout:
-        raise UserError(f"{origin}: found a test/ folder but no train/ folder")
-    if "test" in layout:
-        train_classes, test_classes = set(layout["train"]), set(layout["test"])
-        if train_classes - test_classes:
-            missing = ", ".join(sorted(train_classes - test_classes))
-            raise UserError(f"{origin}: class folder(s) {missing} in train/ but missing from test/")
-        if test_classes - train_classes:
-            extra = ", ".join(sorted(test_classes - train_classes))
-            raise UserError(f"{origin}: class folder(s) {extra} in test/ but not in train/")
+        found = ", ".join(f"{folder}/" for folder in folders.values())
+        raise UserError(f"{origin}: found {found} but no train/ folder")
+    train_classes = set(layout["train"])
+    for split in layout.keys() - {"train"}:
+        where = PurePosixPath(folders[split]).name
+        if train_classes - set(layout[split]):
+            missing = ", ".join(sorted(train_classes - set(layout[split])))
+            raise UserError(f"{origin}: class folder(s) {missing} in train/ but missing from {where}/")
+        if set(layout[split]) - train_classes:
+            extra = ", ".join(sorted(set(layout[split]) - train_classes))
+            raise UserError(f"{origin}: class folder(s) {extra} in {where}/ but not in train/")
     if len(layout["train"]) < 2:
         raise UserError(f"{origin}: need at least 2 class folders, found {len(layout['train'])}")
     return layout
@@ -346,12 +491,41 @@ def _decode_layout(layout: dict[str, dict[str, list[str]]], read: Callable[[str]
     return raw
 
 
+def list_files(root: Path) -> list[str]:
+    """The files under `root` (links to files too; not FIFOs or devices), as sorted relative POSIX
+    paths. A loop, not recursion: pathlib's rglob recurses and a tree ~1000 folders deep ends in
+    RecursionError. Links to folders are not followed (no loops); more than MAX_DEPTH folders deep
+    or MAX_ENTRIES entries is a UserError."""
+    found, pending, entries = [], [(root, 0)], 0
+    while pending:
+        folder, depth = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                children = list(listing)
+        except OSError as exc:
+            raise UserError(f"cannot read {folder}: {exc.strerror or exc}") from exc
+        entries += len(children)
+        if entries > MAX_ENTRIES:
+            raise UserError(f"{root} holds more than {MAX_ENTRIES:,} files and folders; cifarlab "
+                            "reads image folders of CIFAR size")
+        for child in children:
+            if child.is_dir(follow_symlinks=False):
+                if depth >= MAX_DEPTH:
+                    raise UserError(f"{root} has folders more than {MAX_DEPTH} levels deep "
+                                    f"({child.path}); expected ROOT/<split>/<class>/<image>")
+                pending.append((Path(child.path), depth + 1))
+            else:
+                try:
+                    is_file = child.is_file()  # follows a link; a loop or a dangling one is not
+                except OSError:
+                    is_file = False
+                if is_file:
+                    found.append(Path(child.path).relative_to(root).as_posix())
+    return sorted(found)
+
+
 def read_image_folder(root: Path) -> RawData:
-    paths = []
-    for file in root.rglob("*"):
-        if file.is_file():
-            paths.append(file.relative_to(root).as_posix())
-    layout = _parse_layout(paths, str(root))
+    layout = _parse_layout(list_files(root), str(root))
     return _decode_layout(layout, lambda p: read_file(root / p), "image-folder")
 
 
@@ -361,8 +535,15 @@ def _read_tar(path: Path) -> RawData:
     batch_files: dict[str, bytes] = {}
     images: dict[str, bytes] = {}
     total = 0
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
+    with _TarFile.open(path, "r:*") as tar:
+        for count in itertools.count(1):
+            member = tar.next()
+            if member is None:
+                break
+            tar.members.clear()  # type: ignore[attr-defined]  # tarfile keeps each header (~500 bytes)
+            if count > MAX_ENTRIES:
+                raise UserError(f"{path} has more than {MAX_ENTRIES:,} entries; extract it and pass "
+                                "the folder")
             base = PurePosixPath(member.name).name
             if not member.isfile() or not (base in official or _is_image(member.name)):
                 continue
@@ -384,6 +565,44 @@ def _read_tar(path: Path) -> RawData:
     return _decode_layout(layout, images.__getitem__, "image-folder-archive")
 
 
+_PlainTarInfo: Any = tarfile.TarInfo  # typeshed does not declare the methods overridden here
+
+
+class _TarInfo(_PlainTarInfo):
+    """A tar header that refuses meta headers (long names, PAX) too large, too many or chained too
+    deep, before tarfile reads their bodies into memory, and sparse members, whose maps tarfile
+    also builds in memory (images are never sparse)."""
+
+    def _proc_member(self, tar: Any) -> Any:
+        if self.type not in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                             tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+            tar.meta_chain = 0
+            return super()._proc_member(tar)
+        tar.meta_bytes += self.size
+        tar.meta_chain += 1
+        if self.size > MAX_META_BYTES:
+            problem = f"a tar header claims {self.size:,} bytes of file name or PAX data"
+        elif tar.meta_bytes > MAX_ARCHIVE_META_BYTES:
+            problem = f"more than {MAX_ARCHIVE_META_BYTES >> 20} MB of file-name and PAX headers"
+        elif tar.meta_chain > MAX_META_CHAIN:
+            problem = f"more than {MAX_META_CHAIN} file-name or PAX headers in a row"
+        else:
+            return super()._proc_member(tar)
+        raise UserError(f"{tar.name}: {problem}; real archives need far less")
+
+    def _refuse_sparse(self, *args: Any) -> Any:
+        raise UserError("a tar archive with sparse members: not an image folder (images are "
+                        "never sparse)")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
+class _TarFile(tarfile.TarFile):
+    tarinfo = _TarInfo
+    meta_bytes = 0  # meta-header bytes read so far
+    meta_chain = 0  # meta headers in a row so far
+
+
 def _check_member(name: str, size: int, total: int, archive: Path) -> None:
     _check_size(size, f"{archive}: member {name}")
     if total > MAX_ARCHIVE_BYTES:
@@ -394,9 +613,13 @@ def _check_member(name: str, size: int, total: int, archive: Path) -> None:
 def _read_zip(path: Path) -> RawData:
     official = {"batches.meta", *TRAIN_BATCHES, "test_batch"}
     with zipfile.ZipFile(path) as archive:
-        # (not ZipInfo.is_dir(), which raises IndexError on an empty member name)
-        infos = {i.filename: i for i in archive.infolist()
-                 if i.filename and not i.filename.endswith("/")}
+        # Windows tools (PowerShell's Compress-Archive) write train\cat\0.png: a backslash is a
+        # separator here. (Not ZipInfo.is_dir(), which raises IndexError on an empty name.)
+        infos = {i.filename.replace("\\", "/"): i for i in archive.infolist()}
+        infos = {name: info for name, info in infos.items() if name and not name.endswith("/")}
+        if len(infos) > MAX_ENTRIES:
+            raise UserError(f"{path} has more than {MAX_ENTRIES:,} entries; extract it and pass "
+                            "the folder")
         if any(PurePosixPath(n).name == TRAIN_BATCHES[0] for n in infos):
             wanted = [n for n in infos if PurePosixPath(n).name in official]
             files = dict(zip((PurePosixPath(n).name for n in wanted),

@@ -418,7 +418,8 @@ class Trainer:
         summary = self.summary()
         if config.tta:  # the final figure with test-time augmentation (6 views: see evaluate)
             tta_started = time.perf_counter()
-            tta = [evaluate_split(self.model, self.data.val, self.device, tta=True)["accuracy"]
+            tta = [evaluate_split(self.model, self.data.val, self.device, tta=True,
+                                  tta_fraction=config.tta_fraction)["accuracy"]
                    if main else 0.0]
             summary["val_acc_tta"] = distributed.from_main(tta, self.device)[0]
             summary["tta_seconds"] = time.perf_counter() - tta_started

@@ -22,8 +22,10 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import cifarlab.api as cl
-    from cifarlab import fsio, plots
+    from cifarlab.comparison import write_chart_file
     from cifarlab.errors import warn
 
     comparison = cl.compare(args.runs, skip_non_runs=True)
@@ -31,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
         warn(f"skipped {path}: not a cifarlab run")
     print(comparison.format(args.format))
     if args.chart:
-        fsio.write_bytes(args.chart, plots.to_png(comparison.chart()))
+        write_chart_file(comparison.runs, Path(args.chart))
         print(f"wrote {args.chart} (val accuracy per epoch)", file=sys.stderr)
     return 0

@@ -35,7 +35,7 @@ def register(commands: Any) -> None:
                    help="largest image accepted, width x height, checked before decoding "
                         "(default: %(default)d)")
     s.add_argument("--max-concurrency", type=int, default=defaults.max_concurrency,
-                   help="open connections at once; more are answered 503 (default: %(default)d)")
+                   help="uploads in flight at once; more are answered 503 (default: %(default)d)")
     options.weights(s)
     options.model(s)
     s.set_defaults(func=run)
@@ -48,14 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
-    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-pixels", args.max_pixels),
-                        ("--max-concurrency", args.max_concurrency)):
-        if value <= 0:
-            raise UserError(f"{flag} must be positive, got {value:g}")
+    limits = Limits.from_megabytes(args.max_upload_mb, max_pixels=args.max_pixels,
+                                   max_concurrency=args.max_concurrency)
     require(["fastapi", "uvicorn", "python_multipart"], SERVE_PACKAGES, "cifarlab serve")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"listening on {args.host}: other machines can reach this server")
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                    max_concurrency=args.max_concurrency)
     serve(args.run, args.host, args.port, limits, args.weights, args.model)
     return 0
