@@ -245,6 +245,15 @@ class Run:
         path, _ = export_model(self.path, format, out, weights, self._model_factory())
         return path
 
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, weights: str = "best",
+              **limits: Any) -> None:
+        """The web demo and JSON API for this model until Ctrl-C (docs/serving.md); `limits` are
+        serve_limits.Limits fields, e.g. max_upload_bytes, max_concurrency."""
+        from cifarlab.serve import serve
+        from cifarlab.serve_limits import Limits
+
+        serve(self.path, host, port, Limits(**limits), weights, self._model_factory())
+
     def resume(self, epochs: int | None = None, **kwargs: Any) -> Run:
         """Train on: to the run's own end, or (constant schedules) to `epochs`. See `cl.resume`."""
         return resume(self.path, epochs=epochs, model=self._model_arg, **kwargs)
