@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from cifarlab.errors import UserError, warn
 from cifarlab.sources import OFFICIAL_DIRNAME, RawData, read_source
 
 CACHE_VERSION = 1
+NOTICE_AFTER = 0.5  # seconds of decoding before saying so
 
 
 @dataclass
@@ -44,6 +46,11 @@ class Dataset:
     classes: list[str]
     splits: dict[str, Split]
     cache_file: Path | None = None
+
+    def __repr__(self) -> str:  # the arrays are far too long to print
+        sizes = ", ".join(f"{name} {len(split):,}" for name, split in self.splits.items())
+        return (f"Dataset({self.kind} at {self.source}: {len(self.classes)} classes "
+                f"({', '.join(self.classes)}); {sizes} images)")
 
 
 def cache_dir() -> Path:
@@ -122,9 +129,16 @@ def load_dataset(data: str | os.PathLike[str] | None = None, quiet: bool = False
     file = cache_dir() / "arrays" / f"{_fingerprint(source)}.npz"
     raw = _load_cache(file) if use_cache and file.exists() else None
     if raw is None:
+        # Said only once decoding has taken a moment, so that a source that fails at once (empty,
+        # not an archive) gets its one-line error and nothing before it.
+        notice = threading.Timer(NOTICE_AFTER, print, [f"decoding {source} (once; cached as uint8 "
+                                                       "arrays) ..."], {"flush": True})
         if not quiet:
-            print(f"decoding {source} (once; cached as uint8 arrays) ...", flush=True)
-        raw = read_source(source)
+            notice.start()
+        try:
+            raw = read_source(source)
+        finally:
+            notice.cancel()
         if use_cache:
             try:
                 _save_cache(file, raw)
@@ -151,7 +165,10 @@ def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[n
 
 
 def make_splits(dataset: Dataset, val_fraction: float, split_seed: int = 0) -> dict[str, Split]:
-    """`train` and `val` carved from the source's train split, plus `test` if the source has one."""
+    """`train` and `val` carved from the source's train split, plus `test` if the source has one.
+    A source of test images only (the official test set as images) has just `test`."""
+    if "train" not in dataset.splits:
+        return {"test": dataset.splits["test"]}
     full = dataset.splits["train"]
     train_idx, val_idx = split_indices(full.labels, val_fraction, split_seed)
     splits = {"train": Split(full.images[train_idx], full.labels[train_idx])}

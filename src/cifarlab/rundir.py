@@ -152,8 +152,15 @@ def metrics_csv(history: list[dict[str, Any]]) -> str:
                             extrasaction="ignore")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """6 significant digits; an empty cell for a number that was not measured (no val images)."""
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else ""
+    return value
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
