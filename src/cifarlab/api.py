@@ -281,7 +281,8 @@ def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: 
                         "register the model in a file and pass model='file.py:Class'")
     if cfg.budget is not None:
         raise UserError("--budget sizes a run for one process; leave out --nproc")
-    run_dir = rundir.create(out, cfg.recipe)  # settled once, so that every worker names it
+    # settled once, so that every worker names it
+    run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model))
     (run_dir / rundir.MARKER).unlink()  # the workers' rank 0 claims it again
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(cfg.to_dict(), handle)

@@ -91,6 +91,12 @@ def create(out: str | os.PathLike[str] | None, recipe: str, root: Path = DEFAULT
     raise UserError(f"cannot find a free run folder name in {root}")
 
 
+def stem(recipe: str, model: str) -> str:
+    """What a new run folder is named after: the recipe, or the class of your own model
+    ("SmallVGG" for "__main__:SmallVGG" or "nets.py:SmallVGG"), which says more than "base"."""
+    return model.rsplit(":", 1)[-1] if ":" in model else recipe
+
+
 def _claim(path: Path) -> None:
     try:
         fd = os.open(path / MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)

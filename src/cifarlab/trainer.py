@@ -644,7 +644,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str] | None = None, *,
     ctx = distributed.from_env()
     existed = out is not None and Path(out).is_dir()
     if ctx.is_main:
-        run_dir = rundir.create(out, config.recipe)
+        run_dir = rundir.create(out, rundir.stem(config.recipe, config.model))
     elif out is None:
         raise UserError("under torchrun every process needs the same --out DIR")
     else:
