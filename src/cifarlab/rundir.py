@@ -92,9 +92,14 @@ def create(out: str | os.PathLike[str] | None, recipe: str, root: Path = DEFAULT
 
 
 def stem(recipe: str, model: str) -> str:
-    """What a new run folder is named after: the recipe, or the class of your own model
-    ("SmallVGG" for "__main__:SmallVGG" or "nets.py:SmallVGG"), which says more than "base"."""
-    return model.rsplit(":", 1)[-1] if ":" in model else recipe
+    """What a new run folder is named after: the recipe, or the model when it is not the recipe's
+    own ("SmallVGG" for "__main__:SmallVGG" or "nets.py:SmallVGG"), which says more than "base"."""
+    from cifarlab.config import RECIPES
+
+    if ":" in model:
+        return model.rsplit(":", 1)[-1]
+    own = RECIPES[recipe].settings.get("model") if recipe in RECIPES else None
+    return recipe if model == own else model
 
 
 def _claim(path: Path) -> None:
