@@ -1,11 +1,11 @@
-"""The Python examples of README.md and docs/api.md run, so the documentation cannot rot.
+"""The Python examples of README.md, docs/api.md and docs/from-keras.md run, so the docs cannot rot.
 
 Each file's ```python blocks run in order in one namespace, as a reader would paste them, in a
 fresh folder, with two substitutions: the shared archive's path becomes a tiny generated image
 folder (10 classes like CIFAR-10, 40 training and 5 test images each), and every `epochs=N`
-becomes `epochs=1`.
-The folder also holds the `my_cat.jpg` the examples classify. The docs must also name every page
-in docs/ (README) and every public name of the API (docs/api.md).
+becomes `epochs=1`. The folder also holds the `my_cat.jpg` the examples classify. Blocks fenced
+as ```python keras (the Keras side of from-keras.md) are for reading and do not run. The docs must
+also name every page in docs/ (README) and every public name of the API (docs/api.md).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def sandbox(tmp_path: Path, ten_classes: Path, monkeypatch: pytest.MonkeyPatch) 
         del MODELS[name]
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/api.md"])
+@pytest.mark.parametrize("page", ["README.md", "docs/api.md", "docs/from-keras.md"])
 def test_python_examples_run(page: str, sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocks = python_blocks(ROOT / page)
     assert blocks, f"{page} has no python examples"
