@@ -69,7 +69,7 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
                             label="gap: clean train − val")
     acc_ax.set(title="Accuracy per epoch" + ("" if has_val else " (no validation images)"),
                ylabel="accuracy")
-    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
     for ax in (loss_ax, acc_ax):
         if best_val_loss_epoch:
             ax.axvline(best_val_loss_epoch, color="gray", linestyle=":",
@@ -185,7 +185,7 @@ def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
         ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], "o-", markersize=3,
                 label=f"{label}: {history[-1]['val_acc']:.1%}")
     ax.set(title="Validation accuracy per epoch (legend: final val accuracy)", ylabel="val accuracy")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
     _epoch_axis(ax)
     ax.legend(loc="lower right", fontsize=9)  # curves rise from the lower left; this corner stays free
     return fig
