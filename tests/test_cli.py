@@ -263,3 +263,18 @@ def test_compare_tta_measures_what_the_summary_lacks(trained_run: Path,
     assert main(["compare", str(trained_run), "--tta", "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert 0 <= row["val_acc_tta"] <= 1 and row["best_epoch"] in (1, 2)
+
+
+class _Pickled:
+    """Any class: a file holding one can only be loaded by running code."""
+
+
+def test_unsafe_checkpoint_is_refused_in_our_words(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    hostile = tmp_path / "model.pt"
+    torch.save({"format": "cifarlab-model", "payload": _Pickled()}, hostile)
+    assert main(["evaluate", str(hostile)]) == 2
+    err = one_line_error(capsys)
+    assert "refused" in err and "weights_only" not in err and "0x" not in err
