@@ -130,15 +130,16 @@ def run(args: argparse.Namespace) -> int:
         cl.trials(n=args.trials, seed=changes.pop("seed", 0), nproc=args.nproc, **common, **changes)
         return 0
     run = cl.train(nproc=args.nproc, **common, **changes)
-    done(args, run.summary)
+    done(args, run)
     return 0
 
 
-def done(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+def done(args: argparse.Namespace, run: Any) -> None:
+    """The result: summary.json with --json, two lines of text unless --quiet."""
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(run.summary))
     elif not args.quiet:
-        print_done(summary)
+        print_done(run.summary)
 
 
 def resume(args: argparse.Namespace, changes: dict[str, Any]) -> int:
@@ -151,7 +152,7 @@ def resume(args: argparse.Namespace, changes: dict[str, Any]) -> int:
     path = Path(args.resume) if args.resume else Path(args.out) if args.out else rundir.latest()
     model = changes.pop("model", None)
     run = cl.resume(path, model=model, quiet=args.quiet, nproc=args.nproc, **changes)
-    done(args, run.summary)
+    done(args, run)
     return 0
 
 
