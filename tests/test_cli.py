@@ -211,6 +211,8 @@ def test_final_fit_without_validation(toy_data: Path, tmp_path: Path,
     [report] = json.loads(capsys.readouterr().out)
     assert report["diagnosis"]["verdict"] == "no validation" and report["skipped"]
     assert (run / "report" / "curves.png").is_file()
+    page = (run / "report" / "report.html").read_text()
+    assert "train accuracy (clean, eval mode)" in page and "<td>val accuracy</td>" not in page
     assert main(["compare", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["val_acc"] is None
 

@@ -42,7 +42,7 @@ def to_png(fig: Figure, tight: bool | None = None) -> bytes:
 def _epoch_axis(ax: Axes) -> None:
     ax.set_xlabel("epoch")
     low, high = ax.get_xlim()
-    if high - low < 2:  # a single epoch: whole-number ticks around it, not 0.95 ... 1.05
+    if high - low < 1:  # a single epoch: whole-number ticks around it, not 0.95 ... 1.05
         middle = round((low + high) / 2)
         ax.set_xlim(middle - 1, middle + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -348,7 +348,9 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
         ("seconds per epoch", f"{np.mean([r['seconds'] for r in history]):.1f}"),
     ]
     if not has_val:
-        final = [row for row in final if "val" not in row[0]]
+        val_rows = {"val loss", "val accuracy", "gap (clean train − val)", "best val accuracy",
+                    "lowest val loss"}
+        final = [row for row in final if row[0] not in val_rows]
         final.insert(4, ("validation", "none: --val-fraction 0, the final fit on all training images"))
     if evaluation is not None:
         final += [
