@@ -39,6 +39,13 @@ def to_png(fig: Figure, tight: bool | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def _percent_axis(ax: Axes) -> None:
+    """Whole percents, unless the axis spans under 5 points (then as many decimals as it needs,
+    so that ticks never read 30% 30% 30%)."""
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if high - low >= 0.05 else None))
+
+
 def _epoch_axis(ax: Axes) -> None:
     ax.set_xlabel("epoch")
     low, high = ax.get_xlim()
@@ -69,7 +76,7 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
                             label="gap: clean train − val")
     acc_ax.set(title="Accuracy per epoch" + ("" if has_val else " (no validation images)"),
                ylabel="accuracy")
-    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    _percent_axis(acc_ax)
     for ax in (loss_ax, acc_ax):
         if best_val_loss_epoch:
             ax.axvline(best_val_loss_epoch, color="gray", linestyle=":",
@@ -185,7 +192,7 @@ def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
         ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], "o-", markersize=3,
                 label=f"{label}: {history[-1]['val_acc']:.1%}")
     ax.set(title="Validation accuracy per epoch (legend: final val accuracy)", ylabel="val accuracy")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+    _percent_axis(ax)
     _epoch_axis(ax)
     ax.legend(loc="lower right", fontsize=9)  # curves rise from the lower left; this corner stays free
     return fig
