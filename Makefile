@@ -1,9 +1,10 @@
 # cifarlab: `make train` trains the default recipe, `make test` runs lint, types and tests.
-# Each target installs what it needs into .venv first.
+# Each target installs what it needs into .venv first: `train` only what training needs,
+# `test` the development tools on top, `lab` JupyterLab for the notebooks in examples/.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/pip install -q --disable-pip-version-check
 # torch is pinned: on these machines torch==2.13.0 is a CPU build on local disk; a looser
 # requirement would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
@@ -11,20 +12,30 @@ RECIPE ?= base
 DATA   ?= $(wildcard ../shared/data/cifar10-train-jpeg.tgz)
 ARGS   ?=
 
-.PHONY: install train test lint browser clean
+.PHONY: install install-dev train test lint browser lab clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# What training needs: torch, numpy, pillow, tqdm, matplotlib, pyyaml. No extras.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) "$(TORCH)"
+	$(PIP) -e .
 	touch $@
 
-install: $(STAMP)
+# Tests, lint, types, the notebook runner and the optional extras (serve, export, tensorboard).
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PIP) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 train: install
 	$(BIN)/cifarlab train --recipe $(RECIPE) $(if $(DATA),--data $(DATA)) $(ARGS)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src/cifarlab
 
@@ -34,6 +45,11 @@ browser:
 
 test: lint browser
 	$(BIN)/pytest -q --durations=8
+
+# JupyterLab on the notebooks in examples/ (a browser tab opens; Ctrl-C stops it).
+lab: install
+	$(PIP) -e '.[notebook]'
+	$(BIN)/jupyter lab examples/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -324,6 +324,9 @@ def test_robustness_from_python_and_the_command_line(base_run: cl.Run,
     assert result.n_images == 40 and set(result.table) == {"brightness", "gaussian_noise"}
     assert 0 <= result.mean_acc <= 1 and len(result.table["brightness"]) == 2
     assert (base_run.path / "robustness" / "robustness.json").is_file()
+    comparison = cl.compare([base_run.path])
+    assert comparison.rows[0]["robust_acc"] == pytest.approx(result.mean_acc, abs=1e-6)
+    assert "corrupted acc" in comparison.format("markdown")
     assert main(["robustness", str(base_run.path), "--quick", "--corruptions", "fog",
                  "--severities", "2", "--json"]) == 0
     saved = json.loads(capsys.readouterr().out)

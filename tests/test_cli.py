@@ -137,3 +137,146 @@ def test_ctrl_c_saves_and_resume_finishes(toy_data: Path, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert len((run / "metrics.csv").read_text().splitlines()) == 9
     assert (run / "model.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# One consistent command line (issue 11)
+
+
+def test_every_option_says_its_default() -> None:
+    import argparse
+
+    from cifarlab.cli import build_parser
+
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = [f"{name} {'/'.join(action.option_strings)}"
+               for name, sub in commands.choices.items() for action in sub._actions
+               if action.option_strings and not isinstance(action, argparse._HelpAction)
+               and "(default:" not in (action.help or "")]
+    assert missing == []
+
+
+@pytest.mark.parametrize("flag", ["--quiet", "--json", "--device", "--weights", "--tta", "--split"])
+def test_shared_flags_are_spelled_the_same(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    where = {"--quiet": ["train", "evaluate", "report", "data"],
+             "--json": ["train", "evaluate", "predict", "report", "compare", "export", "summary",
+                        "models", "data"],
+             "--device": ["train", "evaluate", "predict", "report", "compare"],
+             "--weights": ["evaluate", "predict", "report", "export", "serve"],
+             "--tta": ["evaluate", "predict", "report", "compare"],
+             "--split": ["evaluate", "report"]}[flag]
+    for command in where:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert flag in capsys.readouterr().out, command
+
+
+def test_mistyped_option_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--lrr", "0.1"])
+    assert exit_info.value.code == 2
+    assert "did you mean '--lr'?" in capsys.readouterr().err
+
+
+def test_train_json_prints_the_summary(toy_data: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--data", str(toy_data), "--epochs", "1", "--subset", "64",
+                 "--out", str(tmp_path / "run"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 1 and summary["best_weights_epoch"] == 1
+
+
+def test_final_fit_without_validation(toy_data: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--val-fraction 0: every training image, no val numbers, best weights = final, saying so."""
+    run = tmp_path / "final"
+    assert main(["train", "--data", str(toy_data), "--epochs", "2", "--batch-size", "32",
+                 "--val-fraction", "0", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "no validation" in out and "best.pt is not written" in out
+    assert not (run / "best.pt").exists() and (run / "model.pt").exists()
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[1].split(",")[4:6] == ["", ""]  # val_loss, val_acc: empty cells
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_acc"] is None and summary["best_weights_epoch"] == 2
+    assert summary["train_images_per_second"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train_images"] == 480 and config["val_images"] == 0
+    assert main(["evaluate", str(run)]) == 2
+    assert "--val-fraction 0" in one_line_error(capsys)
+    assert main(["evaluate", str(run), "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == "final"
+    assert main(["report", str(run), "--json"]) == 0
+    [report] = json.loads(capsys.readouterr().out)
+    assert report["diagnosis"]["verdict"] == "no validation" and report["skipped"]
+    assert (run / "report" / "curves.png").is_file()
+    page = (run / "report" / "report.html").read_text()
+    assert "train accuracy (clean, eval mode)" in page and "<td>val accuracy</td>" not in page
+    assert main(["compare", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["val_acc"] is None
+
+
+def test_early_stop_needs_validation(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--val-fraction", "0", "--early-stop", "3", "--print-config"]) == 2
+    assert "--val-fraction 0" in one_line_error(capsys)
+
+
+def test_evaluate_on_a_source_of_test_images_only(trained_run: Path, toy_data: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The official test set as images (cifar10/test/<class>/*) is a common download."""
+    import shutil
+    import tarfile
+
+    only_test = tmp_path / "cifar10"
+    shutil.copytree(toy_data / "test", only_test / "test")
+    archive = tmp_path / "test-only.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(only_test, arcname="cifar10")
+    for source in (only_test, archive):
+        assert main(["evaluate", str(trained_run), "--data", str(source), "--split", "test",
+                     "--json", "--quiet"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["split"] == "test" and result["images"] == 80
+    assert main(["evaluate", str(trained_run), "--data", str(archive), "--quiet"]) == 2
+    assert "pass --split test" in one_line_error(capsys)
+    assert main(["train", "--data", str(archive), "--quiet"]) == 2
+    assert "only a test split" in one_line_error(capsys)
+
+
+def test_errors_in_our_own_words(trained_run: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image at all")
+    assert main(["predict", str(trained_run), str(not_image)]) == 2
+    err = one_line_error(capsys)
+    assert "BytesIO" not in err and "0x" not in err and "not an image" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["data", "--data", str(empty)]) == 2
+    captured = capsys.readouterr()
+    assert "decoding" not in captured.out and "no images found" in captured.err
+
+
+def test_compare_tta_measures_what_the_summary_lacks(trained_run: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(trained_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["val_acc_tta"] is None
+    assert main(["compare", str(trained_run), "--tta", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert 0 <= row["val_acc_tta"] <= 1 and row["best_epoch"] in (1, 2)
+
+
+class _Pickled:
+    """Any class: a file holding one can only be loaded by running code."""
+
+
+def test_unsafe_checkpoint_is_refused_in_our_words(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    hostile = tmp_path / "model.pt"
+    torch.save({"format": "cifarlab-model", "payload": _Pickled()}, hostile)
+    assert main(["evaluate", str(hostile)]) == 2
+    err = one_line_error(capsys)
+    assert "refused" in err and "weights_only" not in err and "0x" not in err

@@ -18,18 +18,22 @@ from cifarlab.report import read_run
 from cifarlab.trainer import METRIC_COLUMNS
 
 
-def write_run(path: Path, recipe: str, model: str, clean: list[float], val: list[float],
-              seconds: float = 30.0) -> Path:
-    """A run directory as `cifarlab train` leaves it, minus the model files."""
+def write_run(path: Path, recipe: str, model: str, clean: list[float], val: list[float | None],
+              seconds: float = 30.0, summary: dict[str, object] | None = None) -> Path:
+    """A run directory as `cifarlab train` leaves it, minus the model files. A val of None is an
+    empty cell, as a run with --val-fraction 0 writes it."""
     path.mkdir(parents=True)
-    config = {"recipe": recipe, "model": model, "epochs": len(val)}
+    config = {"recipe": recipe, "model": model, "epochs": len(val), "seed": 0}
+    if summary is not None:
+        (path / "summary.json").write_text(json.dumps(summary))
     (path / "config.json").write_text(json.dumps({"config": config, "classes": ["a", "b"]}))
     with (path / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         for i, (c, v) in enumerate(zip(clean, val, strict=True)):
             writer.writerow({"epoch": i + 1, "train_loss": 1.0, "train_acc": c - 0.04, "train_acc_clean": c,
-                             "val_loss": 1.0, "val_acc": v, "lr": 1e-3, "seconds": seconds,
+                             "val_loss": "" if v is None else 1.0, "val_acc": "" if v is None else v,
+                             "lr": 1e-3, "seconds": seconds,
                              "train_seconds": seconds - 2})
     return path
 
@@ -66,7 +70,7 @@ def test_formats(runs: list[Path]) -> None:
     assert "overfitting" in table[1]
 
     markdown = format_rows(rows, "markdown").splitlines()
-    assert markdown[0].startswith("| run | model/recipe | epochs |")
+    assert markdown[0].startswith("| run | model/recipe | seed | epochs |")
     assert set(markdown[1].replace("|", "").split()) == {"---", "---:"}
     assert len(markdown) == 4
 
@@ -124,3 +128,31 @@ def test_cli_with_no_run_at_all_is_an_error(make: Callable[[Path], Path], tmp_pa
     assert main(["compare", str(make(tmp_path))]) == 2
     err = capsys.readouterr().err
     assert "no runs to compare" in err and "Traceback" not in err
+
+
+def test_best_epoch_and_tta_columns_come_from_the_run(tmp_path: Path) -> None:
+    fast = write_run(tmp_path / "fast", "fast", "fastnet", [0.9, 0.95], [0.88, 0.87],
+                     summary={"val_acc_tta": 0.9, "best_weights_epoch": 1})
+    [row] = compare_rows([read_run(fast)])
+    assert row["best_val_acc"] == pytest.approx(0.88) and row["best_epoch"] == 1
+    assert row["val_acc_tta"] == pytest.approx(0.9) and row["best_weights_epoch"] == 1
+    table = format_rows([row], "table").splitlines()
+    assert "best val acc" in table[0] and "val acc TTA" in table[0] and "90.0%" in table[1]
+
+
+def test_runs_are_named_by_the_shortest_distinct_path(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [write_run(tmp_path / "trials-a" / "seed-0", "base", "base", [0.7], [0.6]),
+             write_run(tmp_path / "trials-b" / "seed-0", "bn", "bn", [0.7], [0.65]),
+             write_run(tmp_path / "trials-b" / "seed-1", "bn", "bn", [0.7], [0.66])]
+    assert main(["compare", *map(str, paths), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in rows] == ["trials-a/seed-0", "trials-b/seed-0", "seed-1"]
+    assert [r["seed"] for r in rows] == [0, 0, 0] and rows[1]["model_recipe"] == "bn"
+
+
+def test_a_run_without_validation_compares(tmp_path: Path) -> None:
+    final = write_run(tmp_path / "final-fit", "base", "base", [0.8, 0.9], [None, None])
+    [row] = compare_rows([read_run(final)])
+    assert row["val_acc"] is None and row["gap"] is None and row["diagnosis"] == "no validation"
+    assert "no validation" in format_rows([row], "table")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from cifarlab import comparison as comparing
 from cifarlab import report as reporting
 from cifarlab import trainer as training
 from cifarlab.config import Recipe, TrainConfig, list_recipes, resolve
+from cifarlab.data import Dataset
 from cifarlab.diagnose import Diagnosis, diagnose
 from cifarlab.errors import UserError
 from cifarlab.evaluate import as_images, pick_device, predict_logits
@@ -39,8 +41,8 @@ from cifarlab.evaluate import top_k as top_k_of
 from cifarlab.modelsummary import ModelSummary, summarize
 from cifarlab.networks import Classifier, create_model, list_models, register_model, spec_of
 
-__all__ = ["Comparison", "Run", "compare", "load", "make_config", "models", "recipes", "register_model",
-           "resume", "summary", "train", "trials"]
+__all__ = ["Comparison", "Run", "compare", "load", "load_data", "make_config", "models", "plot_data",
+           "recipes", "register_model", "resume", "summary", "train", "trials"]
 
 PathLike = str | Path
 
@@ -67,6 +69,9 @@ class Run:
         s = self.summary
         if not self.history:
             return f"Run('{self.path}': a model file of {self._files.model_recipe})"
+        if math.isnan(self.history[-1]["val_acc"]):  # --val-fraction 0
+            return (f"Run('{self.path}': {self._files.model_recipe}, {len(self.history)} epochs, "
+                    f"no validation, clean train_acc {self.history[-1]['train_acc_clean']:.4f})")
         best = f", best {s['best_val_acc']:.4f} at epoch {s['best_epoch']}" if s else ""
         return (f"Run('{self.path}': {self._files.model_recipe}, {len(self.history)} epochs, "
                 f"val_acc {self.history[-1]['val_acc']:.4f}{best})")
@@ -337,7 +342,8 @@ def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: 
                         "register the model in a file and pass model='file.py:Class'")
     if cfg.budget is not None:
         raise UserError("--budget sizes a run for one process; leave out --nproc")
-    run_dir = rundir.create(out, cfg.recipe)  # settled once, so that every worker names it
+    # settled once, so that every worker names it
+    run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model))
     (run_dir / rundir.MARKER).unlink()  # the workers' rank 0 claims it again
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(cfg.to_dict(), handle)
@@ -419,17 +425,25 @@ def load(path: PathLike, *, model: Any = None) -> Run:
 
 
 class Comparison:
-    """Several runs side by side: `rows` (dicts), `format("markdown")`, `chart()` (a Figure)."""
+    """Several runs side by side: `rows` (dicts), `format("markdown")`, `chart()` (a Figure).
 
-    def __init__(self, runs: list[rundir.RunFiles], skipped: list[str]):
+    In Jupyter a Comparison shows itself as a table; `print(comparison)` gives the text table.
+    """
+
+    def __init__(self, runs: list[rundir.RunFiles], skipped: list[str],
+                 tta: list[float | None] | None = None):
         self.runs = runs
         self.skipped = skipped  # paths that are not runs
-        self.rows = comparing.compare_rows(runs)
+        self.rows = comparing.compare_rows(runs, tta)
 
     def format(self, fmt: str = "table") -> str:
+        """"table" (aligned text), "markdown", "csv" or "json"."""
+        if fmt not in comparing.FORMATS:
+            raise UserError(f"unknown format '{fmt}' (choose from: {', '.join(comparing.FORMATS)})")
         return comparing.format_rows(self.rows, fmt)
 
     def chart(self) -> Figure:
+        """The val accuracy per epoch of every run, one line each."""
         return comparing.chart(self.runs)
 
     def __str__(self) -> str:
@@ -439,8 +453,13 @@ class Comparison:
         return self.format("markdown")
 
 
-def compare(paths: Sequence[PathLike] | PathLike, skip_non_runs: bool = False) -> Comparison:
-    """Compare runs: final train/clean/val accuracy, the gap, the diagnosis, speed.
+def compare(paths: Sequence[PathLike] | PathLike, skip_non_runs: bool = False, tta: bool = False,
+            device: str = "auto") -> Comparison:
+    """Compare runs: accuracies of the last and the best epoch, TTA, the gap, the diagnosis, speed.
+
+    Runs are named by the shortest end of their path that tells them apart. `tta=True` measures
+    the val accuracy with test-time augmentation (final weights) for every run whose summary.json
+    does not hold one already (the fast recipes record it while training).
 
         >>> import cifarlab as cl
         >>> print(cl.compare(["runs/base", "runs/robust"]))             # doctest: +SKIP
@@ -455,7 +474,60 @@ def compare(paths: Sequence[PathLike] | PathLike, skip_non_runs: bool = False) -
         runs.append(rundir.read(path))
     if not runs:
         raise UserError("no runs to compare")
-    return Comparison(runs, skipped)
+    measured = [_tta_of(run, device) if tta else None for run in runs]
+    return Comparison(runs, skipped, measured)
+
+
+def _tta_of(run: rundir.RunFiles, device: str) -> float | None:
+    """The val accuracy with TTA of a run's final weights, unless its summary has it or it has no
+    val images or no model.pt (unfinished); a model that cannot be loaded here is a note."""
+    from cifarlab.errors import warn
+
+    if "val_acc_tta" in run.summary or not math.isfinite(run.history[-1]["val_acc"]):
+        return None
+    if not (run.path / rundir.FINAL).is_file():
+        warn(f"{run.path} has no {rundir.FINAL} yet: no TTA figure")
+        return None
+    try:
+        return float(Run(run.path).evaluate(tta=True, weights="final", device=device)["accuracy"])
+    except UserError as exc:
+        warn(f"no TTA figure for {run.path}: {exc}")
+        return None
+
+
+def load_data(data: PathLike | None = None, quiet: bool = False) -> Dataset:
+    """Read a data source (decoded once, then cached): its classes and its splits, each with
+    `images` (N x 32 x 32 x 3 uint8, as stored) and `labels` (N integers, indices into `classes`).
+
+    `data` as for `train`: an archive, a folder, or None for $CIFARLAB_DATA, else the official set.
+
+        >>> import cifarlab as cl
+        >>> data = cl.load_data("../shared/data/cifar10-train-jpeg.tgz")    # doctest: +SKIP
+        >>> data.classes[:3], data.splits["train"].images.shape            # doctest: +SKIP
+        (['airplane', 'automobile', 'bird'], (50000, 32, 32, 3))
+    """
+    from cifarlab.data import load_dataset
+
+    return load_dataset(str(data) if data is not None else None, quiet=quiet)
+
+
+def plot_data(data: Dataset | PathLike | None = None, per_class: int = 8, split: str = "train",
+              seed: int = 0) -> Figure:
+    """A grid of `per_class` random images of every class (one row each): look before you train.
+
+        >>> import cifarlab as cl
+        >>> cl.plot_data("../shared/data/cifar10-train-jpeg.tgz")          # doctest: +SKIP
+    """
+    from cifarlab import plots
+
+    dataset = data if isinstance(data, Dataset) else load_data(data, quiet=True)
+    if split not in dataset.splits:
+        raise UserError(f"{dataset.source} has no '{split}' split (available: "
+                        f"{', '.join(dataset.splits)})")
+    part = dataset.splits[split]
+    return plots.class_grid(part.images, part.labels, dataset.classes, per_class,
+                            f"{per_class} random {split} images of each class "
+                            f"({len(part):,} images in all)", seed)
 
 
 def recipes() -> list[Recipe]:

@@ -51,6 +51,10 @@ class TensorBoard:
     def on_train_end(self, run: Any, summary: dict[str, Any]) -> None:
         if self.writer is None:
             return
+        if not len(run.data.val):  # --val-fraction 0: no confusion matrix to draw
+            self.writer.close()
+            self.writer = None
+            return
         from cifarlab import plots, report
         from cifarlab.evaluate import predict_logits
 

@@ -274,6 +274,8 @@ def validate(config: TrainConfig) -> None:
         (0 <= config.warmup < 1, "warmup must be in [0, 1)"),
         (0 < config.tta_fraction <= 1, "tta_fraction must be in (0, 1]"),
         (config.early_stop >= 0, "--early-stop must be 0 (off) or a number of epochs"),
+        (config.early_stop == 0 or config.val_fraction > 0,
+         "--early-stop watches the validation images, and --val-fraction 0 leaves none"),
         (config.checkpoint_every >= 0,
          "--checkpoint-every must be 0 (every epoch only) or a number of steps"),
         (config.clean_train_size >= 0, "clean_train_size must not be negative"),

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from cifarlab.sources import OFFICIAL_DIRNAME, RawData, list_files, read_source
 CACHE_VERSION = 2  # 2: the key holds inodes and ctimes, the name the path's own hash; val splits
 STALE_TMP_SECONDS = 3600  # a .tmp this old in the cache is from a write that died (one takes seconds)
 OLD_CACHE_NAME = re.compile(r"[0-9a-f]{20}\.npz")  # version 1's names, which nothing reads any more
+NOTICE_AFTER = 0.5  # seconds of decoding before saying so
 
 
 @dataclass
@@ -54,6 +56,11 @@ class Dataset:
     classes: list[str]
     splits: dict[str, Split]
     cache_file: Path | None = None
+
+    def __repr__(self) -> str:  # the arrays are far too long to print
+        sizes = ", ".join(f"{name} {len(split):,}" for name, split in self.splits.items())
+        return (f"Dataset({self.kind} at {self.source}: {len(self.classes)} classes "
+                f"({', '.join(self.classes)}); {sizes} images)")
 
 
 def cache_dir() -> Path:
@@ -149,8 +156,8 @@ def _load_cache(file: Path) -> RawData | None:
 
 
 def _check_arrays(raw: RawData) -> None:
-    if "train" not in raw.images or len(raw.classes) < 2:
-        raise ValueError("no train split")
+    if not ({"train", "test"} & raw.images.keys()) or len(raw.classes) < 2:
+        raise ValueError("neither a train nor a test split")  # test only: the official test set
     for split, images in raw.images.items():
         labels = raw.labels[split]
         if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3) or images.ndim != 4:
@@ -173,9 +180,16 @@ def load_dataset(data: str | os.PathLike[str] | None = None, quiet: bool = False
     file = cache_dir() / "arrays" / f"{where}-{what}.npz"
     raw = _load_cache(file) if use_cache and file.exists() else None
     if raw is None:
+        # Said only once decoding has taken a moment, so that a source that fails at once (empty,
+        # not an archive) gets its one-line error and nothing before it.
+        notice = threading.Timer(NOTICE_AFTER, print, [f"decoding {source} (once; cached as uint8 "
+                                                       "arrays) ..."], {"flush": True})
         if not quiet:
-            print(f"decoding {source} (once; cached as uint8 arrays) ...", flush=True)
-        raw = read_source(source)
+            notice.start()
+        try:
+            raw = read_source(source)
+        finally:
+            notice.cancel()
         if use_cache:
             try:
                 _save_cache(file, raw)
@@ -204,7 +218,10 @@ def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[n
 
 def make_splits(dataset: Dataset, val_fraction: float, split_seed: int = 0) -> dict[str, Split]:
     """`train` and `val`, plus `test` if the source has one. `val` is the source's val/ folder when
-    it has one (then `val_fraction` is not used), else carved from the source's train split."""
+    it has one (then `val_fraction` is not used), else carved from the source's train split.
+    A source of test images only (the official test set as images) has just `test`."""
+    if "train" not in dataset.splits:
+        return {"test": dataset.splits["test"]}
     full = dataset.splits["train"]
     if "val" in dataset.splits:
         splits = {"train": full, "val": dataset.splits["val"]}

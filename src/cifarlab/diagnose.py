@@ -15,6 +15,7 @@ happen with a model that fits its training images better than its validation one
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ LOW_ACCURACY = 0.60  # the seed base CNN passes 60% on CIFAR-10 val after 1 epoc
 RISING_EPOCHS = 3  # "still rising" compares val accuracy now with 3 epochs ago ...
 RISING_DELTA = 0.01  # ... and needs a gain of more than 1 point (about the noise of one epoch)
 
-VERDICTS = ("overfitting", "underfitting", "good generalization")
+VERDICTS = ("overfitting", "underfitting", "good generalization", "no validation")
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,16 @@ class Diagnosis:
     gap: float  # train_acc_clean - val_acc
     val_acc_change: float | None  # over the last RISING_EPOCHS epochs; None with one epoch
     still_rising: bool | None
-    best_val_loss_epoch: int
+    best_val_loss_epoch: int  # 0: no validation
     best_val_loss: float
     final_val_loss: float
 
     def lines(self) -> list[str]:
         """The verdict and its inputs, one fact per line, for the console and the report."""
+        if self.verdict == "no validation":
+            return [f"verdict: {self.verdict}: {self.reason}",
+                    f"  clean train accuracy {self.train_acc_clean:.3f} (eval mode), running train "
+                    f"accuracy {self.train_acc:.3f}", f"  advice: {self.advice}"]
         change = ("n/a (one epoch: no trend yet)" if self.val_acc_change is None
                   else f"{self.val_acc_change:+.3f} over the last {min(RISING_EPOCHS, self.epochs - 1)} "
                        f"epoch(s) ({'still rising' if self.still_rising else 'flat or falling'})")
@@ -64,7 +69,9 @@ class Diagnosis:
     def to_dict(self) -> dict[str, Any]:
         thresholds = {"overfit_gap": OVERFIT_GAP, "low_accuracy": LOW_ACCURACY,
                       "rising_epochs": RISING_EPOCHS, "rising_delta": RISING_DELTA}
-        return {**self.__dict__, "thresholds": thresholds}
+        values = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                  for k, v in self.__dict__.items()}  # JSON has no NaN
+        return {**values, "thresholds": thresholds}
 
 
 def diagnose(history: list[dict[str, float]]) -> Diagnosis:
@@ -74,6 +81,14 @@ def diagnose(history: list[dict[str, float]]) -> Diagnosis:
     last = history[-1]
     clean, val = last["train_acc_clean"], last["val_acc"]
     gap = round(clean - val, 6)  # metrics.csv keeps 6 digits; this drops float noise (0.05000000000000004)
+    if not math.isfinite(val):
+        return Diagnosis(
+            verdict="no validation", reason="the run kept no validation images (--val-fraction 0), "
+            "so there is no gap to measure", advice="judge the recipe by a run that validates, or "
+            "evaluate this model on a test split: cifarlab evaluate RUN --data SRC --split test",
+            epochs=len(history), train_acc=last["train_acc"], train_acc_clean=clean, val_acc=val,
+            gap=math.nan, val_acc_change=None, still_rising=None, best_val_loss_epoch=0,
+            best_val_loss=math.nan, final_val_loss=math.nan)
     change, rising = val_acc_trend(history)
     best = min(history, key=lambda row: row["val_loss"])
     if gap > OVERFIT_GAP:

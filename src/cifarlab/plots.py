@@ -66,8 +66,19 @@ def to_png(fig: Figure, tight: bool | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def _percent_axis(ax: Axes) -> None:
+    """Whole percents, unless the axis spans under 5 points (then as many decimals as it needs,
+    so that ticks never read 30% 30% 30%)."""
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if high - low >= 0.05 else None))
+
+
 def _epoch_axis(ax: Axes) -> None:
     ax.set_xlabel("epoch")
+    low, high = ax.get_xlim()
+    if high - low < 1:  # a single epoch: whole-number ticks around it, not 0.95 ... 1.05
+        middle = round((low + high) / 2)
+        ax.set_xlim(middle - 1, middle + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 
@@ -79,20 +90,25 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
     col = {key: [row[key] for row in history] for key in history[0]}
     fig = LabFigure(figsize=(12, 5.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
+    has_val = any(np.isfinite(col["val_acc"]))  # --val-fraction 0: train curves only
     loss_ax.plot(epochs, col["train_loss"], "o--", color=TRAIN, alpha=0.6)
-    loss_ax.plot(epochs, col["val_loss"], "o-", color=VAL)
+    if has_val:
+        loss_ax.plot(epochs, col["val_loss"], "o-", color=VAL)
     loss_ax.set(title="Cross-entropy loss per epoch", ylabel="loss")
     acc_ax.plot(epochs, col["train_acc"], "o--", color=TRAIN, alpha=0.6,
                 label="train, running (as Keras reports it: dropout + augmentation on, mid-epoch weights)")
     acc_ax.plot(epochs, col["train_acc_clean"], "o-", color=TRAIN, label="train, clean: eval mode")
-    acc_ax.plot(epochs, col["val_acc"], "o-", color=VAL, label="val")
-    acc_ax.fill_between(epochs, col["train_acc_clean"], col["val_acc"], color=GAP, alpha=0.15,
-                        label="gap: clean train − val")
-    acc_ax.set(title="Accuracy per epoch", ylabel="accuracy")
-    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    if has_val:
+        acc_ax.plot(epochs, col["val_acc"], "o-", color=VAL, label="val")
+        acc_ax.fill_between(epochs, col["train_acc_clean"], col["val_acc"], color=GAP, alpha=0.15,
+                            label="gap: clean train − val")
+    acc_ax.set(title="Accuracy per epoch" + ("" if has_val else " (no validation images)"),
+               ylabel="accuracy")
+    _percent_axis(acc_ax)
     for ax in (loss_ax, acc_ax):
-        ax.axvline(best_val_loss_epoch, color="gray", linestyle=":",
-                   label=f"lowest val loss (epoch {best_val_loss_epoch})")
+        if best_val_loss_epoch:
+            ax.axvline(best_val_loss_epoch, color="gray", linestyle=":",
+                       label=f"lowest val loss (epoch {best_val_loss_epoch})")
         _epoch_axis(ax)
     # One legend for both panels, below them, so it never hides a curve.
     fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9.5)
@@ -146,6 +162,31 @@ def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool
 
 
 @plain_text
+def class_grid(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], per_class: int,
+               title: str, seed: int = 0) -> LabFigure:
+    """`per_class` random images of every class, one row per class, its name on the left."""
+    rng = np.random.default_rng(seed)
+    fig = LabFigure(figsize=(per_class * 1.1 + 1.4, len(classes) * 1.1 + 0.6))
+    fig.subplots_adjust(left=0.13, right=0.99, bottom=0.01, top=1 - 0.6 / (len(classes) * 1.1 + 0.6),
+                        wspace=0.05, hspace=0.05)
+    axes = np.atleast_2d(fig.subplots(len(classes), per_class, squeeze=False))
+    for row, name in enumerate(classes):
+        members = np.flatnonzero(labels == row)
+        chosen = rng.permutation(members)[:per_class]
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if col < len(chosen):
+                ax.imshow(images[chosen[col]], interpolation="nearest")
+        axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle(title, fontsize=12)
+    fig.tight = False  # fixed margins already
+    return fig
+
+
+@plain_text
 def reliability(calibration: dict[str, Any], title: str) -> LabFigure:
     """Accuracy against confidence per bin, over the diagonal of perfect calibration; counts below.
 
@@ -179,10 +220,12 @@ def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
     fig = LabFigure(figsize=(9, 5.2), layout="constrained")
     ax = fig.subplots()
     for label, history in runs:
+        if not np.isfinite(history[-1]["val_acc"]):  # --val-fraction 0: nothing to draw
+            continue
         ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], "o-", markersize=3,
                 label=f"{label}: {history[-1]['val_acc']:.1%}")
     ax.set(title="Validation accuracy per epoch (legend: final val accuracy)", ylabel="val accuracy")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    _percent_axis(ax)
     _epoch_axis(ax)
     ax.legend(loc="lower right", fontsize=9)  # curves rise from the lower left; this corner stays free
     return fig

@@ -50,7 +50,8 @@ CONFUSED_PAIRS = 5  # (true, predicted) pairs listed as most confused
 
 def evaluation_split(record: dict[str, Any], data: str | None, split: str | None,
                      quiet: bool = False) -> tuple[str, Split]:
-    """The split a model is judged on: by default the run's own data and its val carve-out."""
+    """The split a model is judged on: the run's own data and its val carve-out unless asked
+    otherwise. One rule for evaluate and report: the test split is used only when asked for."""
     config = record.get("config", {})
     dataset = load_dataset(data or config.get("data"), quiet=quiet)
     if dataset.classes != record["classes"]:
@@ -58,9 +59,14 @@ def evaluation_split(record: dict[str, Any], data: str | None, split: str | None
                         f"{record['classes']}")
     splits = make_splits(dataset, float(config.get("val_fraction", 0.1)),
                          int(config.get("split_seed", 0)))
-    name = split or ("test" if "test" in splits else "val")
+    name = split or "val"
+    if name == "val" and "val" not in splits and "train" in splits:
+        raise UserError("this run kept no validation images (--val-fraction 0): use --split test "
+                        "(with a source that has one) or --split train")
     if name not in splits:
-        raise UserError(f"{dataset.source} has no '{name}' split (available: {', '.join(splits)})")
+        hint = f"; pass --split {next(iter(splits))}" if len(splits) == 1 else ""
+        raise UserError(f"{dataset.source} has no '{name}' split (available: "
+                        f"{', '.join(splits)}){hint}")
     return name, splits[name]
 
 
@@ -228,7 +234,13 @@ def write_report(run: Run | str | Path, out: str | Path | None = None, data: str
     figures: dict[str, Figure] = {"curves.png": curves_figure(run)}
     evaluation: dict[str, Any] | None = None
     skipped = None
-    if (run.path / rundir.FINAL).is_file():
+    no_val = split == "val" and data is None and float(run.config.get("val_fraction", 0.1)) == 0
+    if no_val:
+        skipped = ("this run kept no validation images (--val-fraction 0), so the confusion matrix, "
+                   "per-class scores, calibration and sample predictions were skipped; draw them on "
+                   f"another split: cifarlab report {run.path} --split train (or --split test --data "
+                   "SRC with a test split)")
+    elif (run.path / rundir.FINAL).is_file():
         p = predict_split(run, data, split, device, weights, tta, model, quiet)
         evaluation = scores(p)
         figures.update({"confusion_matrix.png": confusion_figure(p),
@@ -275,7 +287,7 @@ h2 { font-size: 1.25rem; margin: 2rem 0 .5rem; border-bottom: 1px solid #d0d7de;
 .verdict { display: inline-block; padding: .1rem .6rem; border-radius: 1rem; color: #fff;
            font-weight: 600; }
 .overfitting { background: #bc4c00; } .underfitting { background: #0969da; }
-.good-generalization { background: #1a7f37; }
+.good-generalization { background: #1a7f37; } .no-validation { background: #57606a; }
 .diagnosis { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: .6rem 1rem; }
 .diagnosis ul { margin: .3rem 0; padding-left: 1.2rem; }
 .skipped { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: .6rem 1rem; }
@@ -302,7 +314,8 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
     """One self-contained page: images inline as base64, no script, nothing fetched from a network."""
     e = html.escape
     history, last = run.history, run.history[-1]
-    best = max(history, key=lambda row: row["val_acc"])
+    has_val = not np.isnan(last["val_acc"])  # --val-fraction 0: no val figures
+    best = max(history, key=lambda row: row["val_acc"]) if has_val else last
     config = run.config
 
     def figure(name: str, caption: str) -> str:
@@ -322,6 +335,11 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
         ("lowest val loss", f"{diagnosis.best_val_loss:.4f} (epoch {diagnosis.best_val_loss_epoch})"),
         ("seconds per epoch", f"{np.mean([r['seconds'] for r in history]):.1f}"),
     ]
+    if not has_val:
+        val_rows = {"val loss", "val accuracy", "gap (clean train − val)", "best val accuracy",
+                    "lowest val loss"}
+        final = [row for row in final if row[0] not in val_rows]
+        final.insert(4, ("validation", "none: --val-fraction 0, the final fit on all training images"))
     if evaluation is not None:
         final += [
             (f"{evaluation['split']} accuracy of the {evaluation['weights']} weights"

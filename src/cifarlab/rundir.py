@@ -93,6 +93,17 @@ def create(out: str | os.PathLike[str] | None, recipe: str, root: Path = DEFAULT
     raise UserError(f"cannot find a free run folder name in {root}")
 
 
+def stem(recipe: str, model: str) -> str:
+    """What a new run folder is named after: the recipe, or the model when it is not the recipe's
+    own ("SmallVGG" for "__main__:SmallVGG" or "nets.py:SmallVGG"), which says more than "base"."""
+    from cifarlab.config import RECIPES
+
+    if ":" in model:
+        return model.rsplit(":", 1)[-1]
+    own = RECIPES[recipe].settings.get("model") if recipe in RECIPES else None
+    return recipe if model == own else model
+
+
 def _claim(path: Path) -> None:
     try:
         fd = os.open(path / MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -154,8 +165,15 @@ def metrics_csv(history: list[dict[str, Any]]) -> str:
                             extrasaction="ignore")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """6 significant digits; an empty cell for a number that was not measured (no val images)."""
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else ""
+    return value
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:

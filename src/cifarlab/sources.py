@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarlab.errors import UserError, warn
 
@@ -369,7 +369,7 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:
     except UserError:
         raise
     except Exception as exc:  # image parsers raise many types on damaged input; all mean "bad file"
-        raise UserError(f"cannot decode image {name}: {exc or type(exc).__name__}") from exc
+        raise UserError(f"cannot decode image {name}: {_reason(exc)}") from exc
     resized = rgb.size != (IMAGE_SIZE, IMAGE_SIZE)
     if resized:
         rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -396,6 +396,14 @@ def _grey_levels(img: Image.Image) -> np.ndarray:
     else:
         top = next((t for t in (255.0, 65535.0) if peak <= t), peak)
     return np.clip(np.rint(array / top * 255.0), 0, 255).astype(np.uint8)
+
+
+def _reason(exc: Exception) -> str:
+    """Why PIL failed, in our words: its "cannot identify image file <_io.BytesIO object at 0x...>"
+    names an object of ours, not the user's file."""
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not an image in a format cifarlab reads ({', '.join(IMAGE_FORMATS)})"
+    return str(exc) or type(exc).__name__
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -442,8 +450,13 @@ def _parse_layout(paths: list[str], origin: str) -> dict[str, dict[str, list[str
                             "split; keep one")
         layout.setdefault(split, {}).setdefault(_display(parts[-2]), []).append(p)
     if "train" not in layout:
-        found = ", ".join(f"{folder}/" for folder in folders.values())
-        raise UserError(f"{origin}: found {found} but no train/ folder")
+        if set(layout) != {"test"}:
+            found = ", ".join(f"{folder}/" for folder in folders.values())
+            raise UserError(f"{origin}: found {found} but no train/ folder")
+        # the official test set as images: enough to evaluate on
+        if len(layout["test"]) < 2:
+            raise UserError(f"{origin}: need at least 2 class folders in test/, found {len(layout['test'])}")
+        return layout
     train_classes = set(layout["train"])
     for split in layout.keys() - {"train"}:
         where = PurePosixPath(folders[split]).name
@@ -472,7 +485,7 @@ def _is_image(path: str) -> bool:
 
 def _decode_layout(layout: dict[str, dict[str, list[str]]], read: Callable[[str], bytes],
                    kind: str) -> RawData:
-    classes = sorted(layout["train"])
+    classes = sorted(layout["train"] if "train" in layout else layout["test"])
     raw = RawData(kind=kind, classes=classes)
     for split, by_class in layout.items():
         count = sum(len(v) for v in by_class.values())

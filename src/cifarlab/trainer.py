@@ -145,6 +145,15 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def _cell(value: float, width: int) -> str:
+    """A fixed-width number, or "-" where there is none (no validation images)."""
+    return f"{value:>{width}.4f}" if math.isfinite(value) else f"{'-':>{width}}"
+
+
+NO_VALIDATION = ("no validation images (--val-fraction 0): best.pt is not written, and the best "
+                 "weights are the final ones (model.pt)")
+
+
 def _format_seconds(seconds: float) -> str:
     seconds = max(0, int(seconds))
     if seconds >= 3600:
@@ -185,12 +194,15 @@ def load_data(config: TrainConfig, ctx: distributed.Context, device: torch.devic
             raise error or UserError("another process could not load the data")
         dataset = dataset or load_dataset(config.data, quiet=True)
     splits = make_splits(dataset, config.val_fraction, config.split_seed)
-    if "val" not in splits:
-        raise UserError("--val-fraction 0 leaves no validation images; use e.g. 0.1")
+    if "train" not in splits:
+        raise UserError(f"{dataset.source} holds only a test split: it can evaluate a model "
+                        "(cifarlab evaluate RUN --data SRC --split test), not train one")
     train = splits["train"]
     if config.subset is not None:  # a seeded random sample: train is ordered by class
         train = _sample(train, config.subset, config.split_seed)
-    return Data(dataset.classes, dataset.source, train, splits["val"],
+    # --val-fraction 0: the final fit on every training image, with no validation at all.
+    val = splits.get("val", Split(train.images[:0], train.labels[:0]))
+    return Data(dataset.classes, dataset.source, train, val,
                 _sample(train, config.clean_train_size, config.split_seed + 1))
 
 
@@ -416,7 +428,9 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         config, main = self.config, self.ctx.is_main
         summary = self.summary()
-        if config.tta:  # the final figure with test-time augmentation (6 views: see evaluate)
+        if not self.has_val and not self.quiet:
+            print(f"note: {NO_VALIDATION}", flush=True)
+        if config.tta and self.has_val:  # the final figure with TTA (6 views: see evaluate)
             tta_started = time.perf_counter()
             tta = [evaluate_split(self.model, self.data.val, self.device, tta=True,
                                   tta_fraction=config.tta_fraction)["accuracy"]
@@ -426,12 +440,12 @@ class Trainer:
             if not self.quiet:
                 print(f"val_acc with test-time augmentation: {summary['val_acc_tta']:.4f} "
                       f"({summary['tta_seconds']:.1f} s)", flush=True)
-        if config.calibrate and main:
+        if config.calibrate and main and self.has_val:
             summary.update(self._calibrate(self.model, "final"))
         summary["wall_seconds"] = time.perf_counter() - self.started
         summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if main:
-            if config.calibrate and (self.path / rundir.BEST).is_file():
+            if config.calibrate and self.has_val and (self.path / rundir.BEST).is_file():
                 self._calibrate_best()
             checkpoint.save(self.path / rundir.FINAL,
                             self._model_record("final", len(self.history), summary))
@@ -515,7 +529,8 @@ class Trainer:
         scores = [0.0, 0.0, 0.0]
         if ctx.is_main:
             clean = evaluate_split(self.model, self.data.clean, self.device)
-            val = evaluate_split(self.model, self.data.val, self.device)
+            val = (evaluate_split(self.model, self.data.val, self.device) if self.has_val
+                   else {"loss": math.nan, "accuracy": math.nan})  # metrics.csv: empty cells
             scores = [clean["accuracy"], val["loss"], val["accuracy"]]
         clean_acc, val_loss, val_acc = distributed.from_main(scores, self.device)
         return {
@@ -527,6 +542,11 @@ class Trainer:
                 config, (epoch + 1) * steps / (config.epochs * steps) - 1e-9),
             "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         }
+
+    @property
+    def has_val(self) -> bool:
+        """False for a final fit on every training image (--val-fraction 0)."""
+        return len(self.data.val) > 0
 
     def _calibrate(self, model: Classifier, which: str) -> dict[str, float]:
         """Fit the temperature of `model` on the validation split (calibrate.py); the predicted
@@ -553,16 +573,22 @@ class Trainer:
         checkpoint.save(self.path / rundir.BEST, record)
 
     def summary(self) -> dict[str, Any]:
+        """summary.json. Without validation images the val figures are None (JSON null) and the
+        best weights are the final ones, which `no_validation` says."""
         last = self.history[-1]
-        best = max(self.history, key=lambda r: r["val_acc"])
         total = sum(r["seconds"] for r in self.history)
+        val: dict[str, Any] = {"val_loss": None, "val_acc": None, "best_val_acc": None,
+                               "best_epoch": None, "best_weights_epoch": len(self.history),
+                               "best_weights_value": None, "no_validation": NO_VALIDATION}
+        if self.has_val:
+            best = max(self.history, key=lambda r: r["val_acc"])
+            val = {"val_loss": last["val_loss"], "val_acc": last["val_acc"],
+                   "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
+                   "best_weights_epoch": self.best["epoch"], "best_weights_value": self.best["value"]}
         return {
             "recipe": self.config.recipe, "model": self.config.model, "epochs": len(self.history),
             "train_loss": last["train_loss"], "train_acc": last["train_acc"],
-            "train_acc_clean": last["train_acc_clean"], "val_loss": last["val_loss"],
-            "val_acc": last["val_acc"], "best_val_acc": best["val_acc"],
-            "best_epoch": best["epoch"], "monitor": self.config.monitor,
-            "best_weights_epoch": self.best["epoch"], "best_weights_value": self.best["value"],
+            "train_acc_clean": last["train_acc_clean"], **val, "monitor": self.config.monitor,
             "final_epoch": len(self.history), "stopped_early": self.stopped_early,
             "seconds_per_epoch": total / len(self.history), "total_seconds": total,
             "train_images_per_second": len(self.data.train) * len(self.history)
@@ -579,8 +605,10 @@ class Trainer:
             return
         c = self.config
         params = sum(p.numel() for p in self.model.parameters())
+        val = (f"{len(self.data.val)} val images" if self.has_val
+               else "no validation (--val-fraction 0: the final fit on all training images)")
         print(f"recipe {c.recipe} (model {c.model}, {params:,} parameters): "
-              f"{len(self.data.train)} train / {len(self.data.val)} val images, {c.epochs} epochs "
+              f"{len(self.data.train)} train images / {val}, {c.epochs} epochs "
               f"of {self.steps_per_epoch} steps, batch {c.batch_size}, {self.device} "
               f"x{torch.get_num_threads()} threads"
               + (f" x{self.ctx.world_size} processes" if self.ctx.enabled else ""))
@@ -596,7 +624,7 @@ class Trainer:
         eta = _format_seconds(mean_seconds * (self.config.epochs - done))
         best = "*" if self.best["epoch"] == row["epoch"] else " "  # * marks the best so far
         print(f"{row['epoch']:>5} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} "
-              f"{row['train_acc_clean']:>9.4f} {row['val_loss']:>8.4f} {row['val_acc']:>7.4f}{best}"
+              f"{row['train_acc_clean']:>9.4f} {_cell(row['val_loss'], 8)} {_cell(row['val_acc'], 7)}{best}"
               f"{row['lr']:>8.1e} {row['seconds']:>7.1f} {eta:>7}", flush=True)
 
 
@@ -646,7 +674,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str] | None = None, *,
     ctx = distributed.from_env()
     existed = out is not None and Path(out).is_dir()
     if ctx.is_main:
-        run_dir = rundir.create(out, config.recipe)
+        run_dir = rundir.create(out, rundir.stem(config.recipe, config.model))
     elif out is None:
         raise UserError("under torchrun every process needs the same --out DIR")
     else:

@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
               f"the commands are: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USER_ERROR
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unknown_options(parser, args.command, extra)
     args.started = started
     if args.command is None:
         parser.print_help()
@@ -89,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cifarlab: process {rank} stopped: {first[:200]}", file=sys.stderr)
             return 1
         raise
+
+
+def _unknown_options(parser: argparse.ArgumentParser, command: str | None, extra: list[str]) -> None:
+    """argparse's "unrecognized arguments", with a "did you mean" for a mistyped option."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            parser = action.choices[command]
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    hint = suggest(extra[0].split("=")[0], flags) if extra[0].startswith("-") else ""
+    parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
 def _workers_failed(exc: Exception) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from cifarlab.cli import options
@@ -13,6 +14,7 @@ def register(commands: Any) -> None:
     options.data(d, "$CIFARLAB_DATA, else the official set, downloaded once to ~/.cache/cifarlab")
     d.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of train held out for validation (default: 0.1)")
+    options.json_flag(d)
     options.quiet(d)
     d.set_defaults(func=run)
 
@@ -20,6 +22,15 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from cifarlab.data import describe, load_dataset, make_splits
 
-    dataset = load_dataset(args.data, quiet=args.quiet)
-    print(describe(dataset, make_splits(dataset, args.val_fraction)))
+    dataset = load_dataset(args.data, quiet=args.quiet or args.json)
+    splits = make_splits(dataset, args.val_fraction)
+    if args.json:
+        import numpy as np
+
+        print(json.dumps({"source": str(dataset.source), "kind": dataset.kind,
+                          "classes": dataset.classes,
+                          "splits": {name: np.bincount(split.labels, minlength=len(dataset.classes))
+                                     .tolist() for name, split in splits.items()}}))
+        return 0
+    print(describe(dataset, splits))
     return 0

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
           f"({result['images']} images, {result['weights']} weights{epoch}"
           f"{', test-time augmentation' if args.tta else ''})")
     classes = result["per_class"]
-    width = max(len(c) for c in classes)
+    width = max(len("class"), *(len(c) for c in classes))
     print(f"  {'class':<{width}}  precision  recall     F1")
     for name, s in classes.items():
         print(f"  {name:<{width}}  {s['precision']:>9.4f}  {s['recall']:>6.4f}  {s['f1']:.4f}")

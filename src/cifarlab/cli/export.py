@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from cifarlab.cli import options
@@ -21,11 +22,14 @@ def register(commands: Any) -> None:
                     "images (N, 3, 32, 32) in 0..255 (TorchScript also takes float), outputs 'probs' "
                     "and 'logits'. The class names go to FILE.json.")
     e.add_argument("run", metavar="RUN", help="run directory (or a model.pt file)")
-    e.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
+    e.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="onnx (onnxruntime, browsers, other languages) or torchscript (PyTorch "
+                        "without cifarlab) (default: onnx)")
     e.add_argument("--out", metavar="FILE",
                    help="output file or folder (default: RUN/export/model.onnx or model.torchscript.pt)")
     options.weights(e)
     options.model(e)
+    options.json_flag(e, 'print {"model": FILE, "classes": FILE.json, "format": ...}')
     e.set_defaults(func=run)
 
 
@@ -33,5 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from cifarlab.export import export_model
 
     out, sidecar = export_model(args.run, args.format, args.out, args.weights, args.model)
+    if args.json:
+        print(json.dumps({"model": str(out), "classes": str(sidecar), "format": args.format,
+                          "bytes": out.stat().st_size}))
+        return 0
     print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MB) and {sidecar}")
     return 0

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 from typing import Any
+
+from cifarlab.cli import options
 
 
 def register(commands: Any) -> None:
     m = commands.add_parser("models", help="list the registered models",
                             description="Networks that --set model=NAME can train. Your own: "
                                         "--model FILE.py:Class.")
+    options.json_flag(m, "print a JSON object: name -> first line of its docstring")
     m.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cifarlab.networks import MODELS
 
-    width = max(len(name) for name in MODELS)
-    for name in sorted(MODELS):
-        doc = (inspect.getdoc(MODELS[name]) or "").splitlines()
-        print(f"{name:<{width}}  {doc[0] if doc else ''}")
+    docs = {name: ((inspect.getdoc(MODELS[name]) or "").splitlines() or [""])[0]
+            for name in sorted(MODELS)}
+    if args.json:
+        print(json.dumps(docs))
+        return 0
+    width = max(len(name) for name in docs)
+    for name, doc in docs.items():
+        print(f"{name:<{width}}  {doc}")
     return 0

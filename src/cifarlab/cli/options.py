@@ -1,4 +1,7 @@
-"""Options that several commands share, spelled and explained the same way everywhere."""
+"""Options that several commands share, spelled and explained the same way everywhere.
+
+Every help text ends with its default. A flag that takes no value is off unless given.
+"""
 
 from __future__ import annotations
 
@@ -13,39 +16,45 @@ def data(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--data", metavar="SRC", help=f"{DATA_HELP} (default: {default})")
 
 
-def model(parser: argparse.ArgumentParser) -> None:
+def model(parser: argparse.ArgumentParser,
+          default: str = "the model the run names, if it is registered") -> None:
     parser.add_argument("--model", metavar="SPEC",
                         help="your own network: FILE.py:Class or package.module:Name (needed again "
-                             "for runs of your own model: checkpoints never import code)")
+                             f"for runs of your own model: checkpoints never import code) (default: "
+                             f"{default})")
 
 
 def weights(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=["best", "final"], default="best",
-                        help="best.pt (the best epoch by the run's monitor) or model.pt (the last "
-                             "epoch) (default: best)")
+                        help="best.pt (the best epoch by the run's monitor; runs without validation "
+                             "images have only the final weights) or model.pt (the last epoch) "
+                             "(default: best)")
 
 
-def device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="where to run (default: auto = cuda if available)")
+def device(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """`default=None` (train): keep what the recipe or config file says, which is auto."""
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=default,
+                        help="where to run: auto = cuda if available, else cpu (default: auto)")
 
 
 def quiet(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress output; results and errors still print (default: off)")
 
 
-def json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+def json_flag(parser: argparse.ArgumentParser, what: str = "print one JSON object instead of text") -> None:
+    parser.add_argument("--json", action="store_true", help=f"{what} (default: off)")
 
 
-def tta(parser: argparse.ArgumentParser) -> None:
+def tta(parser: argparse.ArgumentParser,
+        what: str = "test-time augmentation: average 6 flipped/shifted views (6x slower)") -> None:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
-                        help="test-time augmentation: average 6 flipped/shifted views (6x slower; "
-                             "default: off)")
+                        help=f"{what} (default: off)")
 
 
-SPLIT_HELP = ("split to evaluate: val (the run's own held-out images), test (sources that have "
-              "one, e.g. the official archive), or train (default: val)")
+SPLIT_HELP = ("images to judge the model on: val (the run's own held-out images), train (the images "
+              "it trained on), or test (the source's test split; used only when asked for, and "
+              "--data may name a source that holds only test/) (default: val)")
 
 
 def split(parser: argparse.ArgumentParser) -> None:

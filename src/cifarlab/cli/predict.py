@@ -20,7 +20,7 @@ def register(commands: Any) -> None:
     options.weights(p)
     options.model(p)
     options.device(p)
-    options.json_flag(p)
+    options.json_flag(p, "print a JSON list: image, top classes with probabilities")
     p.set_defaults(func=run)
 
 

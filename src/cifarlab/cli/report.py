@@ -4,6 +4,7 @@ per run (report.py does the work)."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ def register(commands: Any) -> None:
     options.weights(r)
     options.model(r)
     r.add_argument("--out", type=Path, metavar="DIR",
-                   help="output folder (default: RUN_DIR/report; with several runs: DIR/<run name>)")
+                   help="output folder; with several runs, DIR/<run name> (default: RUN_DIR/report)")
     options.device(r)
+    options.json_flag(r, "print a JSON list, one object per run: where the report is, the diagnosis "
+                         "and the scores")
     options.quiet(r)
     r.set_defaults(func=run)
 
@@ -38,11 +41,21 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and len(runs) > 1 and len(set(names)) < len(names):
         raise UserError("several runs share a directory name, so --out DIR/<run name> would mix "
                         "them; report them one at a time")
+    results = []
     for run in runs:
         out = args.out / run.name if args.out is not None and len(runs) > 1 else args.out
         report = write_report(run, out, data=args.data, split=args.split, device=args.device,
-                              quiet=args.quiet, weights=args.weights, tta=args.tta,
+                              quiet=args.quiet or args.json, weights=args.weights, tta=args.tta,
                               model=args.model)
+        if report.skipped:
+            warn(report.skipped)
+        if args.json:
+            evaluation = {k: v for k, v in (report.evaluation or {}).items()
+                          if k not in ("confusion", "calibration")}
+            results.append({"run": str(run.path), "report": str(report.out / "report.html"),
+                            "diagnosis": report.diagnosis.to_dict(), "evaluation": evaluation or None,
+                            "skipped": report.skipped})
+            continue
         print(f"{run.path}:")
         for line in report.diagnosis.lines():
             print(f"  {line}")
@@ -50,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             ev = report.evaluation
             print(f"  {ev['split']}: accuracy {ev['accuracy']:.4f}, macro F1 {ev['macro_avg']['f1']:.4f}, "
                   f"ECE {ev['ece']:.4f} ({ev['images']} images, {ev['weights']} weights)")
-        if report.skipped:
-            warn(report.skipped)
         print(f"  wrote {report.out / 'report.html'} (and {', '.join(report.files[:-1])})")
+    if args.json:
+        print(json.dumps(results))
     return 0

@@ -28,7 +28,8 @@ def register(commands: Any) -> None:
     s.add_argument("run", metavar="RUN", help="run directory (or a model.pt file)")
     s.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: everyone)")
-    s.add_argument("--port", type=int, default=8000, help="default: 8000 (0: any free port)")
+    s.add_argument("--port", type=int, default=8000,
+                   help="port to listen on; 0: any free port (default: 8000)")
     s.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20,
                    help="largest upload accepted, in MB (default: %(default)g)")
     s.add_argument("--max-pixels", type=int, default=defaults.max_pixels,

@@ -20,7 +20,7 @@ def register(commands: Any) -> None:
                    help="a recipe, a registered model or a run directory (default: base)")
     options.model(s)
     s.add_argument("--set", action="append", default=[], metavar="model_kwargs.NAME=VALUE",
-                   help="arguments for the model's factory")
+                   help="arguments for the model's factory (default: none)")
     s.add_argument("--classes", type=int, default=10, help="number of classes (default: 10)")
     options.json_flag(s)
     s.set_defaults(func=run)

@@ -12,7 +12,11 @@ from cifarlab.cli import options
 from cifarlab.config import RECIPES, parse_sets
 from cifarlab.errors import UserError
 
-BASE = RECIPES["base"].settings
+
+def per_recipe(key: str, fmt: str = "{}") -> str:
+    """"the recipe's: base 15, robust 15, ..." so that --help shows every recipe's own value."""
+    values = ", ".join(f"{name} {fmt.format(r.settings[key])}" for name, r in RECIPES.items())
+    return f"the recipe's: {values}"
 
 
 def register(commands: Any) -> None:
@@ -20,27 +24,33 @@ def register(commands: Any) -> None:
         "train", help="train a recipe or your own model and write a run directory",
         description="Train a recipe. Settings come from the recipe, then --config FILE, then the "
                     "flags and --set (later wins). Options left out keep the recipe's value; "
-                    "--list-recipes shows each recipe's own epochs, lr and batch size.",
+                    "--list-recipes shows each recipe's settings, --print-config all of them.",
         epilog="Every setting: --set key=value, e.g. --set optimizer=sgd --set augment.flip=true "
-               "--set model_kwargs.width=64; --print-config shows them all.")
+               "--set model_kwargs.width=64; --print-config shows them all. "
+               "Example: cifarlab train --recipe base --data ../shared/data/cifar10-train-jpeg.tgz")
     t.add_argument("--recipe", help=f"one of: {', '.join(RECIPES)} (default: the --config file's, "
                                     "else base)")
-    t.add_argument("--list-recipes", action="store_true", help="list the recipes and exit")
+    t.add_argument("--list-recipes", action="store_true",
+                   help="list the recipes and exit (default: off)")
     options.data(t, "$CIFARLAB_DATA, else the official set, downloaded once to ~/.cache/cifarlab")
     t.add_argument("--config", metavar="FILE",
-                   help="settings from a YAML or JSON file; a run's config.json reruns that run")
+                   help="settings from a YAML or JSON file; a run's config.json reruns that run "
+                        "(default: none)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting, typed by its field (repeatable; nested: augment.flip=true)")
-    t.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
-    options.model(t)
-    t.add_argument("--epochs", type=int,
-                   help=f"number of epochs (default: the recipe's; base: {BASE['epochs']})")
+                   help="any setting, typed by its field (repeatable; nested: augment.flip=true) "
+                        "(default: none)")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings and exit (default: off)")
+    options.model(t, "the recipe's registered model")
+    t.add_argument("--epochs", type=int, help=f"number of epochs (default: {per_recipe('epochs')})")
     t.add_argument("--batch-size", type=int,
-                   help=f"images per step (default: the recipe's; base: {BASE['batch_size']}); SGD "
-                        "recipes scale their lr with it unless --lr is given")
-    t.add_argument("--lr", type=float, help=f"learning rate (default: the recipe's; base: {BASE['lr']:g})")
+                   help="images per step; SGD recipes scale their lr with it unless --lr is given "
+                        f"(default: {per_recipe('batch_size')})")
+    t.add_argument("--lr", type=float,
+                   help=f"learning rate (default: {per_recipe('lr', '{:g}')})")
     t.add_argument("--val-fraction", type=float,
-                   help="share of train held out for validation, per class (default: 0.1)")
+                   help="share of train held out for validation, per class; 0: the final fit on "
+                        "all training images, with no validation (default: 0.1)")
     t.add_argument("--seed", type=int, help="seed for init, order, augmentation, dropout (default: 0)")
     t.add_argument("--subset", type=int, metavar="N",
                    help="train on a seeded random N of the training images only (default: all)")
@@ -52,7 +62,7 @@ def register(commands: Any) -> None:
     t.add_argument("--budget", metavar="TIME",
                    help="fit training plus evaluation into this wall-clock time (e.g. 90s, 10m, "
                         "1h): the epochs are sized from the speed measured on this machine; "
-                        "--epochs then caps them")
+                        "--epochs then caps them (default: none)")
     t.add_argument("--trials", type=int, default=1, metavar="N",
                    help="train N runs with seeds S, S+1, ... into DIR/seed-S and report mean +- "
                         "std (default: 1)")
@@ -60,9 +70,9 @@ def register(commands: Any) -> None:
                    help="run directory, new or empty (default: runs/<recipe>-<time>)")
     t.add_argument("--resume", nargs="?", const="", metavar="DIR",
                    help="continue an interrupted run (DIR, else --out, else the newest in runs/); "
-                        "with --epochs N, extend a run that has a constant schedule")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                   help="where to train (default: auto = cuda if available)")
+                        "with --epochs N, extend a run that has a constant schedule (default: "
+                        "start a new run)")
+    options.device(t, default=None)
     t.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train with N processes on this machine (DistributedDataParallel, one per "
                         "GPU); --batch-size stays the global batch. Same as: torchrun "
@@ -71,7 +81,9 @@ def register(commands: Any) -> None:
                    help="also save a resumable checkpoint every K steps, not only every epoch "
                         "(default: 0, every epoch)")
     t.add_argument("--tensorboard", action="store_true",
-                   help="also log to RUN/tensorboard (needs: pip install tensorboard)")
+                   help="also log to RUN/tensorboard (needs: pip install tensorboard) (default: off)")
+    options.json_flag(t, "print summary.json when done, instead of the progress table (implies "
+                         "--quiet)")
     options.quiet(t)
     t.set_defaults(func=run)
 
@@ -100,6 +112,7 @@ def changes_from(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
         return list_recipes()
+    args.quiet = args.quiet or args.json
     changes = changes_from(args)
     if args.resume is not None:
         return resume(args, changes)
@@ -117,9 +130,16 @@ def run(args: argparse.Namespace) -> int:
         cl.trials(n=args.trials, seed=changes.pop("seed", 0), nproc=args.nproc, **common, **changes)
         return 0
     run = cl.train(nproc=args.nproc, **common, **changes)
-    if not args.quiet:
-        print_done(run.summary)
+    done(args, run)
     return 0
+
+
+def done(args: argparse.Namespace, run: Any) -> None:
+    """The result: summary.json with --json, two lines of text unless --quiet."""
+    if args.json:
+        print(json.dumps(run.summary))
+    elif not args.quiet:
+        print_done(run.summary)
 
 
 def resume(args: argparse.Namespace, changes: dict[str, Any]) -> int:
@@ -132,8 +152,7 @@ def resume(args: argparse.Namespace, changes: dict[str, Any]) -> int:
     path = Path(args.resume) if args.resume else Path(args.out) if args.out else rundir.latest()
     model = changes.pop("model", None)
     run = cl.resume(path, model=model, quiet=args.quiet, nproc=args.nproc, **changes)
-    if not args.quiet:
-        print_done(run.summary)
+    done(args, run)
     return 0
 
 
@@ -148,6 +167,13 @@ def list_recipes() -> int:
 
 def print_done(summary: dict[str, Any]) -> None:
     if not summary:
+        return
+    if summary.get("val_acc") is None:  # --val-fraction 0
+        print(f"done: train_acc {summary['train_acc']:.4f} (clean {summary['train_acc_clean']:.4f}), "
+              f"no validation, {summary['seconds_per_epoch']:.1f} s/epoch, "
+              f"{summary['wall_seconds']:.0f} s in all")
+        print(f"weights: model.pt = epoch {summary['final_epoch']}; --weights best uses it too "
+              "(no validation images to pick a best epoch)")
         return
     tta = f", with TTA {summary['val_acc_tta']:.4f}" if "val_acc_tta" in summary else ""
     print(f"done: val_acc {summary['val_acc']:.4f}{tta} (best {summary['best_val_acc']:.4f} at "
