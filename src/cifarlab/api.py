@@ -7,6 +7,7 @@
     run.evaluate(tta=True)               # {"accuracy": ..., "loss": ..., "per_class": ...}
     run.predict("my_cat.jpg", top_k=3)
     cl.compare(["runs/a", "runs/b"]).chart()
+    cl.lr_find("base", data=...).suggestion     # the learning-rate range test (lrfind.py)
 
 Every keyword of `train` is a TrainConfig field (config.py), checked as strictly as the command
 line checks `--set`; paths may be str or pathlib.Path. Your own network trains the same way:
@@ -36,11 +37,12 @@ from cifarlab.diagnose import Diagnosis, diagnose
 from cifarlab.errors import UserError
 from cifarlab.evaluate import as_images, pick_device, predict_logits
 from cifarlab.evaluate import top_k as top_k_of
+from cifarlab.lrfind import LRFind, lr_find
 from cifarlab.modelsummary import ModelSummary, summarize
 from cifarlab.networks import Classifier, create_model, list_models, register_model, spec_of
 
-__all__ = ["Comparison", "Run", "compare", "load", "make_config", "models", "recipes", "register_model",
-           "resume", "summary", "train", "trials"]
+__all__ = ["Comparison", "LRFind", "Run", "compare", "load", "lr_find", "make_config", "models",
+           "recipes", "register_model", "resume", "summary", "train", "trials"]
 
 PathLike = str | Path
 
