@@ -11,6 +11,7 @@ during training saves a resumable checkpoint and exits 130.
     cifarlab evaluate runs/base-20261130-101500 --tta --json
     cifarlab report runs/base-20261130-101500
     cifarlab lr-find --recipe base
+    cifarlab search --recipe base --trials 30 --set epochs=8
 
 Nothing here imports torch at module level: `cifarlab --help` answers at once.
 """
@@ -34,7 +35,7 @@ EXIT_INTERRUPTED = 130
 COMMANDS = {
     "train": "train", "evaluate": "evaluate", "predict": "predict", "report": "report",
     "compare": "compare", "export": "export", "serve": "serve", "summary": "summary",
-    "models": "models", "data": "data", "lr-find": "lr_find",
+    "models": "models", "data": "data", "search": "search", "lr-find": "lr_find",
 }
 
 
