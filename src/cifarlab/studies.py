@@ -45,7 +45,8 @@ def optuna_module() -> Any:
     except ImportError:
         raise UserError("cifarlab search needs optuna: pip install 'optuna>=3.6' "
                         "(or: pip install 'cifarlab[search]')") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a row per trial is ours to print
+    # A row per trial is ours to print; a failed trial is reported by the error it raised.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
