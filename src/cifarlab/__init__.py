@@ -15,7 +15,8 @@ from typing import Any
 __version__ = "0.2.0"
 
 _API = {"train", "trials", "resume", "load", "compare", "make_config", "recipes", "models",
-        "register_model", "summary", "load_data", "plot_data", "Run", "Comparison"}
+        "register_model", "summary", "load_data", "plot_data", "search", "lr_find", "Run",
+        "Comparison", "Search", "LRFind"}
 _ELSEWHERE = {"TrainConfig": "cifarlab.config", "Augment": "cifarlab.config",
               "UserError": "cifarlab.errors", "TrainingError": "cifarlab.errors",
               "Interrupted": "cifarlab.errors", "TensorBoard": "cifarlab.callbacks"}

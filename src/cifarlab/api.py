@@ -7,6 +7,8 @@
     run.evaluate(tta=True)               # {"accuracy": ..., "loss": ..., "per_class": ...}
     run.predict("my_cat.jpg", top_k=3)
     cl.compare(["runs/a", "runs/b"]).chart()
+    cl.lr_find("base", data=...).suggestion     # the learning-rate range test (lrfind.py)
+    cl.search("base", trials=20, epochs=8, data=...).best_config   # Optuna search (hpsearch.py)
 
 Every keyword of `train` is a TrainConfig field (config.py), checked as strictly as the command
 line checks `--set`; paths may be str or pathlib.Path. Your own network trains the same way:
@@ -38,11 +40,15 @@ from cifarlab.diagnose import Diagnosis, diagnose
 from cifarlab.errors import UserError
 from cifarlab.evaluate import as_images, pick_device, predict_logits
 from cifarlab.evaluate import top_k as top_k_of
+from cifarlab.hpsearch import search
+from cifarlab.lrfind import LRFind, lr_find
 from cifarlab.modelsummary import ModelSummary, summarize
 from cifarlab.networks import Classifier, create_model, list_models, register_model, spec_of
+from cifarlab.searchresults import Search
 
-__all__ = ["Comparison", "Run", "compare", "load", "load_data", "make_config", "models", "plot_data",
-           "recipes", "register_model", "resume", "summary", "train", "trials"]
+__all__ = ["Comparison", "LRFind", "Run", "Search", "compare", "load", "load_data", "lr_find",
+           "make_config", "models", "plot_data", "recipes", "register_model", "resume", "search",
+           "summary", "train", "trials"]
 
 PathLike = str | Path
 

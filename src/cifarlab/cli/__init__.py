@@ -10,6 +10,8 @@ during training saves a resumable checkpoint and exits 130.
     cifarlab train --recipe bn --set augment.flip=true --set lr=2e-3 --print-config
     cifarlab evaluate runs/base-20261130-101500 --tta --json
     cifarlab report runs/base-20261130-101500
+    cifarlab lr-find --recipe base
+    cifarlab search --recipe base --trials 30 --set epochs=8
 
 Nothing here imports torch at module level: `cifarlab --help` answers at once.
 """
@@ -33,8 +35,8 @@ EXIT_INTERRUPTED = 130
 COMMANDS = {
     "train": "train", "evaluate": "evaluate", "predict": "predict", "report": "report",
     "compare": "compare", "explain": "explain", "robustness": "robustness", "export": "export",
-    "serve": "serve", "summary": "summary",
-    "models": "models", "data": "data",
+    "serve": "serve", "summary": "summary", "models": "models", "data": "data", "search": "search",
+    "lr-find": "lr_find",
 }
 
 
