@@ -78,15 +78,28 @@ def summarize(model: nn.Module, title: str = "model", input_shape: tuple[int, ..
     was_training = model.training
     model.eval()
     try:
-        counter = FlopCounterMode(display=False)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.no_grad(), counter:
+        with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=device))
-        summary.flops = counter.get_total_flops()
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
+    summary.flops = forward_flops(model, input_shape)
     summary.total_params = sum(p.numel() for p in model.parameters())
     summary.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return summary
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:
+    """FLOPs of one image's forward pass (eval mode, no gradients: nothing in the model changes)."""
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, *input_shape, device=device))
+        return int(counter.get_total_flops())
+    finally:
+        model.train(was_training)

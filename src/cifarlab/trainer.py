@@ -51,6 +51,7 @@ from cifarlab.config import TrainConfig, validate
 from cifarlab.data import Dataset, Split, load_dataset, make_splits
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, pick_device, predict_logits, to_batch
+from cifarlab.modelsummary import forward_flops
 from cifarlab.networks import Classifier, create_model
 
 METRIC_COLUMNS = rundir.METRIC_COLUMNS
@@ -605,9 +606,11 @@ class Trainer:
             return
         c = self.config
         params = sum(p.numel() for p in self.model.parameters())
+        flops = forward_flops(self.model)
         val = (f"{len(self.data.val)} val images" if self.has_val
                else "no validation (--val-fraction 0: the final fit on all training images)")
-        print(f"recipe {c.recipe} (model {c.model}, {params:,} parameters): "
+        print(f"recipe {c.recipe} (model {c.model}, {params:,} parameters, "
+              f"{flops / 1e6:,.1f} MFLOPs per image forward): "
               f"{len(self.data.train)} train images / {val}, {c.epochs} epochs "
               f"of {self.steps_per_epoch} steps, batch {c.batch_size}, {self.device} "
               f"x{torch.get_num_threads()} threads"
