@@ -363,7 +363,7 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
         "more than the threshold; underfitting if both are below the low-accuracy threshold; good "
         "generalization otherwise (docs/diagnosis.md).</p></div>",
         "<h2>Final metrics</h2>",
-        _table(["metric", "value"], final, kinds="tn"),
+        table(["metric", "value"], final, kinds="tn"),
         "<h2>Learning curves</h2>",
         figure("curves.png", "Loss and accuracy per epoch. The running train accuracy (dashed) is "
                "measured with dropout and augmentation active while the weights change, so it can "
@@ -387,9 +387,9 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
             figure("confusion_matrix.png", "Rows are the true classes, columns the predicted ones; "
                    "the diagonal holds the right answers. Right: each row as a share of its class."),
             "<h2>Per-class scores</h2>",
-            _table(["class", "precision", "recall", "F1", "images"], per_class, kinds="tnnnn"),
+            table(["class", "precision", "recall", "F1", "images"], per_class, kinds="tnnnn"),
             "<h2>Most confused pairs</h2>",
-            _table(["true class", "predicted as", "images", "share of the true class"], pairs,
+            table(["true class", "predicted as", "images", "share of the true class"], pairs,
                    kinds="ttnn") if pairs else "<p>No mistakes.</p>",
             "<h2>Calibration</h2>",
             figure("reliability.png", f"Confidence against accuracy in {CALIBRATION_BINS} bins. Bars "
@@ -412,23 +412,8 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
                  ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
                  ("command", str(run.record.get("command", "?")))]
     parts += _understanding(run)
-    parts += ["<h2>Configuration</h2>", _table(["setting", "value"], settings, kinds="tl")]
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>cifarlab report: {e(run.name)}</title>
-<link rel="icon" href="data:,">
-<style>{CSS}</style>
-</head>
-<body>
-<main>
-{chr(10).join(parts)}
-</main>
-</body>
-</html>
-"""
+    parts += ["<h2>Configuration</h2>", table(["setting", "value"], settings, kinds="tl")]
+    return page(f"cifarlab report: {run.name}", parts)
 
 
 EXPLAIN_CAPTIONS = {
@@ -467,14 +452,34 @@ def _understanding(run: Run) -> list[str]:
         parts += ["<h2>Robustness to common corruptions (cifarlab robustness)</h2>",
                   f"<p>{result.n_images:,} images, 15 CIFAR-10-C corruptions at severities "
                   f"{', '.join(map(str, result.severities))} (docs/robustness.md).</p>",
-                  _table(["measure", "accuracy"], rows, kinds="tn")]
+                  table(["measure", "accuracy"], rows, kinds="tn")]
         heat = run.path / rundir.ROBUSTNESS / "robustness.png"
         if heat.is_file():
             parts.append(embed(heat, "Accuracy per corruption and severity."))
     return parts
 
 
-def _table(header: list[str], rows: Sequence[Sequence[str]], kinds: str) -> str:
+def page(title: str, parts: Sequence[str]) -> str:
+    """One self-contained HTML page (report, search): our CSS, the parts in order, no scripts."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<link rel="icon" href="data:,">
+<style>{CSS}</style>
+</head>
+<body>
+<main>
+{chr(10).join(parts)}
+</main>
+</body>
+</html>
+"""
+
+
+def table(header: list[str], rows: Sequence[Sequence[str]], kinds: str) -> str:
     """A table; `kinds` has a letter per column: t text, n number (right, unbroken), l long text."""
     css = {"t": "", "n": " class=num", "l": " class=long"}
 

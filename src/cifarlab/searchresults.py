@@ -324,8 +324,7 @@ class Search:
 
     def render_html(self, pngs: dict[str, bytes]) -> str:
         """One self-contained page: figures inline, the table, the best config; nothing fetched."""
-        from cifarlab.report import CSS
-        from cifarlab.report import _table as table
+        from cifarlab.report import page, table
 
         e = html.escape
 
@@ -362,22 +361,7 @@ class Search:
             config = [[k, json.dumps(v)] for k, v in self.best_config.to_dict().items()]
             parts += [f"<h2>Best config (trial {best['trial']}): {e(BEST)}</h2>",
                       table(["setting", "value"], config, "tl")]
-        return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>cifarlab search: {e(self.path.name)}</title>
-<link rel="icon" href="data:,">
-<style>{CSS}</style>
-</head>
-<body>
-<main>
-{chr(10).join(parts)}
-</main>
-</body>
-</html>
-"""
+        return page(f"cifarlab search: {self.path.name}", parts)
 
 
 def _short(value: Any) -> str:
