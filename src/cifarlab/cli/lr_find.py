@@ -21,13 +21,16 @@ def register(commands: Any) -> None:
     f.add_argument("--recipe", help=f"one of: {', '.join(RECIPES)} (default: the --config file's, else base)")
     options.data(f, "$CIFARLAB_DATA, else the official set, downloaded once to ~/.cache/cifarlab")
     options.model(f)
-    f.add_argument("--config", metavar="FILE", help="settings from a YAML or JSON file")
+    f.add_argument("--config", metavar="FILE", help="settings from a YAML or JSON file (default: none)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting, e.g. --set optimizer=sgd --set batch_size=128 (repeatable)")
+                   help="any setting, e.g. --set optimizer=sgd --set batch_size=128 (repeatable) "
+                        "(default: the recipe's)")
     f.add_argument("--start", type=float, default=1e-7, help="first lr (default: 1e-7)")
     f.add_argument("--end", type=float, default=10.0, help="last lr (default: 10)")
     f.add_argument("--steps", type=int, default=100, help="training steps (default: 100)")
-    f.add_argument("--out", metavar="DIR", help="also write lr_find.png, lr_find.csv and lr_find.json here")
+    f.add_argument("--out", metavar="DIR",
+                   help="also write lr_find.png, lr_find.csv and lr_find.json here (default: "
+                        "nothing is written)")
     options.quiet(f)
     options.json_flag(f)
     f.set_defaults(func=run)

@@ -25,22 +25,26 @@ def register(commands: Any) -> None:
     s.add_argument("--space", metavar="FILE",
                    help="the search space, YAML or JSON (default: the recipe's own; --print-space)")
     s.add_argument("--print-space", action="store_true",
-                   help="print the space that would be searched and exit")
+                   help="print the space that would be searched and exit (default: off)")
     s.add_argument("--trials", type=int, metavar="N",
                    help="finished trials the study should reach (default: 20 unless --budget)")
     s.add_argument("--budget", metavar="TIME",
                    help="wall-clock budget of the search in this folder, e.g. 30m or 2h: no trial "
-                        "starts that would not fit (with --trials: whichever comes first)")
+                        "starts that would not fit (with --trials: whichever comes first) "
+                        "(default: none)")
     options.data(s, "$CIFARLAB_DATA, else the official set, downloaded once to ~/.cache/cifarlab")
-    s.add_argument("--config", metavar="FILE", help="fixed settings of every trial from a YAML/JSON file")
+    s.add_argument("--config", metavar="FILE",
+                   help="fixed settings of every trial from a YAML/JSON file (default: none)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a fixed setting of every trial, e.g. --set epochs=8 --set subset=10000 (repeatable)")
+                   help="a fixed setting of every trial, e.g. --set epochs=8 --set subset=10000 "
+                        "(repeatable) (default: the recipe's)")
     options.model(s)
     s.add_argument("--out", metavar="DIR", help="the search folder, new or empty (default: "
                                                 "searches/<recipe>-<time>)")
     s.add_argument("--resume", nargs="?", const="", metavar="DIR",
                    help="continue a stopped search (DIR, else --out, else the newest in searches/); "
-                        "with --storage and --study, join a study another machine started")
+                        "with --storage and --study, join a study another machine started "
+                        "(default: a new search)")
     s.add_argument("--storage", metavar="URL",
                    help="Optuna storage URL, e.g. postgresql://user@host/db, shared by several "
                         "machines (default: sqlite in the search folder)")
