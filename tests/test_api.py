@@ -333,3 +333,13 @@ def test_robustness_from_python_and_the_command_line(base_run: cl.Run,
     assert saved["severities"] == [2] and list(saved["table"]) == ["fog"]
     assert main(["robustness", str(base_run.path), "--severities", "1,x"]) == 2
     assert "--severities takes numbers" in capsys.readouterr().err
+
+
+def test_yaml_scientific_notation_is_a_number(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 1e-3\nweight_decay: 5e-4\nrecipe: base\n")  # YAML 1.1: strings
+    resolved = cl.make_config(config_file=config)
+    assert resolved.lr == 0.001 and resolved.weight_decay == 0.0005
+    config.write_text("lr: fast\n")
+    with pytest.raises(cl.UserError, match="setting 'lr' expects float, got 'fast'"):
+        cl.make_config(config_file=config)

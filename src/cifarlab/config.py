@@ -325,7 +325,18 @@ def read_file(path: str | Path) -> dict[str, Any]:
         values = values["config"]
     if not isinstance(values, dict):
         raise UserError(f"{path} must hold a mapping of settings (key: value)")
-    return values
+    return {key: _yaml_number(key, value) for key, value in values.items()}
+
+
+def _yaml_number(key: str, value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string: a float setting takes it as the number meant."""
+    kind = TYPES.get(key)
+    if isinstance(value, str) and kind in (float, float | None):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
