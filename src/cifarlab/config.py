@@ -128,10 +128,10 @@ def unknown_key(key: str, known: typing.Iterable[str], what: str = "setting") ->
                      f"{', '.join(known)}")
 
 
-def _type_name(kind: Any) -> str:
+def type_name(kind: Any) -> str:
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     if args and typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return f"{_type_name(args[0])} or none"
+        return f"{type_name(args[0])} or none"
     origin = typing.get_origin(kind)
     return getattr(origin or kind, "__name__", str(kind))
 
@@ -159,7 +159,7 @@ def check_value(key: str, value: Any, kind: Any) -> Any:
     elif origin is dict or kind is dict:
         ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
     if not ok:
-        raise UserError(f"setting '{key}' expects {_type_name(kind)}, got {value!r}")
+        raise UserError(f"setting '{key}' expects {type_name(kind)}, got {value!r}")
     return value
 
 
@@ -183,7 +183,7 @@ def parse_text(key: str, text: str, kind: Any) -> Any:
         if kind is float:
             return float(low)
     except ValueError:
-        raise UserError(f"setting '{key}' expects {_type_name(kind)}, got {text!r}") from None
+        raise UserError(f"setting '{key}' expects {type_name(kind)}, got {text!r}") from None
     if kind is str:
         return text
     return _literal(text)
@@ -206,11 +206,11 @@ def parse_sets(items: typing.Iterable[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise UserError(f"--set expects key=value, got {item!r}")
-        out[key] = parse_text(key, text, _field_type(key))
+        out[key] = parse_text(key, text, field_type(key))
     return out
 
 
-def _field_type(key: str) -> Any:
+def field_type(key: str) -> Any:
     head, _, rest = key.partition(".")
     if head not in FIELDS:
         raise unknown_key(head, FIELDS)

@@ -126,7 +126,7 @@ def read_space(space: dict[str, Any] | PathLike | None, recipe: str,
 
 
 def _param(key: str, spec: Any, base: TrainConfig) -> Param:
-    kind_of_field = configuration._field_type(key)  # unknown keys: the did-you-mean error
+    kind_of_field = configuration.field_type(key)  # unknown keys: the did-you-mean error
     head = key.partition(".")[0]
     if key in NOT_SEARCHABLE or head in ("recipe", "data"):
         raise UserError(f"'{key}' cannot be searched: {NOT_SEARCHABLE.get(key) or NOT_SEARCHABLE[head]}")
@@ -159,7 +159,7 @@ def _param(key: str, spec: Any, base: TrainConfig) -> Param:
             raise UserError(f"'{key}' is a whole number: use {{int: [{values[0]:g}, {values[1]:g}]}} "
                             "or {choice: [...]}")
         if _base_type(kind_of_field) not in (int, float, Any):
-            raise UserError(f"'{key}' is a {configuration._type_name(kind_of_field)}: use {{choice: [...]}}")
+            raise UserError(f"'{key}' is a {configuration.type_name(kind_of_field)}: use {{choice: [...]}}")
         values = [_typed(key, v, kind_of_field) for v in values]
     for value in values:  # each end and choice must make a valid config on its own
         try:
