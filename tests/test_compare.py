@@ -15,7 +15,7 @@ from cifarlab.cli import main
 from cifarlab.comparison import compare_rows, format_rows, write_chart
 from cifarlab.errors import UserError
 from cifarlab.report import read_run
-from cifarlab.trainer import METRIC_COLUMNS
+from cifarlab.rundir import METRIC_COLUMNS
 
 
 def write_run(path: Path, recipe: str, model: str, clean: list[float], val: list[float | None],

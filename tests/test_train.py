@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from cifarlab import checkpoint, distributed, trainer
+from cifarlab import checkpoint, distributed, rundir, trainer
 from cifarlab.config import TrainConfig, make_config
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from conftest import StopAfter, read_metrics
@@ -35,7 +35,7 @@ def test_run_directory(toy_data: Path, tmp_path: Path) -> None:
                                                "checkpoint.pt"}
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == trainer.METRIC_COLUMNS
+    assert list(rows[0]) == rundir.METRIC_COLUMNS
     saved = json.loads((run / "summary.json").read_text())
     for key in ("recipe", "epochs", "train_acc", "train_acc_clean", "val_acc", "best_val_acc",
                 "seconds_per_epoch", "total_seconds"):

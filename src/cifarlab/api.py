@@ -134,6 +134,12 @@ class Run:
     # ------------------------------------------------------------------------------------------
     # Using the model
 
+    def _split(self, data: PathLike | None, split: str) -> Any:
+        """The images and labels of a split, without running the model on them."""
+        _, part = reporting.evaluation_split(self._files.record, str(data) if data is not None
+                                             else None, split, quiet=True)
+        return part
+
     def predictions(self, data: PathLike | None = None, split: str = "val", tta: bool = False,
                     weights: str = "best", device: str = "auto") -> reporting.Predictions:
         """The model's logits on a split (cached: evaluate and the plots share one pass)."""
@@ -201,9 +207,9 @@ class Run:
         torch_device = pick_device(device)
         model = self.load_model(weights)
         if images is None:
-            p = self.predictions(data, split, False, weights, device)
-            figures = explaining.explain(model, p.images, p.labels, self.classes, torch_device,
-                                         layer=layer, count=count)
+            part = self._split(data, split)  # explain predicts itself: no second pass here
+            figures = explaining.explain(model, part.images, part.labels, self.classes,
+                                         torch_device, layer=layer, count=count)
         else:
             array, names = as_images(images)
             figures = explaining.explain_images(model, array, names, self.classes, torch_device,
@@ -226,9 +232,9 @@ class Run:
         from cifarlab import robustness as robust
 
         preset = robust.PRESETS["quick" if quick else "full"]
-        p = self.predictions(data, split, False, weights, device)
-        chosen, labels = robust.take(p.images, p.labels, images if images is not None else preset.images,
-                                     seed=seed)
+        part = self._split(data, split)
+        chosen, labels = robust.take(part.images, part.labels,
+                                     images if images is not None else preset.images, seed=seed)
         result = robust.measure(self.load_model(weights), chosen, labels, pick_device(device),
                                 corruptions=corruptions, severities=tuple(severities or preset.severities),
                                 seed=seed, quiet=quiet)
@@ -291,17 +297,9 @@ def make_config(recipe: str | None = None, config_file: PathLike | None = None,
         >>> cl.make_config("robust", epochs=3).augment.flip
         True
     """
-    return resolve(recipe, config_file, _flatten(settings))
-
-
-def _flatten(settings: dict[str, Any]) -> dict[str, Any]:
-    """Keywords as config keys: `augment=dict(flip=True)` and `augment={"flip": True}` alike."""
-    out = {}
-    for key, value in settings.items():
-        if key == "data" and value is not None:
-            value = str(value)
-        out[key] = value
-    return out
+    if settings.get("data") is not None:
+        settings["data"] = str(settings["data"])  # a Path is as good as a str
+    return resolve(recipe, config_file, settings)
 
 
 def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None = None,
@@ -323,7 +321,6 @@ def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None
     Ctrl-C saves a checkpoint and raises `cifarlab.errors.Interrupted`; `cl.resume(path)` goes on.
     `started` (time.perf_counter()) is when a `budget`'s clock started, if before this call.
     """
-    settings = _flatten(settings)
     if data is not None:
         settings["data"] = str(data)
     if model is not None:

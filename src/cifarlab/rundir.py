@@ -121,12 +121,9 @@ def discard_if_empty(path: Path, remove_folder: bool = True) -> None:
     folder itself if cifarlab made it."""
     if (path / METRICS).exists() or (path / CHECKPOINT).exists():
         return
-    for name in (MARKER, CONFIG):
+    for file in (path / MARKER, path / CONFIG, *path.glob(".*.tmp")):
         with contextlib.suppress(OSError):
-            (path / name).unlink()
-    for stale in path.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
+            file.unlink()
     if remove_folder:
         with contextlib.suppress(OSError):
             path.rmdir()

@@ -54,7 +54,6 @@ from cifarlab.evaluate import evaluate_split, pick_device, predict_logits, to_ba
 from cifarlab.modelsummary import forward_flops
 from cifarlab.networks import Classifier, create_model
 
-METRIC_COLUMNS = rundir.METRIC_COLUMNS
 ModelArg = checkpoint.ModelArg
 
 
@@ -751,7 +750,3 @@ def _model_of(config: TrainConfig) -> ModelArg:
         return None
     raise UserError(f"this run trained the model '{config.model}', which is not registered here; "
                     f"pass it again: --model {config.model} (CLI) or model=... (Python)")
-
-
-def latest_run(root: Path = rundir.DEFAULT_ROOT) -> Path:
-    return rundir.latest(root)
