@@ -183,7 +183,7 @@ def test_feature_maps_go_from_full_resolution_to_the_deepest(images: np.ndarray)
     fig = feature_maps(registered("bn"), images, max_images=2, channels=4)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles[0] == "input"
-    assert "32x32" in titles[1] and "8x8" in titles[-1] and len(titles) == 5  # input + 4 stages
+    assert "32x32" in titles[1] and "4x4" in titles[-1] and len(titles) == 5  # input + 4 stages
 
 
 def test_cam_figure_with_nothing_to_show() -> None:

@@ -25,6 +25,32 @@ def test_base_matches_the_seed_architecture() -> None:
     assert params == (27 * 32 + 32) + (288 * 64 + 64) + (576 * 128 + 128) + (2048 * 10 + 10)
 
 
+@pytest.mark.parametrize("name", ["base", "base_dropout", "bn"])
+def test_pool_before_relu_is_the_seed_order(name: str) -> None:
+    """The seed models run MaxPool before ReLU (cheaper); outputs and gradients must equal the
+    Keras order, ReLU then MaxPool, with the same weights."""
+    torch.manual_seed(0)
+    model = create_model(name, 10).body.train()
+    layers = list(model)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    seed_order = torch.nn.Sequential(*layers)
+    assert [type(m) for m in seed_order] != [type(m) for m in model]
+    x = torch.randn(8, 3, 32, 32)
+    outputs, grads = [], []
+    for net in (model, seed_order):
+        net.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        out = net(x)
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
 def test_normalisation_is_inside_the_model() -> None:
     model = create_model("base", 10, mean=(100.0, 100.0, 100.0), std=(50.0, 50.0, 50.0)).eval()
     x = torch.full((1, 3, 32, 32), 100.0)

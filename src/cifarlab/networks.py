@@ -194,7 +194,11 @@ def keras_init(module: nn.Module) -> None:
 
 
 def _conv_relu_pool(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+    """Conv + ReLU + MaxPool, computed as Conv, MaxPool, ReLU: max and ReLU commute, so the
+    outputs and gradients are the same, and the ReLU touches a quarter of the values (the seed
+    models train ~10-25% faster a step on the CPU; BENCHMARKS.md). The parameter indices in the
+    Sequential are unchanged, so older checkpoints load."""
+    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
 
 
 @register_model("base")
@@ -222,8 +226,8 @@ def base_dropout_cnn(num_classes: int = 10) -> nn.Module:
 def _bn_block(c_in: int, c_out: int) -> list[nn.Module]:
     return [
         nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+        nn.MaxPool2d(2), nn.ReLU(inplace=True), nn.Dropout(0.25),  # = ReLU then pool; cheaper
     ]
 
 
