@@ -32,12 +32,19 @@ def toy_fast(data: Path, **overrides: Any) -> Any:
 
 
 def test_fast_settings_are_airbench_per_image() -> None:
-    fast = make_config("fast")
+    fast = make_config("fast_sgd")
     assert fast.model == "fastnet" and fast.optimizer == "sgd" and fast.lookahead and fast.tta
     assert fast.lr * 1024 / fast.batch_size == pytest.approx(1.5)  # airbench's 11.5 / 7.67
     assert fast.lr * fast.weight_decay * 1024 / fast.batch_size == pytest.approx(0.0153 * 1024
                                                                                 / 7850, rel=1e-3)
     assert RECIPES["fast_small"].settings["model"] == "fastnet_small"
+    muon = make_config("fast")  # airbench94_muon: the same SGD for all but the conv filters
+    assert (muon.optimizer, muon.epochs, muon.lookahead) == ("muon", 8, False)
+    assert (muon.lr, muon.weight_decay) == (fast.lr, fast.weight_decay)
+
+
+def test_renamed_recipes_still_read() -> None:
+    assert make_config("fast_muon") == make_config("fast")
 
 
 def test_sgd_lr_follows_the_batch_size_unless_given() -> None:
@@ -47,7 +54,7 @@ def test_sgd_lr_follows_the_batch_size_unless_given() -> None:
 
 
 def test_optimizer_groups_and_frozen_whitening_bias() -> None:
-    config = make_config("fast")
+    config = make_config("fast_sgd")
     model = create_model("fastnet_small", 10)
     optimizer = optim.build(config, model)
     groups = {round(g["lr_scale"]): g for g in optimizer.param_groups if "until_epoch" not in g}
@@ -178,7 +185,7 @@ def test_orthogonalize_flattens_the_spectrum() -> None:
 
 
 def test_muon_moves_filters_at_a_fixed_norm_and_the_rest_by_sgd() -> None:
-    config = make_config("fast_muon")
+    config = make_config("fast")
     model = create_model("fastnet_small", 10)
     optimizer = optim.build(config, model)
     muon, *sgd = optimizer.param_groups
@@ -198,7 +205,7 @@ def test_muon_moves_filters_at_a_fixed_norm_and_the_rest_by_sgd() -> None:
 
 def test_muon_run_resumes_exactly(toy_data: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    config = make_config("fast_muon", data=str(toy_data), epochs=2, batch_size=64, val_fraction=0.2,
+    config = make_config("fast", data=str(toy_data), epochs=2, batch_size=64, val_fraction=0.2,
                          device="cpu", tta=False, model="fastnet_small")
     trainer.train(config, out=tmp_path / "straight", quiet=True)
     monkeypatch.setattr(trainer, "_StopFlag", StopAfter)
