@@ -405,7 +405,7 @@ RECIPES: dict[str, Recipe] = {
                 "augment": Augment(flip=True, rotation=0.1, zoom=0.1)}),
         Recipe("bn", "the seed's BatchNorm + Dropout CNN (2 convs per block, MLP head)",
                {"model": "bn", **SEED_SETTINGS}),
-        Recipe("fast", "airbench-style whitened VGG, Muon, TTA: 0.911 val in 8 epochs (~25 min "
+        Recipe("fast", "airbench-style whitened VGG, Muon, TTA: 0.91 val in 8 epochs (26 min "
                "on 2 cores)", FAST_SETTINGS),
         Recipe("fast_small", "fast at half width (4x fewer FLOPs): for budgets of a few minutes",
                # label smoothing 0.2: as measured (9 epochs, 0.891 with TTA; BENCHMARKS.md)
