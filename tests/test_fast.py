@@ -233,3 +233,42 @@ def test_tta_on_the_least_confident_share_only() -> None:
     unsure = torch.argsort(plain.softmax(1).max(1).values)[:10]
     assert set(torch.nonzero(changed).flatten().tolist()) == set(unsure.tolist())
     torch.testing.assert_close(part[changed], full[changed])
+
+
+def test_low_res_epochs_train_on_smaller_images(toy_data: Path, tmp_path: Path) -> None:
+    sizes: list[tuple[int, int]] = []  # (epoch, side) of every training batch
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, num_classes: int = 4) -> None:
+            super().__init__()
+            self.net = create_model("fastnet_small", num_classes).body
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                sizes.append((len(records), x.shape[-1]))
+            return self.net(x)
+
+    records: list[int] = []
+    config = toy_fast(toy_data, epochs=4, low_res_share=0.5, low_res=16, tta=False,
+                      calibrate=False)
+    trainer.train(config, out=tmp_path / "run", model=Recorder(),
+                  callbacks=[lambda run, metrics: records.append(metrics["epoch"])], quiet=True)
+    by_epoch = {epoch: {side for e, side in sizes if e == epoch} for epoch, _ in sizes}
+    assert by_epoch == {0: {16}, 1: {16}, 2: {32}, 3: {32}}
+
+
+def test_budget_counts_low_res_epochs_as_cheaper(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "measure_rates", lambda *a, **k: (1.0, 0.001))
+    plain = make_config("fast", budget=1000.0, tta=False)
+    resized = make_config("fast", budget=1000.0, tta=False, low_res_share=0.5)
+    fitted = [budget.fit(c, 45_000, 5_000, 10, torch.device("cpu"), None, 0.0, quiet=True)
+              for c in (plain, resized)]
+    # 970 s planned: 5 full epochs of 176 steps + 10.3 s fit (931 s), 6 do not (1,118 s); with 3
+    # of 6 at 24 px (0.5625 of a step) 6 fit (887 s), and 7 with 4 at 24 px do not (996 s)
+    assert fitted[0].epochs == 5 and fitted[1].epochs == 6
+
+
+def test_low_res_with_a_fixed_size_head_is_one_line(toy_data: Path, tmp_path: Path) -> None:
+    config = make_config("base", data=str(toy_data), epochs=2, low_res_share=0.5, device="cpu")
+    with pytest.raises(UserError, match="fails on a batch of 2 x 3 x 24 x 24 images \\(low_res_share"):
+        trainer.train(config, out=tmp_path / "run", quiet=True)

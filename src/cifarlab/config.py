@@ -77,6 +77,8 @@ class TrainConfig:
     alternate_flip: bool = False  # mirror each image in every other epoch, not at random
     tta: bool = False  # also report the final val accuracy with test-time augmentation
     tta_fraction: float = 1.0  # TTA views only for this share of least-confident images
+    low_res_share: float = 0.0  # this share of the epochs, the first, trains on images resized
+    low_res: int = 24  # to low_res pixels: an epoch costs (low_res / 32)^2 of the FLOPs
     calibrate: bool = True  # fit a temperature on val after training: probabilities mean what they say
     monitor: str = "val_acc"  # best weights (best.pt) and early stopping follow this metric
     early_stop: int = 0  # stop after this many epochs without a better `monitor` (0: never)
@@ -259,6 +261,11 @@ def apply(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
     return new
 
 
+def low_res_epochs(config: TrainConfig, epochs: int | None = None) -> int:
+    """How many of the first epochs (of `epochs`, else config.epochs) train at config.low_res."""
+    return round(config.low_res_share * (config.epochs if epochs is None else epochs))
+
+
 def validate(config: TrainConfig) -> None:
     """Ranges and choices; each message names the flag or key to change."""
     checks = [
@@ -273,6 +280,8 @@ def validate(config: TrainConfig) -> None:
         (0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (0 <= config.warmup < 1, "warmup must be in [0, 1)"),
         (0 < config.tta_fraction <= 1, "tta_fraction must be in (0, 1]"),
+        (0 <= config.low_res_share < 1, "low_res_share must be in [0, 1)"),
+        (8 <= config.low_res <= 32, "low_res must be in 8..32 pixels"),
         (config.early_stop >= 0, "--early-stop must be 0 (off) or a number of epochs"),
         (config.early_stop == 0 or config.val_fraction > 0,
          "--early-stop watches the validation images, and --val-fraction 0 leaves none"),

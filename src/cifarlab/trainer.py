@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from cifarlab import __version__, budget, checkpoint, distributed, fsio, optim, rundir
 from cifarlab.augment import augment_batch, flip_where
 from cifarlab.calibrate import ece, fit_temperature
-from cifarlab.config import TrainConfig, validate
+from cifarlab.config import TrainConfig, low_res_epochs, validate
 from cifarlab.data import Dataset, Split, load_dataset, make_splits
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, pick_device, predict_logits, to_batch
@@ -226,6 +226,8 @@ def build_model(config: TrainConfig, data: Data, device: torch.device,
     classifier = create_model(model if model is not None else config.model, len(data.classes),
                               mean, std, config.model_kwargs)
     _check_output(classifier, len(data.classes))
+    if low_res_epochs(config):
+        _check_output(classifier, len(data.classes), config.low_res)
     classifier.to(device)
     if config.channels_last:
         classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -237,16 +239,18 @@ def build_model(config: TrainConfig, data: Data, device: torch.device,
     return classifier
 
 
-def _check_output(model: Classifier, num_classes: int) -> None:
-    """A user's model must map N x 3 x 32 x 32 to N x classes: say so before training starts."""
+def _check_output(model: Classifier, num_classes: int, side: int = 32) -> None:
+    """A user's model must map N x 3 x side x side to N x classes: say so before training starts."""
     try:
         with torch.no_grad():
             was = model.training
             model.eval()
-            out = model(torch.zeros(2, 3, 32, 32))
+            out = model(torch.zeros(2, 3, side, side))
             model.train(was)
     except Exception as exc:  # the user's forward failed: one line, with the cause
-        raise UserError(f"the model fails on a batch of 2 x 3 x 32 x 32 images: "
+        hint = (" (low_res_share trains the first epochs at this size; a model with a fixed-size "
+                "head, such as the seed CNNs, cannot)" if side != 32 else "")
+        raise UserError(f"the model fails on a batch of 2 x 3 x {side} x {side} images{hint}: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -490,6 +494,9 @@ class Trainer:
                 if config.augment.active:
                     images = augment_batch(config.augment, images, torch.Generator().manual_seed(
                         seed_for(config.seed, epoch, step, 1, ctx.rank)))
+                if epoch < low_res_epochs(config):  # progressive resizing: cheaper early epochs
+                    images = F.interpolate(images, size=(config.low_res,) * 2, mode="bilinear",
+                                           antialias=True, align_corners=False)
                 torch.manual_seed(seed_for(config.seed, epoch, step, 2, ctx.rank))  # dropout
                 lr = optim.lr_at(config, (epoch * steps + step) / (config.epochs * steps))
                 optim.set_lr(self.optimizer, lr, epoch)
