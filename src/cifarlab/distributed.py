@@ -80,10 +80,14 @@ def init(ctx: Context, device: torch.device) -> None:
 def owned_group() -> Iterator[None]:
     """Leave the process group on exit if it was joined inside the block (not one the caller made)."""
     existed = dist.is_available() and dist.is_initialized()
+    finished = False
     try:
         yield
+        finished = True
     finally:
         if not existed and dist.is_available() and dist.is_initialized():
+            if finished:  # leave together: gloo torn down under a peer still talking can abort it
+                dist.barrier()  # (seen once in CI: "terminate called without an active exception")
             dist.destroy_process_group()
 
 
