@@ -114,10 +114,11 @@ def fit(config: TrainConfig, n_train: int, n_val: int, num_classes: int, device:
                 f"one step takes {step_seconds:.1f} s and evaluation {eval_seconds:.0f} s")
         epochs, subset = 1, images
     if not quiet:
+        low = low_res_epochs(config, epochs)
         print(f"budget {config.budget:.0f} s: {step_seconds:.2f} s/step, "
               f"{1 / image_seconds:.0f} images/s evaluated -> {epochs} epochs"
               + (f" of {subset} images" if subset else "")
               + f" of ~{epoch_seconds:.0f} s"
-              + (f" ({low_res_epochs(config, epochs)} of them at {config.low_res} px)"
-                 if low_res_epochs(config, epochs) else ""), file=sys.stderr, flush=True)
+              + (f" ({low} of them at {config.low_res} px)" if low else ""),
+              file=sys.stderr, flush=True)
     return dataclasses.replace(config, epochs=epochs, subset=subset)

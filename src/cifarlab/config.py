@@ -387,7 +387,7 @@ FAST_SGD_SETTINGS: dict[str, Any] = {
 # the rest; its lr decays linearly from the start (no warm-up, no lookahead). 8 epochs reach what
 # `fast_sgd` reaches in 10: 0.911 +- 0.002 val with TTA over 3 seeds, against 0.909 +- 0.002
 # (measured on a GPU: accuracy per epoch does not depend on the machine; BENCHMARKS.md). A Muon
-# step costs ~3% more on the CPU (Newton-Schulz), so `fast` is Muon: ~18% less time.
+# step costs ~5% more on the CPU (Newton-Schulz), so `fast` is Muon: ~16% less training.
 # muon_lr is per step: airbench's 0.24 at batch 2000, scaled to batch 256 by the square root of
 # the batch ratio (more, smaller steps): 0.086; 0.043 and 0.17 measured no better.
 # Label smoothing 0.1, not 0.2: +0.3 points with TTA over 3 seeds.
@@ -456,8 +456,8 @@ def resolve(recipe: str | None = None, config_file: str | Path | None = None,
     name = recipe or from_file.get("recipe") or "base"
     if not isinstance(name, str):
         raise UserError(f"setting 'recipe' expects str, got {name!r}")
-    name = RENAMED.get(name, name)
     config = base_config(name)
+    name = config.recipe  # a renamed recipe's current name
     merged = {**from_file, **changes, "recipe": name}
     config = apply(config, merged)
     if (config.optimizer in ("sgd", "muon") and "batch_size" in merged and "lr" not in merged

@@ -480,6 +480,7 @@ class Trainer:
                    unit="step", leave=False, disable=self.quiet, file=sys.stderr,
                    dynamic_ncols=True, mininterval=0.5)
         use_amp = self.device.type == "cuda"
+        low_res = epoch < low_res_epochs(config)
         with bar:
             for step in range(state.step, steps):
                 idx = order[step * batch:(step + 1) * batch]
@@ -494,7 +495,7 @@ class Trainer:
                 if config.augment.active:
                     images = augment_batch(config.augment, images, torch.Generator().manual_seed(
                         seed_for(config.seed, epoch, step, 1, ctx.rank)))
-                if epoch < low_res_epochs(config):  # progressive resizing: cheaper early epochs
+                if low_res:  # progressive resizing: cheaper early epochs
                     images = F.interpolate(images, size=(config.low_res,) * 2, mode="bilinear",
                                            antialias=True, align_corners=False)
                 torch.manual_seed(seed_for(config.seed, epoch, step, 2, ctx.rank))  # dropout
