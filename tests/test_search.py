@@ -16,7 +16,7 @@ import pytest
 
 import cifarlab as cl
 from cifarlab.cli import main
-from cifarlab.searchspace import read_space
+from cifarlab.hpsearch.space import read_space
 
 pytest.importorskip("optuna")
 

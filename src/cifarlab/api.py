@@ -40,15 +40,11 @@ from cifarlab.diagnose import Diagnosis, diagnose
 from cifarlab.errors import UserError
 from cifarlab.evaluate import as_images, pick_device, predict_logits
 from cifarlab.evaluate import top_k as top_k_of
-from cifarlab.hpsearch import search
-from cifarlab.lrfind import LRFind, lr_find
 from cifarlab.modelsummary import ModelSummary, summarize
 from cifarlab.networks import Classifier, create_model, list_models, register_model, spec_of
-from cifarlab.searchresults import Search
 
-__all__ = ["Comparison", "LRFind", "Run", "Search", "compare", "load", "load_data", "lr_find",
-           "make_config", "models", "plot_data", "recipes", "register_model", "resume", "search",
-           "summary", "train", "trials"]
+__all__ = ["Comparison", "Run", "compare", "load", "load_data", "make_config", "models",
+           "plot_data", "recipes", "register_model", "resume", "summary", "train", "trials"]
 
 PathLike = str | Path
 
@@ -265,9 +261,8 @@ class Run:
     def serve(self, host: str = "127.0.0.1", port: int = 8000, weights: str = "best",
               **limits: Any) -> None:
         """The web demo and JSON API for this model until Ctrl-C (docs/serving.md); `limits` are
-        serve_limits.Limits fields, e.g. max_upload_bytes, max_concurrency."""
-        from cifarlab.serve import serve
-        from cifarlab.serve_limits import Limits
+        serve.Limits fields, e.g. max_upload_bytes, max_concurrency."""
+        from cifarlab.serve import Limits, serve
 
         serve(self.path, host, port, Limits(**limits), weights, self._model_factory())
 

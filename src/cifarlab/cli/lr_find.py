@@ -37,7 +37,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import cifarlab.api as cl
+    import cifarlab as cl
 
     changes = parse_sets(args.set)
     model = args.model if args.model is not None else changes.pop("model", None)

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--resume continues a search as it was set up: leave out --recipe, "
                         "--space, --config, --set and --model (--trials, --budget, --data, --jobs "
                         "may change)")
-    import cifarlab.api as cl
+    import cifarlab as cl
 
     resume = args.resume is not None
     out = (args.resume or args.out) if resume else args.out
@@ -110,7 +110,7 @@ def print_space(args: argparse.Namespace, changes: dict[str, Any]) -> int:
     import yaml
 
     from cifarlab.config import resolve
-    from cifarlab.searchspace import read_space
+    from cifarlab.hpsearch.space import read_space
 
     base = resolve(args.recipe, args.config, {k: v for k, v in changes.items()})
     params = read_space(args.space, base.recipe, base)

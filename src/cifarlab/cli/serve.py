@@ -18,7 +18,7 @@ SERVE_PACKAGES = "fastapi uvicorn python-multipart"
 
 def register(commands: Any) -> None:
     """Add the serve sub-command to the CLI's sub-parsers."""
-    from cifarlab.serve_limits import Limits
+    from cifarlab.serve.limits import Limits
 
     defaults = Limits()
     s = commands.add_parser(
@@ -45,7 +45,7 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from cifarlab.export import require
     from cifarlab.serve import serve
-    from cifarlab.serve_limits import Limits
+    from cifarlab.serve.limits import Limits
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")

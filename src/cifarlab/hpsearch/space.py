@@ -13,7 +13,7 @@ Keys are the settings of `--set` (`cl.make_config()` shows them all), checked wi
 did-you-mean errors; each range end and choice is checked against the setting's type and range
 when the space is read, not after an hour of trials. This module imports neither torch nor optuna.
 
-    >>> from cifarlab.searchspace import read_space
+    >>> from cifarlab.hpsearch.space import read_space
     >>> [p.key for p in read_space({"lr": {"log_uniform": [1e-4, 1e-2]}}, "base")]
     ['lr']
 """

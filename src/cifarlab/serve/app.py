@@ -7,7 +7,7 @@
 FastAPI + uvicorn rather than Gradio: the upload path has to refuse a 50 MB body before reading it
 and a decompression bomb before decoding it, which needs control of the raw request stream; FastAPI
 gives that plus an OpenAPI description for free, in a few small, well-kept packages, and the page
-is one self-contained HTML file (`serve_page.py`). fastapi/uvicorn are imported inside functions:
+is one self-contained HTML file (`page.py`). fastapi/uvicorn are imported inside functions:
 `cifarlab train` must not need them.
 
 Every upload goes through the same path as `cifarlab predict`: `sources.decode_image` (any size or
@@ -33,8 +33,8 @@ from PIL import Image
 from cifarlab import checkpoint
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_logits
-from cifarlab.serve_limits import Limits
-from cifarlab.serve_page import render_page
+from cifarlab.serve.limits import Limits
+from cifarlab.serve.page import render_page
 from cifarlab.sources import IMAGE_FORMATS, decode_image  # the formats PIL may open: not EPS & co.
 
 REPORT_DIR = "report"

@@ -12,7 +12,7 @@ bookkeeping that lets a search be killed and resumed, or shared by several machi
 
 The study is the record: the search's settings are its user attributes, every trial's settings,
 per-epoch val_acc, state and config are in the storage, so the results can be rebuilt from the
-database alone (hpsearch.py runs trials, searchresults.py reads them back).
+database alone (study.py runs trials, results.py reads them back).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def make_sampler(name: str, seed: int, startup: int) -> optuna.samplers.BaseSamp
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """median (default), halving or none; hpsearch.py's docstring says why median."""
+    """median (default), halving or none; study.py's docstring says why median."""
     optuna = optuna_module()
     if name == "median":
         # Steps are epochs (1, 2, ...): n_warmup_steps=2 judges a trial from its 2nd epoch on.

@@ -34,8 +34,8 @@ What it does, and why:
   and loses at most the trial in flight (marked failed; its folder stays). Several machines can
   work on one study: see docs/search.md.
 
-The folder layout and the study's bookkeeping are in studies.py; the space format in
-searchspace.py; reading results back (tables, figures, the page) in searchresults.py.
+The folder layout and the study's bookkeeping are in storage.py; the space format in
+space.py; reading results back (tables, figures, the page) in results.py.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ from cifarlab import config as configuration
 from cifarlab import fsio, rundir
 from cifarlab.config import resolve
 from cifarlab.errors import Interrupted, TrainingError, UserError
-from cifarlab.searchresults import Search, trial_seconds
-from cifarlab.searchspace import NOT_SEARCHABLE, Param, current, read_space
-from cifarlab.studies import (
+from cifarlab.hpsearch.results import Search, trial_seconds
+from cifarlab.hpsearch.space import NOT_SEARCHABLE, Param, current, read_space
+from cifarlab.hpsearch.storage import (
     DEFAULT_ROOT,
     HOST,
     MARKER,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from cifarlab import fsio
 from cifarlab.config import TrainConfig
 from cifarlab.errors import UserError
-from cifarlab.studies import (
+from cifarlab.hpsearch.storage import (
     BEST,
     CURVES_PNG,
     HISTORY_PNG,
