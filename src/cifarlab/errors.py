@@ -26,6 +26,14 @@ class Interrupted(Exception):
         self.run_dir = run_dir
 
 
+class WorkersFailed(Exception):
+    """A training process started by --nproc failed; it said why itself. Carries its exit code."""
+
+    def __init__(self, code: int):
+        super().__init__(f"a training process exited with code {code}")
+        self.code = code
+
+
 def warn(message: str) -> None:
     """Print a one-line warning on stderr."""
     print(f"cifarlab: warning: {message}", file=sys.stderr, flush=True)
