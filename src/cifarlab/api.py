@@ -2,7 +2,7 @@
 
     import cifarlab as cl
     run = cl.train("base", data="../shared/data/cifar10-train-jpeg.tgz", epochs=15, out="runs/nb")
-    run.history[-1]["val_acc"], run.summary["best_val_acc"]
+    run.history["val_acc"], run.results["best_val_acc"]   # Keras' names work: history["val_accuracy"]
     run.plot_curves()                    # a matplotlib Figure: shows inline in Jupyter
     run.evaluate(tta=True)               # {"accuracy": ..., "loss": ..., "per_class": ...}
     run.predict("my_cat.jpg", top_k=3)
@@ -40,6 +40,7 @@ from cifarlab.diagnose import Diagnosis, diagnose
 from cifarlab.errors import UserError
 from cifarlab.evaluate import as_images, predict_logits
 from cifarlab.evaluate import top_k as top_k_of
+from cifarlab.history import History
 from cifarlab.modelsummary import ModelSummary, summarize
 from cifarlab.networks import Classifier, create_model, describe_models, register_model, spec_of
 from cifarlab.runtime import pick_device
@@ -56,7 +57,7 @@ class Run:
 
         >>> import cifarlab as cl
         >>> run = cl.load("runs/nb")                             # doctest: +SKIP
-        >>> run.summary["best_val_acc"], run.plot_curves()       # doctest: +SKIP
+        >>> run.results["best_val_acc"], run.plot_curves()       # doctest: +SKIP
 
     `model` is the best weights (by the run's monitor) unless `weights="final"` is asked for.
     A run of your own network needs the network again: `cl.load(path, model=MyNet)`.
@@ -70,7 +71,7 @@ class Run:
         self._predictions: dict[tuple[Any, ...], evaluating.Predictions] = {}
 
     def __repr__(self) -> str:
-        s = self.summary
+        s = self.results
         if not self.history:
             return f"Run('{self.path}': a model file of {self._files.model_recipe})"
         if math.isnan(self.history[-1]["val_acc"]):  # --val-fraction 0
@@ -86,15 +87,23 @@ class Run:
         return TrainConfig.from_dict(self._files.config)
 
     @property
-    def history(self) -> list[dict[str, float]]:
-        """One dict per finished epoch: epoch, train_loss, train_acc, train_acc_clean, val_loss,
-        val_acc, lr, seconds, train_seconds (metrics.csv)."""
+    def history(self) -> History:
+        """The finished epochs (metrics.csv): `history["val_acc"]` is a column (Keras' names work
+        too: `history["val_accuracy"]`, `history.history["loss"]`), `history[-1]` the last row."""
         return self._files.history
 
     @property
-    def summary(self) -> dict[str, Any]:
-        """Final figures (summary.json); empty for an unfinished run."""
+    def results(self) -> dict[str, Any]:
+        """The run's final figures (summary.json): val_acc, best_val_acc and its epoch, TTA,
+        seconds ...; empty for an unfinished run."""
         return self._files.summary
+
+    @property
+    def summary(self) -> _Summary:
+        """`run.summary()`: the model's layers, shapes, parameters and FLOPs, as Keras'
+        model.summary(). (summary.json's figures are `run.results`; `run.summary["..."]` still
+        reads them, with a DeprecationWarning.)"""
+        return _Summary(self)
 
     @property
     def classes(self) -> list[str]:
@@ -277,12 +286,36 @@ class Run:
         return resume(self.path, epochs=epochs, model=self._model_arg, **kwargs)
 
 
+class _Summary(dict[str, Any]):
+    """What `run.summary` is: called, the model table (Keras' model.summary()); read as a dict,
+    summary.json, as before (the old spelling of `run.results`, kept one release)."""
+
+    def __init__(self, run: Run):
+        super().__init__(run.results)
+        self._run = run
+
+    def __call__(self, weights: str = "best") -> ModelSummary:
+        model = self._run.load_model(weights)
+        return summarize(model, f"{self._run._files.label} ({weights} weights)")
+
+    def __getitem__(self, key: str) -> Any:
+        warnings.warn("run.summary[...] is now run.results[...] (run.summary() is the model "
+                      "table, as Keras' model.summary())", DeprecationWarning, stacklevel=2)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]  # warns, as [...] does
+        except KeyError:
+            return default
+
+
 def _read(path: Path) -> rundir.RunFiles:
     """A run directory; or a lone model file (no history), for evaluate/predict/export."""
     if path.is_file():
         record = checkpoint.load(path, checkpoint.MODEL_FORMAT)
         return rundir.RunFiles(path, {"config": dict(record.get("config") or {}),
-                                      "classes": list(record.get("classes") or [])}, [])
+                                      "classes": list(record.get("classes") or [])}, History())
     if not path.exists():
         raise UserError(f"run or model not found: {path} (a run directory or a model file)")
     return rundir.read(path)
@@ -361,7 +394,7 @@ def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: 
     if cfg.budget is not None:
         raise UserError("a budget sizes a run for one process; leave out nproc")
     existed = out is not None and Path(out).is_dir()
-    run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model))  # claimed here, once
+    run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model, cfg.name))  # claimed, once
     try:
         worker.run_processes(nproc, {"action": "train", "config": cfg.to_dict(),
                                      "run_dir": str(run_dir), "quiet": quiet})
@@ -393,7 +426,7 @@ def train_seeds(recipe: str | None = None, n: int = 3, *, out: PathLike | None =
                   flush=True)
         runs.append(train(recipe, out=parent / f"seed-{seed + index}", seed=seed + index,
                           quiet=quiet, **kwargs))
-    summaries = [run.summary for run in runs]
+    summaries = [run.results for run in runs]
     table = comparing.mean_std_table(summaries)
     fsio.write_json(parent / SEEDS_FILE, {"summaries": summaries, "mean_std": table})
     for key, (mean, std) in table.items():  # the result, printed even when quiet
@@ -441,7 +474,7 @@ def load(path: PathLike, *, model: Any = None) -> Run:
     """Open a run directory. `model`: your network again, for runs of your own model.
 
         >>> import cifarlab as cl
-        >>> cl.load("runs/nb").summary["val_acc"]                    # doctest: +SKIP
+        >>> cl.load("runs/nb").results["val_acc"]                    # doctest: +SKIP
     """
     return Run(path, model)
 

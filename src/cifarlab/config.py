@@ -73,7 +73,8 @@ class TrainConfig:
     """All settings of one training run (frozen: change one with `apply` or dataclasses.replace).
     The recipes below are named sets of these values."""
 
-    recipe: str = "base"
+    recipe: str = "base"  # where the other settings' defaults come from
+    name: str | None = None  # a label for the run wherever runs are listed (default: its recipe or model)
     model: str = "base"  # a registered name, or "file.py:Class" / "package.module:Name"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model's factory
     epochs: int = 15
@@ -398,6 +399,8 @@ def validate(config: TrainConfig) -> None:
     a = config.augment
     checks = [
         (config.epochs >= 1, "--epochs must be at least 1"),
+        (config.name is None or (0 < len(config.name) <= 100 and config.name.isprintable()),
+         "--name must be 1 to 100 printable characters"),
         (config.batch_size >= 2, "--batch-size must be at least 2"),
         (config.lr > 0, "--lr must be positive"),
         (0.0 <= config.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {config.val_fraction}"),

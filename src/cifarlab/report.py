@@ -29,6 +29,7 @@ from cifarlab.calibrate import BINS as CALIBRATION_BINS
 from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import ModelArg
 from cifarlab.diagnose import Diagnosis, diagnose
+from cifarlab.display import table
 from cifarlab.evaluate import Predictions, confusion_counts, predict_split, scores
 from cifarlab.rundir import RunFiles
 from cifarlab.rundir import read as read_run
@@ -362,16 +363,3 @@ def page(title: str, parts: Sequence[str]) -> str:
 </body>
 </html>
 """
-
-
-def table(header: list[str], rows: Sequence[Sequence[str]], kinds: str) -> str:
-    """A table; `kinds` has a letter per column: t text, n number (right, unbroken), l long text."""
-    css = {"t": "", "n": " class=num", "l": " class=long"}
-
-    def cell(tag: str, text: str, kind: str) -> str:
-        return f"<{tag}{css[kind]}>{html.escape(text)}</{tag}>"
-
-    head = "".join(cell("th", h, k) for h, k in zip(header, kinds, strict=True))
-    body = "".join("<tr>" + "".join(cell("td", c, k) for c, k in zip(row, kinds, strict=True)) + "</tr>"
-                   for row in rows)
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'

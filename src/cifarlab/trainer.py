@@ -50,6 +50,7 @@ from cifarlab.callbacks import Callback, as_callbacks
 from cifarlab.config import TrainConfig, better, laid_out, low_res_epochs, validate
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, predict_logits
+from cifarlab.history import History
 from cifarlab.modelsummary import forward_flops
 from cifarlab.networks import Classifier
 from cifarlab.prepare import Data, build_model, carve, class_weights, read_dataset, with_source
@@ -168,7 +169,7 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = optim.build(config, self.model)
-        self.history: list[dict[str, Any]] = []
+        self.history = History()
         self.start_epoch = 0
         self.epoch_state = EpochState()
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
@@ -206,7 +207,7 @@ class Trainer:
             "format": checkpoint.CHECKPOINT_FORMAT, "version": 2,
             "config": self.config.to_dict(), "classes": self.classes,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "epoch": epoch, "history": self.history, "best": dict(self.best),
+            "epoch": epoch, "history": [dict(row) for row in self.history], "best": dict(self.best),
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "epoch_state": dataclasses.asdict(state),
         }
@@ -231,7 +232,7 @@ class Trainer:
             self.optimizer.load_state_dict(saved["optimizer"])
             if self.lookahead is not None:
                 self.lookahead.load_state_dict(saved["lookahead"])
-            self.history = [dict(row) for row in saved["history"]]
+            self.history = History(dict(row) for row in saved["history"])
             self.start_epoch = int(saved["epoch"])
             es = saved["epoch_state"]
             self.epoch_state = EpochState(int(es["step"]), float(es["loss_sum"]),
@@ -535,12 +536,19 @@ class Trainer:
         flops = forward_flops(self.model)
         val = (f"{len(self.data.val)} val images" if self.has_val
                else "no validation (--val-fraction 0: the final fit on all training images)")
-        print(f"recipe {c.recipe} (model {c.model}, {params:,} parameters, "
-              f"{flops / 1e6:,.1f} MFLOPs per image forward): "
-              f"{len(self.data.train)} train images / {val}, {c.epochs} epochs "
-              f"of {self.steps_per_epoch} steps, batch {c.batch_size}, {self.device} "
-              f"x{torch.get_num_threads()} threads"
+        own = ":" in c.model  # your own network: name it, and say whose defaults it trains with
+        what = (f"your model {c.model.rsplit(':', 1)[-1]}" if own
+                else f"recipe {c.recipe} (model {c.model}")
+        print(f"{c.name + ': ' if c.name else ''}{what}, {params:,} "
+              f"parameters, {flops / 1e6:,.1f} MFLOPs per image forward{'' if own else ')'}: "
+              f"{len(self.data.train)} train images / {val}, {c.epochs} "
+              f"{'epoch' if c.epochs == 1 else 'epochs'} of {self.steps_per_epoch} steps, "
+              f"batch {c.batch_size}, {self.device} x{torch.get_num_threads()} threads"
               + (f" x{self.ctx.world_size} processes" if self.ctx.enabled else ""))
+        if own:
+            print(f"settings: {c.optimizer} lr {c.lr:g}, {c.schedule} schedule, batch "
+                  f"{c.batch_size}, {c.epochs} epochs{', augmentation' if c.augment.active else ''}"
+                  f" (recipe '{c.recipe}'s defaults where you set none)")
         print(f"run directory: {self.path}")
         if self.class_weights is not None:
             print(self._class_weight_line(), flush=True)
@@ -617,7 +625,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, model: ModelArg
     ctx = distributed.from_env()
     existed = out is not None and Path(out).is_dir()
     if ctx.is_main and not claimed:
-        run_dir = rundir.create(out, rundir.stem(config.recipe, config.model))
+        run_dir = rundir.create(out, rundir.stem(config.recipe, config.model, config.name))
     elif out is None:
         raise UserError("under torchrun every process needs the same --out DIR")
     else:
@@ -689,4 +697,4 @@ def _model_of(config: TrainConfig) -> ModelArg:
     if config.model in MODELS:
         return None
     raise UserError(f"this run trained the model '{config.model}', which is not registered here; "
-                    f"pass it again: --model {config.model} (CLI) or model=... (Python)")
+                    f"pass it again: --model {config.model}")

@@ -135,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
 def done(args: argparse.Namespace, run: Any) -> None:
     """The result: summary.json with --json, two lines of text unless --quiet."""
     if args.json:
-        print(json.dumps(run.summary))
+        print(json.dumps(run.results))
     elif not args.quiet:
-        print_done(run.summary)
+        print_done(run.results)
 
 
 def resume(args: argparse.Namespace, changes: dict[str, Any]) -> int:
