@@ -441,7 +441,7 @@ def validate(config: TrainConfig) -> None:
          "lr_start and lr_end are fractions of lr: in [0, 1]"),
         (config.step_every >= 0, "step_every must be 0 (unset) or a number of epochs"),
         (config.schedule != "step" or config.step_every >= 1,
-         "schedule 'step' drops the lr every step_every epochs: set it, e.g. --set step_every=5"),
+         "schedule 'step' needs step_every, the epochs between its drops (e.g. step_every=5)"),
         (0 < config.step_factor < 1 and 0 < config.plateau_factor < 1,
          "step_factor and plateau_factor multiply the lr at each drop: in (0, 1)"),
         (config.plateau_patience >= 1, "plateau_patience must be at least 1 epoch"),
