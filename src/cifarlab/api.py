@@ -504,19 +504,23 @@ def trials(recipe: str | None = None, n: int = 3, **kwargs: Any) -> list[Run]:
 
 
 def resume(path: PathLike | None = None, *, epochs: int | None = None,
-           data: Any = None, device: str | None = None, model: Any = None,
+           data: Any = None, val_data: Any = None, device: str | None = None, model: Any = None,
            callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
            **refused: Any) -> Run:
     """Continue an interrupted run (or extend a finished one with `epochs`, constant schedules).
 
     Only where the data lies, the device and the length may change; anything else is refused
-    with a clear error (start a new run with `config_file=RUN/config.json` instead).
+    with a clear error (start a new run with `config_file=RUN/config.json` instead). A run
+    trained on images in memory needs them again: `data=(x, y)` (and `val_data=` if it had one).
 
         >>> import cifarlab as cl
         >>> cl.resume("runs/nb", epochs=20)                           # doctest: +SKIP
     """
     run_dir = Path(path) if path is not None else rundir.latest()
-    dataset = to_dataset(data) if is_memory(data) else None  # checked against the run's images
+    dataset = None
+    if is_memory(data):  # the images it trained on, again: checked by their fingerprint
+        classes = (rundir.read_json(run_dir / rundir.CONFIG) or {}).get("classes")
+        dataset = to_dataset(data, classes if isinstance(classes, list) else None, val_data)
     changes = {"epochs": epochs, "data": os.fspath(data) if data is not None and dataset is None
                else None, "device": device, **refused}
     if nproc != 1:
