@@ -229,3 +229,21 @@ def test_cosine_runs_cannot_be_extended_and_class_weights_name_real_classes(
         trainer.train(tiny_config(toy_data, class_weight={"zebra": 2.0}), out=tmp_path / "bad",
                       quiet=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_ctrl_c_inside_a_callback_is_interrupted_with_a_checkpoint(toy_data: Path, tmp_path: Path) -> None:
+    """A KeyboardInterrupt that lands in a callback (a slow live plot, a second Ctrl-C) ends
+    training as Ctrl-C does: cl.Interrupted, and the last checkpoint resumes."""
+    from cifarlab.callbacks import Callback
+
+    class PressedDuringThePlot(Callback):
+        def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as caught:
+        trainer.train(tiny_config(toy_data), out=tmp_path / "run", quiet=True,
+                      callbacks=[PressedDuringThePlot()])
+    assert caught.value.run_dir == tmp_path / "run" and "cl.resume(" in str(caught.value)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    trainer.resume(tmp_path / "run", quiet=True)
+    assert len(read_metrics(tmp_path / "run")) == 2

@@ -67,8 +67,11 @@ def register(commands: Any) -> None:
                    help="train N runs with seeds S, S+1, ... (S: --seed) into DIR/seed-S and "
                         "report mean +- std (default: 1)")
     t.add_argument("--trials", type=int, dest="seeds", help=argparse.SUPPRESS)  # the old name
+    t.add_argument("--name", metavar="TEXT",
+                   help="a label for the run wherever runs are listed (compare, report, "
+                        "TensorBoard), and its folder's name (default: the recipe, or your model)")
     t.add_argument("--out", metavar="DIR",
-                   help="run directory, new or empty (default: runs/<recipe>-<time>)")
+                   help="run directory, new or empty (default: runs/<name or recipe>-<time>)")
     t.add_argument("--resume", nargs="?", const="", metavar="DIR",
                    help="continue an interrupted run (DIR, else --out, else the newest in runs/); "
                         "with --epochs N, extend a run with a constant, step or plateau "
@@ -91,7 +94,7 @@ def register(commands: Any) -> None:
 
 
 FLAGS = ("data", "epochs", "batch_size", "lr", "val_fraction", "seed", "subset", "monitor",
-         "early_stop", "device", "checkpoint_every")
+         "early_stop", "device", "checkpoint_every", "name")
 
 
 def changes_from(args: argparse.Namespace) -> dict[str, Any]:
