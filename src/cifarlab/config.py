@@ -154,6 +154,8 @@ def better(monitor: str, value: float, best: float | None) -> bool:
     """Whether `value` of `monitor` beats `best` (None: nothing yet): lower val_loss, higher
     val_acc. One rule for best.pt, early stopping and the plateau schedule."""
     return best is None or (value < best if monitor == "val_loss" else value > best)
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 AUGMENT_FIELDS = {f.name: f for f in dataclasses.fields(Augment)}
 
