@@ -521,20 +521,25 @@ def _tta_of(run: rundir.RunFiles, device: str) -> float | None:
         return None
 
 
-def load_data(data: PathLike | None = None, quiet: bool = False) -> Dataset:
+def load_data(data: PathLike | None = None, quiet: bool = False,
+              label_mode: str = "fine") -> Dataset:
     """Read a data source (decoded once, then cached): its classes and its splits, each with
     `images` (N x 32 x 32 x 3 uint8, as stored) and `labels` (N integers, indices into `classes`).
 
-    `data` as for `train`: an archive, a folder, or None for $CIFARLAB_DATA, else the official set.
+    `data` as for `train`: an archive, a folder, "cifar10" or "cifar100" (the official sets,
+    downloaded once), or None for $CIFARLAB_DATA, else CIFAR-10. `label_mode` is CIFAR-100's
+    label set, as in Keras' cifar100.load_data: "fine" (100 classes) or "coarse" (20).
 
         >>> import cifarlab as cl
         >>> data = cl.load_data("../shared/data/cifar10-train-jpeg.tgz")    # doctest: +SKIP
         >>> data.classes[:3], data.splits["train"].images.shape            # doctest: +SKIP
         (['airplane', 'automobile', 'bird'], (50000, 32, 32, 3))
+        >>> len(cl.load_data("cifar100", label_mode="coarse").classes)     # doctest: +SKIP
+        20
     """
     from cifarlab.data import load_dataset
 
-    return load_dataset(str(data) if data is not None else None, quiet=quiet)
+    return load_dataset(str(data) if data is not None else None, quiet=quiet, label_mode=label_mode)
 
 
 def plot_data(data: Dataset | PathLike | None = None, per_class: int = 8, split: str = "train",

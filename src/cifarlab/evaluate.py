@@ -21,7 +21,7 @@ from torch import nn
 
 from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import ModelArg, load_model
-from cifarlab.data import Split, load_dataset, make_splits
+from cifarlab.data import Split, classes_differ, load_dataset, make_splits
 from cifarlab.errors import UserError
 from cifarlab.runtime import pick_device
 
@@ -33,7 +33,8 @@ from cifarlab.sources import IMAGE_SUFFIXES, decode_image, list_files
 EVAL_BATCH = 256  # images per forward pass when evaluating: large enough to keep the cores busy,
 # small enough that a fast net's activations stay in cache (and under 1 GB on a GPU)
 TTA_VIEWS = 6  # tta_logits: the image, its mirror, and both shifted one pixel two ways
-CONFUSED_PAIRS = 5  # (true, predicted) pairs listed as most confused
+CONFUSED_PAIRS = 5  # (true, predicted) pairs listed as most confused; more with many classes:
+CONFUSED_PAIRS_PER_CLASS = 0.2  # 100 classes (CIFAR-100) -> 20 pairs
 
 
 def tta_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -212,10 +213,10 @@ def evaluation_split(record: dict[str, Any], data: str | None, split: str | None
     """The split a model is judged on: the run's own data and its val carve-out unless asked
     otherwise. One rule for evaluate and report: the test split is used only when asked for."""
     config = record.get("config", {})
-    dataset = load_dataset(data or config.get("data"), quiet=quiet)
+    dataset = load_dataset(data or config.get("data"), quiet=quiet,
+                           label_mode=str(config.get("label_mode", "fine")))
     if dataset.classes != record["classes"]:
-        raise UserError(f"the data's classes {dataset.classes} differ from the model's "
-                        f"{record['classes']}")
+        raise classes_differ(dataset.classes, list(record["classes"]))
     splits = make_splits(dataset, float(config.get("val_fraction", 0.1)),
                          int(config.get("split_seed", 0)))
     name = split or "val"
@@ -249,6 +250,11 @@ def class_scores(counts: np.ndarray, classes: list[str]) -> dict[str, dict[str, 
     f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(right), where=total > 0)
     return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                    "support": int(support[i])} for i, name in enumerate(classes)}
+
+
+def confused_pairs(num_classes: int) -> int:
+    """How many most-confused pairs to list: 5, or a fifth of the classes when that is more."""
+    return max(CONFUSED_PAIRS, round(num_classes * CONFUSED_PAIRS_PER_CLASS))
 
 
 def most_confused(counts: np.ndarray, classes: list[str], top: int = CONFUSED_PAIRS) -> list[dict[str, Any]]:
@@ -318,7 +324,8 @@ def scores(p: Predictions) -> dict[str, Any]:
         "tta": p.tta, "accuracy": float(correct.mean()),
         "loss": float(F.cross_entropy(p.logits, torch.as_tensor(p.labels)).item()),
         "ece": calib["ece"], "macro_avg": macro, "per_class": per_class,
-        "most_confused": most_confused(counts, p.classes), "calibration": calib,
+        "most_confused": most_confused(counts, p.classes, confused_pairs(len(p.classes))),
+        "calibration": calib,
         "confusion": {"split": p.split, "classes": p.classes, "rows": "true class",
                       "columns": "predicted", "counts": counts.tolist(),
                       "row_normalized": (counts / np.maximum(counts.sum(1, keepdims=True), 1)).tolist()},

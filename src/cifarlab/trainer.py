@@ -48,6 +48,7 @@ from cifarlab.augment import augment_batch, flip_where
 from cifarlab.calibrate import ece, fit_temperature
 from cifarlab.callbacks import Callback, as_callbacks
 from cifarlab.config import TrainConfig, low_res_epochs, validate
+from cifarlab.data import classes_differ
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, predict_logits
 from cifarlab.modelsummary import forward_flops
@@ -564,8 +565,8 @@ def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Seq
     torch.set_num_threads(available_cores())
     dataset = read_dataset(config, ctx, device, quiet)
     if saved is not None and saved.get("classes") != dataset.classes:
-        raise UserError(f"the data's classes {dataset.classes} differ from the run's "
-                        f"{saved.get('classes')}; resume with the data the run trained on (--data)")
+        raise classes_differ(dataset.classes, list(saved.get("classes") or []),
+                             "; resume with the data the run trained on (--data)")
     if config.budget is not None and saved is None:
         if ctx.enabled:
             raise UserError("--budget sizes a run for one process; leave out --nproc/torchrun")
