@@ -333,6 +333,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def cifar100_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RUN: `base` trained 1 epoch on a tiny official-format cifar-100-python.tar.gz (fine labels:
+    200 train images, 100 val, 100 test, one of each class), the 100-class path of every command.
+    Built once per session, in the session's base temp folder, for every module that needs it."""
+    root = tmp_path_factory.getbasetemp() / "cifar100-run"
+    run = root / "run"
+    if (run / "model.pt").exists():
+        return run
+    archive = write_tar(write_cifar100_dir(root / "data"), root / "cifar-100-python.tar.gz")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+        train(make_config("base", data=str(archive), epochs=1, val_fraction=0.34, batch_size=32),
+              out=run, quiet=True)
+    return run
+
+
 def held_out_files(run: Path) -> list[Path]:
     return sorted((run.parent / "held-out").rglob("*.*"))
 

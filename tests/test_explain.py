@@ -12,7 +12,7 @@ from torch import nn
 from cifarlab.errors import UserError
 from cifarlab.explain import cam_figure, explain, feature_maps, find_last_conv, first_layer_filters, grad_cam
 from cifarlab.networks import Classifier, FastNet, create_model, list_models
-from conftest import class_images
+from conftest import cifar100_run, class_images
 
 CLASSES = [f"class{i}" for i in range(10)]
 LAST_CONV = {"base": "body.6", "base_dropout": "body.6", "bn": "body.19",
@@ -180,3 +180,23 @@ def test_feature_maps_go_from_full_resolution_to_the_deepest(images: np.ndarray)
 def test_cam_figure_with_nothing_to_show() -> None:
     empty = np.zeros((0, 32, 32, 3), np.uint8)
     assert isinstance(cam_figure(empty, np.zeros((0, 32, 32)), [], []), Figure)
+
+
+def test_explain_a_100_class_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """CIFAR-100's classes in the captions; the figures saved in the run (a private copy)."""
+    import shutil
+
+    import cifarlab as cl
+
+    source = cifar100_run(tmp_path_factory)
+    run_dir = tmp_path_factory.mktemp("explain100") / "run"
+    shutil.copytree(source, run_dir)
+    run = cl.load(run_dir)
+    figures = run.explain(count=4, device="cpu")
+    assert list(figures) == ["filters", "feature_maps", "gradcam_correct", "gradcam_wrong"]
+    captions = [t.get_text() for f in (figures["gradcam_correct"], figures["gradcam_wrong"])
+                for ax in f.axes for t in (ax.get_title(), ax.get_title("left")) if t]
+    assert captions and all(any(name in c for name in run.classes) for c in captions)
+    assert len(run.classes) == 100
+    assert sorted(p.name for p in (run_dir / "explain").iterdir()) == [
+        "feature_maps.png", "filters.png", "gradcam_correct.png", "gradcam_wrong.png"]
