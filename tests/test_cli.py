@@ -61,6 +61,9 @@ def test_data_command(toy_data: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["data", "--data", str(toy_data), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "image-folder" in out and "val" in out and "test" in out
+    assert main(["data", "--data", str(toy_data), "--val-fraction", "0.5", "--quiet"]) == 0
+    out = capsys.readouterr().out  # 120 images a class: 60 carved for val, as the fraction says
+    assert "carved from train" in out and "  train     240 images" in out and "  val       240" in out
 
 
 def test_evaluate_json(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -265,7 +265,7 @@ def test_the_matrix_of_many_classes_shows_the_mistakes() -> None:
     counts[3, 3] = 8
     fig = plots.confusion(counts, names, "30 classes")
     plots.to_png(fig)
-    heat = [ax for ax in fig.axes if ax.get_images()][0]
+    heat = next(ax for ax in fig.axes if ax.get_images())
     assert len(fig.axes) == 2  # one map and its colour bar, not two maps
     assert [t.get_text() for t in heat.get_xticklabels()] == names
     mistakes = heat.get_images()[-1].get_array()

@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ STALE_TMP_SECONDS = 3600  # a .tmp this old in the cache is from a write that di
 OLD_CACHE_NAME = re.compile(r"[0-9a-f]{20}\.npz")  # version 1's names, which nothing reads any more
 NOTICE_AFTER = 0.5  # seconds of decoding before saying so
 LIST_CLASSES = 12  # class names a one-line description lists: CIFAR-100's 100 would fill a screen
+MEMORY_PREFIX = "memory:"  # the `data` of a run trained on arrays: "memory:<fingerprint>"
 
 
 @dataclass
@@ -55,11 +57,16 @@ class Split:
 
 @dataclass
 class Dataset:
+    """A data source's images in memory: `classes`, and `splits` ("train", and "val" and "test"
+    where there are such); `origin` holds the settings that load it again (`cl.train(data=...)`
+    of a Dataset read from a file trains from that file, with its carve-out)."""
+
     source: Path
     kind: str
     classes: list[str]
     splits: dict[str, Split]
     cache_file: Path | None = None
+    origin: dict[str, Any] | None = None
     label_mode: str = "fine"  # CIFAR-100: its 100 classes, or "coarse": its 20 superclasses
 
     def __repr__(self) -> str:  # the arrays are far too long to print
@@ -246,12 +253,18 @@ def _check_arrays(raw: RawData) -> None:
             raise ValueError(f"{split} labels out of range")
 
 
-def load_dataset(data: str | os.PathLike[str] | None = None, quiet: bool = False,
+def load_dataset(data: str | os.PathLike[str] | Dataset | None = None, quiet: bool = False,
                  use_cache: bool = True, label_mode: str = "fine") -> Dataset:
     """Read a source (or its cached arrays) into a Dataset with `train` and, if any, `val`, `test`.
-    `label_mode` is CIFAR-100's label set: "fine" (100 classes) or "coarse" (20 superclasses)."""
+    A Dataset already in memory (arrays.py) is returned as it is. `label_mode` is CIFAR-100's
+    label set: "fine" (100 classes) or "coarse" (20 superclasses)."""
     if label_mode not in LABEL_MODES:
         raise UserError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str) and data.startswith(MEMORY_PREFIX):
+        raise UserError(f"this run trained on images in memory ({data}), which a run folder does "
+                        "not keep: pass them again, data=(x, y)")
     source = resolve_source(data, quiet=quiet)
     if not source.exists():
         raise UserError(f"data source not found: {source}{_name_hint(source.name)}")

@@ -23,7 +23,9 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import cifarlab as cl
 
-    dataset = cl.load_data(args.data, quiet=args.quiet or args.json, label_mode=args.label_mode)
+    # val_fraction 0: the source as it is (its own val/ folder, if any); describe carves val
+    dataset = cl.load_data(args.data, val_fraction=0, quiet=args.quiet or args.json,
+                           label_mode=args.label_mode)
     if args.json:
         print(json.dumps({"source": str(dataset.source), "kind": dataset.kind,
                           "label_mode": dataset.label_mode, "classes": dataset.classes,
