@@ -36,6 +36,7 @@ EVAL_BATCH = 256  # images per forward pass when evaluating: large enough to kee
 TTA_VIEWS = 6  # tta_logits: the image, its mirror, and both shifted one pixel two ways
 CONFUSED_PAIRS = 5  # (true, predicted) pairs listed as most confused; more with many classes:
 CONFUSED_PAIRS_PER_CLASS = 0.2  # 100 classes (CIFAR-100) -> 20 pairs
+MANY_CLASSES = 20  # above this, per-class listings put the weakest classes first
 
 
 def tta_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -223,8 +224,12 @@ class Evaluation(dict[str, Any]):
                 f"{', TTA' if self.get('tta') else ''}")
 
     def _class_rows(self) -> list[list[str]]:
+        """One row per class; past MANY_CLASSES (CIFAR-100), lowest F1 first: the ones to read."""
+        items = list(self["per_class"].items())
+        if len(items) > MANY_CLASSES:
+            items.sort(key=lambda item: item[1]["f1"])
         return [[name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
-                 str(s["support"])] for name, s in self["per_class"].items()]
+                 str(s["support"])] for name, s in items]
 
     def __repr__(self) -> str:
         per_class = sorted(self["per_class"].items(), key=lambda item: item[1]["f1"])
@@ -242,9 +247,13 @@ class Evaluation(dict[str, Any]):
             ("accuracy", f"{self['accuracy']:.4f}"), ("loss", f"{self['loss']:.4f}"),
             ("macro F1", f"{self['macro_avg']['f1']:.4f}"), ("ECE", f"{self['ece']:.4f}"),
             ("most confused", ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
-                                        for p in self["most_confused"]) or "none")])
+                                        for p in self["most_confused"][:CONFUSED_PAIRS])
+             + (f", ... ({len(self['most_confused'])} in most_confused)"
+                if len(self["most_confused"]) > CONFUSED_PAIRS else "") or "none")])
+        many = len(self["per_class"]) > MANY_CLASSES
         return summary + table(["class", "precision", "recall", "F1", "support"],
-                               self._class_rows(), "tnnnn")
+                               self._class_rows(), "tnnnn",
+                               f"{len(self['per_class'])} classes, lowest F1 first" if many else None)
 
 
 def top_k(logits: torch.Tensor, classes: list[str], names: list[str], k: int) -> TopK:
