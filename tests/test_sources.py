@@ -433,3 +433,11 @@ def test_a_full_size_train_file_fits_its_budget_and_not_a_batch_budget() -> None
                          b"data": np.zeros((1, 3072), np.uint8)}, protocol=2)
     operations = sum(1 for _ in pickletools.genops(blob))
     assert sources.MAX_PICKLE_OPS < operations < sources.CIFAR100_TRAIN_PICKLE_OPS / 4
+
+
+def test_label_names_that_are_not_utf8_are_escaped_not_a_crash(official_dir: Path) -> None:
+    """batches.meta's names were decoded as strict UTF-8 outside the reader's error handling:
+    one byte like Latin-1's é raised UnicodeDecodeError. They are escaped as folder names are."""
+    names = [b"caf\xe9", *(f"c{i}".encode() for i in range(9))]
+    (official_dir / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+    assert read_source(official_dir).classes[0] == "caf\\udce9"

@@ -128,17 +128,18 @@ def name_classes(classes: list[str], limit: int = LIST_CLASSES) -> str:
     return f"{len(classes)} classes ({', '.join(shown)})"
 
 
-def classes_differ(data_classes: list[str], model_classes: list[str], hint: str = "") -> UserError:
-    """The data's classes are not the model's: one line, readable at 100 classes."""
+def classes_differ(data_classes: list[str], model_classes: list[str], hint: str = "",
+                   whose: str = "model") -> UserError:
+    """The data's classes are not the model's (or the run's): one line, readable at 100 classes."""
     if len(data_classes) == len(model_classes):
         first = next(i for i, (a, b) in enumerate(zip(data_classes, model_classes, strict=True))
                      if a != b)
         detail = (f"class {first} is '{data_classes[first]}' in the data and "
-                  f"'{model_classes[first]}' in the model")
+                  f"'{model_classes[first]}' in the {whose}")
     else:
-        detail = (f"the data has {name_classes(data_classes, 6)}, the model "
+        detail = (f"the data has {name_classes(data_classes, 6)}, the {whose} "
                   f"{name_classes(model_classes, 6)}")
-    return UserError(f"the data's classes differ from the model's: {detail}{hint}")
+    return UserError(f"the data's classes differ from the {whose}'s: {detail}{hint}")
 
 
 def cache_dir() -> Path:

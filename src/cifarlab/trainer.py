@@ -575,7 +575,7 @@ def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Seq
     dataset = read_dataset(config, ctx, device, quiet, given=dataset)
     if saved is not None and saved.get("classes") != dataset.classes:
         raise classes_differ(dataset.classes, list(saved.get("classes") or []),
-                             "; resume with the data the run trained on (--data)")
+                             "; resume with the data the run trained on (--data)", whose="run")
     if config.budget is not None and saved is None:
         if ctx.enabled:
             raise UserError("--budget sizes a run for one process; leave out --nproc/torchrun")
