@@ -41,7 +41,8 @@ def ten_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cifar100(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("docs100")
-    return write_tar(write_cifar100_dir(root / "src"), root / "cifar-100-python.tar.gz")
+    return write_tar(write_cifar100_dir(root / "src", train_per_class=10),  # 1 a class for val
+                     root / "cifar-100-python.tar.gz")
 
 
 @pytest.fixture
