@@ -18,21 +18,25 @@ from cifarlab.report import read_run
 from cifarlab.rundir import METRIC_COLUMNS
 
 
-def write_run(path: Path, recipe: str, model: str, clean: list[float], val: list[float | None],
-              seconds: float = 30.0, summary: dict[str, object] | None = None) -> Path:
+def write_run(path: Path, recipe: str, model: str, clean: list[float | None], val: list[float | None],
+              seconds: float = 30.0, summary: dict[str, object] | None = None,
+              val_loss: list[float] | None = None) -> Path:
     """A run directory as `cifarlab train` leaves it, minus the model files. A val of None is an
-    empty cell, as a run with --val-fraction 0 writes it."""
+    empty cell, as a run with --val-fraction 0 (or an epoch without evaluation) writes it."""
     path.mkdir(parents=True)
     config = {"recipe": recipe, "model": model, "epochs": len(val), "seed": 0}
     if summary is not None:
         (path / "summary.json").write_text(json.dumps(summary))
-    (path / "config.json").write_text(json.dumps({"config": config, "classes": ["a", "b"]}))
+    (path / "config.json").write_text(json.dumps({"config": config, "classes": list("abcdefghij"),
+                                                  "train_images": 45000, "val_images": 5000}))
+    losses = val_loss or [1.0] * len(val)
     with (path / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         for i, (c, v) in enumerate(zip(clean, val, strict=True)):
-            writer.writerow({"epoch": i + 1, "train_loss": 1.0, "train_acc": c - 0.04, "train_acc_clean": c,
-                             "val_loss": "" if v is None else 1.0, "val_acc": "" if v is None else v,
+            writer.writerow({"epoch": i + 1, "train_loss": 1.0, "train_acc": (c or 0.5) - 0.04,
+                             "train_acc_clean": "" if c is None else c,
+                             "val_loss": "" if v is None else losses[i], "val_acc": "" if v is None else v,
                              "lr": 1e-3, "seconds": seconds,
                              "train_seconds": seconds - 2})
     return path
@@ -41,7 +45,8 @@ def write_run(path: Path, recipe: str, model: str, clean: list[float], val: list
 @pytest.fixture
 def runs(tmp_path: Path) -> list[Path]:
     return [
-        write_run(tmp_path / "seed-base", "base", "base", [0.6, 0.7, 0.8], [0.6, 0.66, 0.69]),
+        write_run(tmp_path / "seed-base", "base", "base", [0.6, 0.7, 0.8], [0.6, 0.66, 0.69],
+                  val_loss=[1.0, 0.9, 1.1]),
         write_run(tmp_path / "seed-robust", "robust", "base_dropout", [0.5, 0.6, 0.7], [0.5, 0.6, 0.68],
                   seconds=40.0),
     ]
@@ -149,6 +154,19 @@ def test_runs_are_named_by_the_shortest_distinct_path(tmp_path: Path,
     rows = json.loads(capsys.readouterr().out)
     assert [r["run"] for r in rows] == ["trials-a/seed-0", "trials-b/seed-0", "seed-1"]
     assert [r["seed"] for r in rows] == [0, 0, 0] and rows[1]["model_recipe"] == "bn"
+
+
+def test_epochs_without_evaluation_leave_empty_cells(tmp_path: Path) -> None:
+    """eval_every: skipped epochs have empty val and clean cells; the row reads the last evaluated."""
+    run = write_run(tmp_path / "sparse", "base", "base", [None, 0.7, None, 0.72, None],
+                    [None, 0.66, None, 0.70, None])
+    [row] = compare_rows([read_run(run)])
+    assert row["epochs"] == 5 and row["val_acc"] == pytest.approx(0.70)
+    assert row["train_acc_clean"] == pytest.approx(0.72) and row["best_epoch"] == 4
+    assert row["gap"] == pytest.approx(0.02)
+    assert json.loads(format_rows([row], "json"))[0]["val_acc"] == pytest.approx(0.70)
+    assert "nan" not in format_rows([row], "table").lower()
+    write_chart([read_run(run)], tmp_path)  # the chart draws the evaluated epochs
 
 
 def test_a_run_without_validation_compares(tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -36,12 +35,13 @@ from cifarlab import report as reporting
 from cifarlab import trainer as training
 from cifarlab.config import Recipe, TrainConfig, list_recipes, resolve
 from cifarlab.data import Dataset
-from cifarlab.diagnose import Diagnosis, diagnose
+from cifarlab.diagnose import Diagnosis, evaluated
 from cifarlab.errors import UserError
 from cifarlab.evaluate import as_images, pick_device, predict_logits
 from cifarlab.evaluate import top_k as top_k_of
 from cifarlab.modelsummary import ModelSummary, summarize
 from cifarlab.networks import Classifier, create_model, list_models, register_model, spec_of
+from cifarlab.text import plural
 
 __all__ = ["Comparison", "Run", "compare", "load", "load_data", "make_config", "models",
            "plot_data", "recipes", "register_model", "resume", "summary", "train", "trials"]
@@ -71,12 +71,15 @@ class Run:
         s = self.summary
         if not self.history:
             return f"Run('{self.path}': a model file of {self._files.model_recipe})"
-        if math.isnan(self.history[-1]["val_acc"]):  # --val-fraction 0
-            return (f"Run('{self.path}': {self._files.model_recipe}, {len(self.history)} epochs, "
+        epochs = plural(len(self.history), "epoch")
+        scored = evaluated(self.history)  # epochs that were evaluated
+        if not scored:  # --val-fraction 0
+            return (f"Run('{self.path}': {self._files.model_recipe}, {epochs}, "
                     f"no validation, clean train_acc {self.history[-1]['train_acc_clean']:.4f})")
-        best = f", best {s['best_val_acc']:.4f} at epoch {s['best_epoch']}" if s else ""
-        return (f"Run('{self.path}': {self._files.model_recipe}, {len(self.history)} epochs, "
-                f"val_acc {self.history[-1]['val_acc']:.4f}{best})")
+        best = (f", best {s['best_val_acc']:.4f} at epoch {s['best_epoch']}"
+                if s.get("best_val_acc") is not None else "")
+        return (f"Run('{self.path}': {self._files.model_recipe}, {epochs}, "
+                f"val_acc {scored[-1]['val_acc']:.4f}{best})")
 
     @property
     def config(self) -> TrainConfig:
@@ -125,7 +128,7 @@ class Run:
 
     def diagnosis(self) -> Diagnosis:
         """Overfitting, underfitting or good generalisation, with the reason (docs/diagnosis.md)."""
-        return diagnose(self.history)
+        return self._files.diagnosis()
 
     # ------------------------------------------------------------------------------------------
     # Using the model
@@ -379,7 +382,7 @@ def trials(recipe: str | None = None, n: int = 3, *, out: PathLike | None = None
     table = comparing.mean_std_table(summaries)
     fsio.write_json(parent / "trials.json", {"summaries": summaries, "mean_std": table})
     for key, (mean, std) in table.items():  # the result, printed even when quiet
-        print(f"{key}: {mean:.4f} +- {std:.4f} over {n} seeds")
+        print(f"{key}: {mean:.4f} +- {std:.4f} over {plural(n, 'seed')}")
     return runs
 
 
@@ -481,7 +484,7 @@ def _tta_of(run: rundir.RunFiles, device: str) -> float | None:
     val images or no model.pt (unfinished); a model that cannot be loaded here is a note."""
     from cifarlab.errors import warn
 
-    if "val_acc_tta" in run.summary or not math.isfinite(run.history[-1]["val_acc"]):
+    if "val_acc_tta" in run.summary or not evaluated(run.history):
         return None
     if not (run.path / rundir.FINAL).is_file():
         warn(f"{run.path} has no {rundir.FINAL} yet: no TTA figure")

@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifarlab import fsio, plots, rundir
-from cifarlab.diagnose import diagnose
+from cifarlab.diagnose import evaluated
 from cifarlab.rundir import RunFiles as Run
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -63,23 +63,30 @@ def compare_rows(runs: list[Run], tta: list[float | None] | None = None) -> list
     rows = []
     for run, name, measured in zip(runs, distinct_names([r.path for r in runs]),
                                    tta or [None] * len(runs), strict=True):
-        last, verdict, summary = run.history[-1], diagnose(run.history), run.summary
-        has_val = math.isfinite(last["val_acc"])
-        best = max(run.history, key=lambda r: r["val_acc"]) if has_val else None
+        last, verdict, summary = run.history[-1], run.diagnosis(), run.summary
+        scored = evaluated(run.history)  # epochs without evaluation have empty val cells
+        measured_last = scored[-1] if scored else None
+        best = max(scored, key=lambda r: r["val_acc"]) if scored else None
+        clean = measured_last["train_acc_clean"] if measured_last else last["train_acc_clean"]
         rows.append({
             "run": name, "path": str(run.path), "model_recipe": run.model_recipe,
             "seed": run.config.get("seed"), "epochs": len(run.history),
-            "train_acc": last["train_acc"], "train_acc_clean": last["train_acc_clean"],
-            "val_acc": last["val_acc"] if has_val else None,
+            "train_acc": _number(last["train_acc"]), "train_acc_clean": _number(clean),
+            "val_acc": measured_last["val_acc"] if measured_last else None,
             "best_val_acc": best["val_acc"] if best else None,
             "best_epoch": int(best["epoch"]) if best else None,
             "best_weights_epoch": summary.get("best_weights_epoch"),
             "val_acc_tta": summary.get("val_acc_tta", measured),
-            "gap": round(verdict.gap, 6) if has_val else None, "diagnosis": verdict.verdict,
+            "gap": _number(round(verdict.gap, 6)), "diagnosis": verdict.verdict,
             "seconds_per_epoch": round(float(np.mean([row["seconds"] for row in run.history])), 3),
             "robust_acc": _robust_acc(run),
         })
     return rows
+
+
+def _number(value: float) -> float | None:
+    """None for a number that was not measured (NaN in the history): JSON has no NaN."""
+    return value if math.isfinite(value) else None
 
 
 def _robust_acc(run: Run) -> float | None:
