@@ -46,7 +46,8 @@ from tqdm.auto import tqdm
 
 from cifarlab import __version__, budget, checkpoint, distributed, fsio, optim, rundir
 from cifarlab.augment import augment_batch, flip_where
-from cifarlab.calibrate import ece, fit_temperature
+from cifarlab.calibrate import describe as describe_calibration
+from cifarlab.calibrate import temperature_scaling
 from cifarlab.config import TrainConfig, low_res_epochs, validate
 from cifarlab.data import Dataset, Split, load_dataset, make_splits
 from cifarlab.errors import Interrupted, TrainingError, UserError
@@ -572,15 +573,10 @@ class Trainer:
         classes, and so every accuracy, stay as they are."""
         model.temperature.fill_(1.0)
         logits = predict_logits(model, self.data.val.images, self.device)
-        labels = torch.from_numpy(self.data.val.labels)
-        temperature = fit_temperature(logits, labels)
-        model.temperature.fill_(temperature)
-        result = {"temperature": temperature, "ece": ece(logits, labels),
-                  "ece_calibrated": ece(logits / temperature, labels)}
+        result = temperature_scaling(logits, torch.from_numpy(self.data.val.labels))
+        model.temperature.fill_(result["temperature"])  # 1 where the fit would not help
         if not self.quiet:
-            print(f"calibrated the {which} weights: temperature {temperature:.3f}, expected "
-                  f"calibration error {result['ece']:.3f} -> {result['ece_calibrated']:.3f} "
-                  "(val split)", flush=True)
+            print(describe_calibration(which, result), flush=True)
         return result
 
     def _calibrate_best(self) -> None:
