@@ -174,3 +174,41 @@ def test_a_run_without_validation_compares(tmp_path: Path) -> None:
     [row] = compare_rows([read_run(final)])
     assert row["val_acc"] is None and row["gap"] is None and row["diagnosis"] == "no validation"
     assert "no validation" in format_rows([row], "table")
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 120])
+def test_the_text_table_fits_the_width_and_names_what_it_hides(runs: list[Path], width: int) -> None:
+    rows = compare_rows([read_run(p) for p in runs])
+    full = format_rows(rows, "table")
+    assert max(map(len, full.splitlines())) > 120  # every column does not fit any of these widths
+    fitted = format_rows(rows, "table", width)
+    assert max(map(len, fitted.splitlines())) <= width
+    for always in ("run", "gap", "diagnosis", "seed-base", "overfitting"):
+        assert always in fitted
+    assert "more columns with --wide: " in " ".join(fitted.splitlines())
+    assert format_rows(rows, "table", 1000) == full  # wide enough: unchanged
+
+
+def test_the_api_comparison_fits_too_and_wide_shows_all(runs: list[Path]) -> None:
+    import cifarlab as cl
+
+    comparison = cl.compare(runs)
+    narrow = comparison.format("table", width=80)
+    assert max(map(len, narrow.splitlines())) <= 80 and "wide=True" in narrow
+    assert comparison.format("table", wide=True) == format_rows(comparison.rows, "table")
+
+
+def test_cli_wide_prints_every_column(runs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", *map(str, runs), "--wide"]) == 0
+    out = capsys.readouterr().out
+    assert "train acc (Keras)" in out and "s/epoch" in out and "more columns" not in out
+
+
+def test_chart_leaves_its_ledger_beside_the_chart_not_here(runs: list[Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["compare", *map(str, runs), "--chart", str(tmp_path / "charts" / "val.png")]) == 0
+    assert list(here.iterdir()) == []
+    assert (tmp_path / "charts" / ".cifarlab-outputs.json").is_file()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -437,11 +438,17 @@ class Comparison:
         self.skipped = skipped  # paths that are not runs
         self.rows = comparing.compare_rows(runs, tta)
 
-    def format(self, fmt: str = "table") -> str:
-        """"table" (aligned text), "markdown", "csv" or "json"."""
+    def format(self, fmt: str = "table", width: int | None = None, wide: bool = False) -> str:
+        """"table" (aligned text), "markdown", "csv" or "json".
+
+        The text table fits `width` characters (default: the terminal's, else 80) by splitting
+        its headers and leaving out the less needed columns, which a last line names;
+        `wide=True` shows every column however wide.
+        """
         if fmt not in comparing.FORMATS:
             raise UserError(f"unknown format '{fmt}' (choose from: {', '.join(comparing.FORMATS)})")
-        return comparing.format_rows(self.rows, fmt)
+        limit = None if wide else width or shutil.get_terminal_size().columns
+        return comparing.format_rows(self.rows, fmt, limit, wide_hint="wide=True")
 
     def chart(self) -> Figure:
         """The val accuracy per epoch of every run, one line each."""
