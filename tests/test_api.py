@@ -331,6 +331,14 @@ def test_robustness_from_python_and_the_command_line(base_run: cl.Run,
                  "--severities", "2", "--json"]) == 0
     saved = json.loads(capsys.readouterr().out)
     assert saved["severities"] == [2] and list(saved["table"]) == ["fog"]
+    assert main(["robustness", str(base_run.path), "--images", "40", "--corruptions",
+                 "fog,brightness", "--severities", "1,3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("accuracy under corruption of the best weights (epoch ")
+    assert lines[0].endswith("on 40 images of the val split:")
+    assert lines[1].split() == ["corruption", "group", "severity", "1", "severity", "3", "mean"]
+    assert lines[1].index("mean") + len("mean") == len(lines[3])  # numbers end in one column
+    assert "," not in "".join(lines[1:5])  # a table, not CSV
     assert main(["robustness", str(base_run.path), "--severities", "1,x"]) == 2
     assert "--severities takes numbers" in capsys.readouterr().err
 

@@ -66,6 +66,7 @@ class Run:
         self._files = _read(self.path)
         self._model_arg = model
         self._models: dict[str, Classifier] = {}
+        self._records: dict[str, dict[str, Any]] = {}  # what each loaded model file said of itself
         self._predictions: dict[tuple[Any, ...], reporting.Predictions] = {}
 
     def __repr__(self) -> str:
@@ -110,9 +111,17 @@ class Run:
     def load_model(self, weights: str = "best") -> Classifier:
         """`best` (by the monitored metric) or `final` weights, in eval mode on the CPU."""
         if weights not in self._models:
-            self._models[weights], _ = checkpoint.load_model(self.path, self._model_factory(),
-                                                             weights)
+            self._models[weights], self._records[weights] = checkpoint.load_model(
+                self.path, self._model_factory(), weights)
         return self._models[weights]
+
+    def weights_used(self, weights: str = "best") -> str:
+        """Which weights `weights` loads, in words: "the best weights (epoch 11, best.pt)"
+        (`best` is the final weights for a run without validation images)."""
+        self.load_model(weights)
+        return checkpoint.describe_weights(self._records[weights],
+                                           rundir.weights_file(self.path, weights)
+                                           if self.path.is_dir() else self.path)
 
     def _model_factory(self) -> checkpoint.ModelArg:
         # A module instance is copied: loading the best weights must not overwrite the user's
@@ -124,6 +133,7 @@ class Run:
         """Read the run directory again (after it trained on)."""
         self._files = _read(self.path)
         self._models.clear()
+        self._records.clear()
         self._predictions.clear()
         return self
 

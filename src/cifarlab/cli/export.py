@@ -34,12 +34,21 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cifarlab import rundir
+    from cifarlab.checkpoint import describe_weights
     from cifarlab.export import export_model
 
     out, sidecar = export_model(args.run, args.format, args.out, args.weights, args.model)
+    info = json.loads(sidecar.read_text())  # the sidecar names the weights and their epoch
     if args.json:
         print(json.dumps({"model": str(out), "classes": str(sidecar), "format": args.format,
-                          "bytes": out.stat().st_size}))
+                          "bytes": out.stat().st_size, "weights": info.get("weights"),
+                          "epoch": info.get("epoch")}))
         return 0
-    print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MB) and {sidecar}")
+    used = describe_weights(info, rundir.weights_file(Path(args.run), args.weights)
+                            if Path(args.run).is_dir() else args.run)
+    print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MB) and {sidecar}, "
+          f"from {used}")
     return 0
