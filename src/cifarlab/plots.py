@@ -73,6 +73,42 @@ def _percent_axis(ax: Axes) -> None:
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if high - low >= 0.05 else None))
 
 
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def power_of_ten(value: float, _position: object = None) -> str:
+    """A tick label in plain text: "10⁻⁷" for a power of ten, "3×10⁻⁴" between (mathtext is
+    off in our figures, so matplotlib's own log labels would print as raw "$\\mathdefault..$").
+
+        >>> power_of_ten(1e-7), power_of_ten(1.0), power_of_ten(3e-4)
+        ('10⁻⁷', '1', '3×10⁻⁴')
+    """
+    if value <= 0:
+        return ""
+    exponent = int(np.floor(np.log10(value) + 1e-9))
+    mantissa = round(value / 10.0**exponent, 6)
+    power = "1" if exponent == 0 else "10" if exponent == 1 else "10" + str(exponent).translate(SUPERSCRIPT)
+    if mantissa == 1:
+        return power
+    return f"{mantissa:g}" + ("" if exponent == 0 else f"×{power}")
+
+
+def log_axis(ax: Axes) -> None:
+    """A readable log x axis: a plain-text label at each power of ten (every other one past 10
+    decades), unlabelled minor ticks between."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    decades = np.log10(high) - np.log10(low)
+    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+    if decades > 10:
+        ax.xaxis.set_major_locator(LogLocator(base=100, numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(power_of_ten))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10)), numticks=100))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _epoch_axis(ax: Axes) -> None:
     ax.set_xlabel("epoch")
     low, high = ax.get_xlim()
