@@ -109,7 +109,8 @@ def log_axis(ax: Axes) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _epoch_axis(ax: Axes) -> None:
+def epoch_axis(ax: Axes) -> None:
+    """Whole-number epoch ticks, and a window of 3 around a single epoch."""
     ax.set_xlabel("epoch")
     low, high = ax.get_xlim()
     if high - low < 1:  # a single epoch: whole-number ticks around it, not 0.95 ... 1.05
@@ -152,7 +153,7 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
         if best_val_loss_epoch:
             ax.axvline(best_val_loss_epoch, color="gray", linestyle=":",
                        label=f"lowest val loss (epoch {best_val_loss_epoch})")
-        _epoch_axis(ax)
+        epoch_axis(ax)
     # One legend for both panels, below them, so it never hides a curve.
     fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9.5)
     fig.suptitle(title, fontsize=13)
@@ -270,6 +271,6 @@ def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
                 label=f"{label}: {measured[-1]['val_acc']:.1%}")
     ax.set(title="Validation accuracy per epoch (legend: final val accuracy)", ylabel="val accuracy")
     _percent_axis(ax)
-    _epoch_axis(ax)
+    epoch_axis(ax)
     ax.legend(loc="lower right", fontsize=9)  # curves rise from the lower left; this corner stays free
     return fig
