@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 DPI = 110  # sharp enough to zoom into on a phone, small enough to embed (~100 KB a figure)
 TRAIN, VAL, GAP = "tab:blue", "tab:orange", "tab:red"
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red, with a ✓ / ✗ for readers who can't tell them apart
+NEUTRAL = "#1f2328"  # a prediction whose truth is unknown (your own images): neither right nor wrong
 ANNOTATE_MAX_CLASSES = 20  # above this many classes, numbers in the confusion cells are unreadable
 
 

@@ -439,7 +439,8 @@ EXPLAIN_CAPTIONS = {
                        "answers (red = most evidence for the predicted class).",
     "gradcam_wrong": "Grad-CAM for its most confident mistakes: what did it look at when it got "
                      "the class wrong?",
-    "gradcam": "Grad-CAM on your images, for the predicted class.",
+    "gradcam": "Grad-CAM on your images, for the predicted class (their true class is unknown, so the "
+               "captions are neither green nor red).",
 }
 
 
