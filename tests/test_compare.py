@@ -52,7 +52,7 @@ def runs(tmp_path: Path) -> list[Path]:
     ]
 
 
-def test_rows_hold_the_seed_table(runs: list[Path]) -> None:
+def test_rows_hold_the_comparison_table(runs: list[Path]) -> None:
     rows = compare_rows([read_run(p) for p in runs])
     base, robust = rows
     assert base["run"] == "seed-base" and base["model_recipe"] == "base"

@@ -1,4 +1,4 @@
-"""The model registry and the shapes of the seed networks."""
+"""The model registry and the shapes of the Keras tutorial's networks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_base_matches_the_seed_architecture() -> None:
 
 @pytest.mark.parametrize("name", ["base", "base_dropout", "bn"])
 def test_pool_before_relu_is_the_seed_order(name: str) -> None:
-    """The seed models run MaxPool before ReLU (cheaper); outputs and gradients must equal the
+    """The Keras tutorial's models run MaxPool before ReLU (cheaper); outputs and gradients must equal the
     Keras order, ReLU then MaxPool, with the same weights."""
     torch.manual_seed(0)
     model = create_model(name, 10).body.train()

@@ -27,6 +27,7 @@ from cifarlab.augment import augment_batch
 from cifarlab.config import TrainConfig, low_res_epochs
 from cifarlab.errors import UserError
 from cifarlab.networks import create_model
+from cifarlab.text import plural
 
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 SAFETY = 0.97  # plan for 97% of the budget: timings on shared machines wander
@@ -116,7 +117,7 @@ def fit(config: TrainConfig, n_train: int, n_val: int, num_classes: int, device:
     if not quiet:
         low = low_res_epochs(config, epochs)
         print(f"budget {config.budget:.0f} s: {step_seconds:.2f} s/step, "
-              f"{1 / image_seconds:.0f} images/s evaluated -> {epochs} epochs"
+              f"{1 / image_seconds:.0f} images/s evaluated -> {plural(epochs, 'epoch')}"
               + (f" of {subset} images" if subset else "")
               + f" of ~{epoch_seconds:.0f} s"
               + (f" ({low} of them at {config.low_res} px)" if low else ""),

@@ -1,4 +1,4 @@
-"""`cifarlab compare`: the seed's comparison table for any set of runs, and one chart of their curves.
+"""`cifarlab compare`: one comparison table for any set of runs, and one chart of their curves.
 
     cifarlab compare runs/seed-base runs/seed-robust runs/seed-bn
     cifarlab compare runs/* --format markdown --chart val.png

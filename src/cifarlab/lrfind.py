@@ -48,6 +48,7 @@ from cifarlab.config import TrainConfig, resolve
 from cifarlab.errors import UserError
 from cifarlab.evaluate import pick_device, to_batch
 from cifarlab.networks import spec_of
+from cifarlab.text import plural
 
 FIGURE, TABLE, RESULT = "lr_find.png", "lr_find.csv", "lr_find.json"
 SKIP_START = 0.1  # the first 10% of steps: a fresh model's loss moves for reasons other than the lr
@@ -222,7 +223,7 @@ def _range_test(config: TrainConfig, data: training.Data, net: nn.Module, device
             stopped = f"loss diverged (over {diverge:g}x its best) at lr {lr:.2g}"
             break
     if len(lrs) < 5:
-        raise UserError(f"the lr range test stopped after {len(lrs)} steps ({stopped}); "
+        raise UserError(f"the lr range test stopped after {plural(len(lrs), 'step')} ({stopped}); "
                         "lower --start")
     smoothed = _smooth(losses, window=max(5, steps // 12) | 1)
     minimum, steepest = _pick(lrs, smoothed)

@@ -54,6 +54,7 @@ from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, pick_device, predict_logits, to_batch
 from cifarlab.modelsummary import forward_flops
 from cifarlab.networks import Classifier, create_model
+from cifarlab.text import plural
 
 ModelArg = checkpoint.ModelArg
 
@@ -250,7 +251,7 @@ def _check_output(model: Classifier, num_classes: int, side: int = 32) -> None:
             model.train(was)
     except Exception as exc:  # the user's forward failed: one line, with the cause
         hint = (" (low_res_share trains the first epochs at this size; a model with a fixed-size "
-                "head, such as the seed CNNs, cannot)" if side != 32 else "")
+                "head, such as base, robust and bn, cannot)" if side != 32 else "")
         raise UserError(f"the model fails on a batch of 2 x 3 x {side} x {side} images{hint}: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
@@ -434,7 +435,7 @@ class Trainer:
                 if ask and epoch + 1 < config.epochs:
                     self.stopped_early = True
                     if not self.quiet:
-                        why = (f"no better {config.monitor} for {config.early_stop} epochs"
+                        why = (f"no better {config.monitor} for {plural(config.early_stop, 'epoch')}"
                                if patience else "a callback asked to stop")
                         print(f"stopping after epoch {epoch + 1}: {why}; best epoch "
                               f"{self.best['epoch']}", flush=True)
@@ -625,7 +626,7 @@ class Trainer:
                else "no validation (--val-fraction 0: the final fit on all training images)")
         print(f"recipe {c.recipe} (model {c.model}, {params:,} parameters, "
               f"{flops / 1e6:,.1f} MFLOPs per image forward): "
-              f"{len(self.data.train)} train images / {val}, {c.epochs} epochs "
+              f"{len(self.data.train)} train images / {val}, {plural(c.epochs, 'epoch')} "
               f"of {self.steps_per_epoch} steps, batch {c.batch_size}, {self.device} "
               f"x{torch.get_num_threads()} threads"
               + (f" x{self.ctx.world_size} processes" if self.ctx.enabled else ""))
@@ -737,14 +738,14 @@ def resume(run_dir: str | os.PathLike[str], changes: dict[str, Any] | None = Non
         raise UserError(f"{path} holds a config that does not check out: {exc}") from exc
     epochs = changes.get("epochs", config.epochs)
     if epochs < done:
-        raise UserError(f"{run_dir} has already trained {done} epochs; --epochs {epochs} is fewer")
+        raise UserError(f"{run_dir} has already trained {plural(done, 'epoch')}; --epochs {epochs} is fewer")
     if epochs != config.epochs and (config.schedule != "constant" or config.lookahead):
         raise UserError(f"{run_dir} uses a {config.schedule} schedule laid out for {config.epochs} "
                         "epochs" + (" with lookahead" if config.lookahead else "")
                         + "; it cannot be extended. Train a new run with more --epochs")
     config = TrainConfig.from_dict({**config.to_dict(), **changes})
     if done >= config.epochs and (run_dir / rundir.FINAL).exists():
-        raise UserError(f"{run_dir} is already complete ({config.epochs} epochs); extend it with "
+        raise UserError(f"{run_dir} is already complete ({plural(config.epochs, 'epoch')}); extend it with "
                         f"--epochs N (N > {config.epochs})")
     with distributed.owned_group():
         trainer = _prepare(config, run_dir, model if model is not None else _model_of(config),
@@ -753,7 +754,7 @@ def resume(run_dir: str | os.PathLike[str], changes: dict[str, Any] | None = Non
         if not trainer.quiet:
             state = trainer.epoch_state
             print(f"resuming {run_dir} at epoch {trainer.start_epoch + 1}, step {state.step + 1}"
-                  + (f" (now {config.epochs} epochs)" if epochs != stored.get("epochs") else ""))
+                  + (f" (now {plural(config.epochs, 'epoch')})" if epochs != stored.get("epochs") else ""))
         return run_dir, trainer.fit()
 
 

@@ -40,6 +40,7 @@ from cifarlab.hpsearch.storage import (
     optuna_module,
     read_pointer,
 )
+from cifarlab.text import plural
 
 if TYPE_CHECKING:
     import optuna
@@ -70,7 +71,7 @@ class Search:
     def __repr__(self) -> str:
         best = self.best
         found = f", best {best['val_acc']:.4f} (trial {best['trial']})" if best else ""
-        return f"Search('{self.path}': {self.settings['recipe']}, {len(self.rows)} trials{found})"
+        return f"Search('{self.path}': {self.settings['recipe']}, {plural(len(self.rows), 'trial')}{found})"
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -143,7 +144,7 @@ class Search:
 
     def header(self, trials: int | None, seconds: float | None, spent: float, jobs: int) -> str:
         s = self.settings
-        stop = " and ".join(x for x in (f"{trials} trials" if trials else "",
+        stop = " and ".join(x for x in (plural(trials, "trial") if trials else "",
                                         f"a budget of {seconds / 60:.0f} min" if seconds else "") if x)
         spent_note = f" ({spent / 60:.1f} min spent before)" if spent else ""
         fixed = ", ".join(f"{k}={v}" for k, v in s["fixed"].items() if k != "data") or "none"
@@ -202,7 +203,8 @@ class Search:
         failed = len(rows) - len(finished)
         minutes = sum(r["seconds"] for r in rows) / 60
         return (f"best: trial {best['trial']}, val_acc {best['val_acc']:.4f}{versus}\n"
-                f"{len(finished)} trials finished ({pruned} pruned: {trained} of {planned} epochs "
+                f"{plural(len(finished), 'trial')} finished ({pruned} pruned: {trained} of "
+                f"{plural(planned, 'epoch')} "
                 f"trained){f', {failed} failed or running' if failed else ''}; {minutes:.1f} min "
                 f"of trials. Rerun the best: cifarlab train --config {self.path / BEST}")
 
@@ -308,7 +310,7 @@ class Search:
             import yaml
 
             head = (f"# cifarlab search {self.path.name}: trial {best['trial']}, best val_acc "
-                    f"{best['val_acc']:.4f} in {best['epochs']} epochs\n"
+                    f"{best['val_acc']:.4f} in {plural(best['epochs'], 'epoch')}\n"
                     f"# rerun it: cifarlab train --config {self.path / BEST}\n")
             body = yaml.safe_dump(self.best_config.to_dict(), sort_keys=False)
             fsio.write_text(self.path / BEST, head + body)
@@ -378,8 +380,8 @@ def importance_caveat(finished: int) -> str:
     if finished >= FEW_TRIALS:
         return ""
     best = max(1, round(finished / 4))
-    return (f"Only {finished} finished trials: the best quarter is {best} "
-            f"trial{'s' if best != 1 else ''}, so these shares are a hint, not a measurement; "
+    return (f"Only {plural(finished, 'finished trial')}: the best quarter is {plural(best, 'trial')}, "
+            "so these shares are a hint, not a measurement; "
             f"trust them from about {FEW_TRIALS} trials.")
 
 
