@@ -40,7 +40,7 @@ from cifarlab.text import plural
 # The numbers of the rule, with the reason beside each (docs/diagnosis.md says more).
 Z = 2.0  # "beyond its noise": more than 2 standard errors (a 1-in-40 chance from noise alone)
 MIN_GAP = 0.05  # a gap under 5 points is not worth acting on, however exactly it is measured
-MAX_GAP_NOISE = 0.10  # the gap known only to +-10 points (2 SE at 50%: < ~100 val images): no verdict
+MAX_GAP_NOISE = 0.10  # the gap known only to ±10 points (2 SE at 50%: < ~100 val images): no verdict
 RISING_EPOCHS = 3  # "still rising" compares val accuracy now with 3 evaluations ago ...
 RISING_DELTA = 0.01  # ... and needs more than 1 point, and more than 2 SE of one val accuracy
 FIT_SKILL = 0.5  # fitted: clean train accuracy at least halfway from chance (1/classes) to 100%
@@ -109,12 +109,12 @@ class Diagnosis:
             first,
             f"  clean train accuracy {self.train_acc_clean:.3f}{clean_n} (eval mode), val accuracy "
             f"{self.val_acc:.3f}{val_n}{at}",
-            f"  gap {self.gap:+.3f}; beyond its noise above {self.gap_threshold:.3f} (the larger of "
-            f"{MIN_GAP:.2f} and {noise})",
+            f"  gap {self.gap:+.3f}: it counts above {self.gap_threshold:.3f}, the larger of "
+            f"{MIN_GAP:.2f} and its noise ({noise})",
         ]
         if sizes and self.evidence_noise is not None:
-            lines.append(f"  evidence: with these sizes a gap is known to +-{self.evidence_noise:.3f} "
-                         f"at 50% accuracy (a verdict needs <= {MAX_GAP_NOISE:.2f})")
+            lines.append(f"  evidence: these sample sizes measure a gap to ±{self.evidence_noise:.3f} "
+                         f"at 50% accuracy (a verdict needs ±{MAX_GAP_NOISE:.2f} or better)")
         lines.append(f"  running train accuracy {self.train_acc:.3f} (as Keras reports it: measured "
                      "while training, dropout and augmentation on; not used by the rule)")
         if self.val_acc_change is None:
@@ -238,9 +238,9 @@ def diagnose(history: list[dict[str, float]], *, val_images: int | None = None,
     if evidence_noise is not None and evidence_noise > MAX_GAP_NOISE:
         verdict = "not enough evidence"
         reason = (f"{val_images:,} val and {clean_images:,} clean train images measure a gap only to "
-                  f"+-{evidence_noise:.3f} (> {MAX_GAP_NOISE:.2f})")
+                  f"±{evidence_noise:.3f} (more than ±{MAX_GAP_NOISE:.2f})")
         advice = ("validate on more images: a larger --val-fraction (about 100 val images give "
-                  "+-0.10, 1,000 give +-0.04)")
+                  "±0.10, 1,000 give ±0.04)")
     elif rising and not turned_loss and (big_gap or low_fit):
         verdict = "still learning"
         reason = (f"{rise_text} (> {rise_threshold:.3f}) and val loss at its lowest "
