@@ -314,7 +314,8 @@ def test_explain_from_python_and_the_command_line(base_run: cl.Run, toy_data: Pa
     assert main(["explain", str(base_run.path), str(toy_data / "test" / "a"), "--layer", "body.3"]) == 0
     assert "gradcam.png" in capsys.readouterr().out
     assert main(["explain", str(base_run.path), "--layer", "body.99"]) == 2
-    assert "its conv layers: body.0, body.3, body.6" in capsys.readouterr().err
+    assert "its conv layers: body.0 (block 1 conv), body.3 (block 2 conv), body.6 (block 3 conv)" in (
+        capsys.readouterr().err)
 
 
 def test_robustness_from_python_and_the_command_line(base_run: cl.Run,
