@@ -12,7 +12,7 @@ subset of 250 validation images as on the full 5,000, after 2 epochs as after 50
     still learning       val accuracy still rising beyond its noise and val loss at (or within its
                          noise of) its minimum, with a gap or a fit that would otherwise decide
     overfitting          the gap beyond its noise, and the val curve has turned: val loss up from
-                         its minimum beyond its noise, or val accuracy flat while the gap stays
+                         its minimum beyond its noise, or val accuracy flat
     underfitting         clean train accuracy less than halfway from chance to 100%
     good generalization  otherwise: the gap within its noise and the training images fitted
 
@@ -253,11 +253,11 @@ def diagnose(history: list[dict[str, float]], *, val_images: int | None = None,
         reason = (f"{gap_text} > {gap_threshold:.3f}, but one evaluated epoch draws no curve: "
                   "is val accuracy still rising?")
         advice = "train (or evaluate) more epochs to see whether the val curve turns"
-    elif big_gap and (turned_loss or (not rising and (gap_change or 0.0) >= -rise_threshold)):
+    elif big_gap:  # and the curve has turned: val loss up beyond its noise, or val accuracy flat
         verdict = "overfitting"
         turn = (f"val loss rose {loss_rise:+.4f} from its lowest at epoch {int(best['epoch'])} "
                 f"(> its noise {loss_noise or 0.0:.4f})" if turned_loss else
-                f"val accuracy flat ({change:+.3f}) while the gap does not close")
+                f"val accuracy flat ({change:+.3f}, rising means more than {rise_threshold:.3f})")
         reason = f"{gap_text} > {gap_threshold:.3f}, and the val curve has turned: {turn}"
         advice = ("add regularisation (augmentation, dropout, weight decay) or more data"
                   + (f", or stop at epoch {int(best['epoch'])}, the lowest val loss"
