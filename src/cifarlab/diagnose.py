@@ -44,7 +44,7 @@ MAX_GAP_NOISE = 0.10  # the gap known only to ±10 points (2 SE at 50%: < ~100 v
 RISING_EPOCHS = 3  # "still rising" compares val accuracy now with 3 evaluations ago ...
 RISING_DELTA = 0.01  # ... and needs more than 1 point, and more than 2 SE of one val accuracy
 FIT_SKILL = 0.5  # fitted: clean train accuracy at least halfway from chance (1/classes) to 100%
-LOSS_SPREAD = 1.5  # per-image cross-entropy's standard deviation / its mean (measured: 1.2 to 1.8)
+LOSS_SPREAD = 1.5  # per-image cross-entropy's standard deviation / its mean (measured 0.3 to 2.1)
 DIVERGE_FACTOR = 10.0  # diverged: train loss above 10 x ln(classes), a uniform guess's loss
 
 VERDICTS = ("diverged", "no validation", "not enough evidence", "still learning", "overfitting",
@@ -243,9 +243,10 @@ def diagnose(history: list[dict[str, float]], *, val_images: int | None = None,
                   "±0.10, 1,000 give ±0.04)")
     elif rising and not turned_loss and (big_gap or low_fit):
         verdict = "still learning"
-        reason = (f"{rise_text} (> {rise_threshold:.3f}) and val loss at its lowest "
-                  f"(epoch {int(best['epoch'])}, final within its noise): the curves have not "
-                  "turned yet")
+        lowest = ("val loss at its lowest in the last evaluated epoch" if best is last else
+                  f"val loss within its noise of its lowest (epoch {int(best['epoch'])}, "
+                  f"{loss_rise:+.4f})")
+        reason = f"{rise_text} (> {rise_threshold:.3f}) and {lowest}: the curves have not turned yet"
         advice = (f"train longer; judge the {gap_text} once val accuracy stops rising" if big_gap
                   else "train longer: the model is still fitting its training images")
     elif big_gap and change is None:
