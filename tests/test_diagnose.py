@@ -73,9 +73,11 @@ def test_own_net_after_2_epochs_at_val_040_still_rising_is_not_overfitting() -> 
     assert d.val_acc_change == pytest.approx(0.09)
 
 
-def test_one_epoch_ablation_at_20_percent_is_underfitting_not_overfitting() -> None:
-    """Notebook 03's 1-epoch ablation: 500 train images, 250 val, 20% val accuracy."""
-    d = diagnose(history([0.26], [0.20]), val_images=250, clean_images=500, num_classes=10)
+@pytest.mark.parametrize("clean", [0.26, 0.31])  # 0.31: the real run's, a gap of 0.11 that counts
+def test_one_epoch_ablation_at_20_percent_is_underfitting_not_overfitting(clean: float) -> None:
+    """Notebook 03's 1-epoch ablation: 500 train images, 250 val, 20% val accuracy. Far from
+    fitting its training images, whatever its gap: one epoch draws no curve to judge a gap on."""
+    d = diagnose(history([clean], [0.20]), val_images=250, clean_images=500, num_classes=10)
     assert d.verdict == "underfitting"
     assert d.val_acc_change is None and "one evaluated epoch" in d.advice
 

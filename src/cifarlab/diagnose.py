@@ -8,7 +8,7 @@ subset of 250 validation images as on the full 5,000, after 2 epochs as after 50
     diverged             the train loss is not a number, or above DIVERGE_FACTOR x a uniform guess's
     no validation        no epoch has a val accuracy (--val-fraction 0)
     not enough evidence  too few val images to measure a gap to MAX_GAP_NOISE, or one evaluated
-                         epoch with a gap: no curve yet
+                         epoch of a fitted model with a gap: no curve yet
     still learning       val accuracy still rising beyond its noise and val loss at (or within its
                          noise of) its minimum, with a gap or a fit that would otherwise decide
     overfitting          the gap beyond its noise, and the val curve has turned: val loss up from
@@ -249,12 +249,12 @@ def diagnose(history: list[dict[str, float]], *, val_images: int | None = None,
         reason = f"{rise_text} (> {rise_threshold:.3f}) and {lowest}: the curves have not turned yet"
         advice = (f"train longer; judge the {gap_text} once val accuracy stops rising" if big_gap
                   else "train longer: the model is still fitting its training images")
-    elif big_gap and change is None:
+    elif big_gap and change is None and not low_fit:
         verdict = "not enough evidence"
         reason = (f"{gap_text} > {gap_threshold:.3f}, but one evaluated epoch draws no curve: "
                   "is val accuracy still rising?")
         advice = "train (or evaluate) more epochs to see whether the val curve turns"
-    elif big_gap:  # and the curve has turned: val loss up beyond its noise, or val accuracy flat
+    elif big_gap and change is not None:  # the curve has turned: val loss up, or val accuracy flat
         verdict = "overfitting"
         turn = (f"val loss rose {loss_rise:+.4f} from its lowest at epoch {int(best['epoch'])} "
                 f"(> its noise {loss_noise or 0.0:.4f})" if turned_loss else
