@@ -147,8 +147,9 @@ def format_rows(rows: list[dict[str, Any]], fmt: str, width: int | None = None,
         text = _text_table([headers[i] for i in shown], [[row[i] for i in shown] for row in cells],
                            [numeric[i] for i in shown], two_lines=True)
     if hidden:
-        text += "\n" + textwrap.fill(f"({len(hidden)} more columns with {wide_hint}: "
-                                     f"{', '.join(hidden)})", width)
+        names = ", ".join(name.replace(" ", "\xa0") for name in hidden)  # a name stays on one line
+        note = textwrap.fill(f"({len(hidden)} more columns with {wide_hint}: {names})", width)
+        text += "\n" + note.replace("\xa0", " ")
     return text
 
 
