@@ -389,8 +389,8 @@ def serve(run_or_ckpt: str | Path, host: str = "127.0.0.1", port: int = 8000,
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     info = app.state.predictor.info
-    print(f"cifarlab: serving {info['run']} (model {info['name']}, "
-          f"{app.state.predictor.weights_used}) on http://{shown}:{bound_port}/ (Ctrl-C stops)",
+    print(f"cifarlab: serving {info['run']} (model {info['name']}) with "
+          f"{app.state.predictor.weights_used} on http://{shown}:{bound_port}/ (Ctrl-C stops)",
           flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly on Ctrl-C, then re-raises it
         uvicorn.Server(uvicorn_config(app, limits)).run(sockets=[sock])
