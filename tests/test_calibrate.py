@@ -53,12 +53,12 @@ def test_a_temperature_that_helps_is_kept_and_explained() -> None:
     assert f"{result['ece'] * 100:.1f} points" in line and "dividing the logits by" in line
 
 
+@pytest.mark.slow
 def test_training_stores_the_temperature_and_keeps_accuracy(toy_data: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CIFARLAB_THREADS", "1")
     run = cl.train("base", data=toy_data, out=tmp_path / "run", epochs=2, batch_size=32,
                    val_fraction=0.2, lr=0.02, quiet=True)
-    summary = run.summary
+    summary = run.results
     assert summary["temperature"] > 0 and {"ece", "ece_calibrated"} <= set(summary)
     assert float(run.load_model("final").temperature) == pytest.approx(summary["temperature"])
     assert summary["ece_calibrated"] <= summary["ece"]  # a temperature that does not help is not kept

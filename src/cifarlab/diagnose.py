@@ -30,6 +30,7 @@ augmentation on while the weights change, so it understates the fit.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -150,6 +151,14 @@ class Diagnosis:
         values = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                   for k, v in self.__dict__.items()}
         return {**values, "thresholds": thresholds}
+
+    def __repr__(self) -> str:  # the verdict, then one fact a line: what report and compare show
+        return "\n".join(["Diagnosis:", *(f"  {line.strip()}" for line in self.lines())])
+
+    def _repr_html_(self) -> str:
+        first, *facts = self.lines()
+        items = "".join(f"<li>{html.escape(fact.strip())}</li>" for fact in facts)
+        return f"<div><b>{html.escape(first)}</b><ul>{items}</ul></div>"
 
 
 def evaluated(history: list[dict[str, float]]) -> list[dict[str, float]]:

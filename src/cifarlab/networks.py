@@ -61,6 +61,12 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
+def describe_models() -> dict[str, str]:
+    """name -> the first line of the model's docstring, for every registered model."""
+    return {name: ((inspect.getdoc(MODELS[name]) or "").splitlines() or [""])[0]
+            for name in sorted(MODELS)}
+
+
 def is_spec(name: str) -> bool:
     """"file.py:Class" or "package.module:Name", as opposed to a registered name."""
     return ":" in name
@@ -195,8 +201,8 @@ def keras_init(module: nn.Module) -> None:
 
 def _conv_relu_pool(c_in: int, c_out: int) -> list[nn.Module]:
     """Conv + ReLU + MaxPool, computed as Conv, MaxPool, ReLU: max and ReLU commute, so the
-    outputs and gradients are the same, and the ReLU touches a quarter of the values (the seed
-    models train ~10-25% faster a step on the CPU; BENCHMARKS.md). The parameter indices in the
+    outputs and gradients are the same, and the ReLU touches a quarter of the values (the Keras
+    tutorial's models train ~10-25% faster a step on the CPU; BENCHMARKS.md). The parameter indices in the
     Sequential are unchanged, so older checkpoints load."""
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
 

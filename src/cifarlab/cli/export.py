@@ -34,21 +34,19 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import cifarlab as cl
+    from cifarlab.export import sidecar_path
 
-    from cifarlab import rundir
-    from cifarlab.checkpoint import describe_weights
-    from cifarlab.export import export_model
-
-    out, sidecar = export_model(args.run, args.format, args.out, args.weights, args.model)
+    target = cl.load(args.run, model=args.model)
+    out = target.export(args.format, args.out, args.weights)
+    sidecar = sidecar_path(out)
     info = json.loads(sidecar.read_text())  # the sidecar names the weights and their epoch
     if args.json:
         print(json.dumps({"model": str(out), "classes": str(sidecar), "format": args.format,
                           "bytes": out.stat().st_size, "weights": info.get("weights"),
                           "epoch": info.get("epoch")}))
         return 0
-    used = describe_weights(info, rundir.weights_file(Path(args.run), args.weights)
-                            if Path(args.run).is_dir() else args.run)
+    used = target.weights_used(args.weights)
     print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MB) and {sidecar}, "
           f"from {used}")
     return 0

@@ -1,4 +1,4 @@
-"""The model registry and the shapes of the Keras tutorial's networks."""
+"""networks.py: the model registry, the classic Keras CNNs and FastNet."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_models_map_pixels_to_logits(name: str) -> None:
     assert out.shape == (5, 10) and torch.isfinite(out).all()
 
 
-def test_base_matches_the_seed_architecture() -> None:
+def test_base_matches_the_keras_tutorials_architecture() -> None:
     model = create_model("base", 10)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 64, 128]
@@ -26,7 +26,7 @@ def test_base_matches_the_seed_architecture() -> None:
 
 
 @pytest.mark.parametrize("name", ["base", "base_dropout", "bn"])
-def test_pool_before_relu_is_the_seed_order(name: str) -> None:
+def test_pool_before_relu_is_the_keras_tutorials_order(name: str) -> None:
     """The Keras tutorial's models run MaxPool before ReLU (cheaper); outputs and gradients must equal the
     Keras order, ReLU then MaxPool, with the same weights."""
     torch.manual_seed(0)
@@ -35,11 +35,11 @@ def test_pool_before_relu_is_the_seed_order(name: str) -> None:
     for i in range(len(layers) - 1):
         if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
             layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    seed_order = torch.nn.Sequential(*layers)
-    assert [type(m) for m in seed_order] != [type(m) for m in model]
+    keras_order = torch.nn.Sequential(*layers)
+    assert [type(m) for m in keras_order] != [type(m) for m in model]
     x = torch.randn(8, 3, 32, 32)
     outputs, grads = [], []
-    for net in (model, seed_order):
+    for net in (model, keras_order):
         net.zero_grad()
         torch.manual_seed(1)  # the same dropout masks
         out = net(x)
@@ -76,22 +76,3 @@ def test_fastnet_whitening_decorrelates_patches(name: str) -> None:
     assert torch.allclose(cov, torch.eye(12, dtype=torch.float64), atol=0.05)
     assert out.mean(0).abs().max() < 1e-3
     assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
-
-
-def test_tta_averages_six_views() -> None:
-    from cifarlab.evaluate import predict_logits
-
-    torch.manual_seed(0)
-    model = create_model("base", 10).eval()
-    cpu = torch.device("cpu")
-    flat = torch.full((2, 32, 32, 3), 77, dtype=torch.uint8)  # every view of it is the same
-    assert torch.allclose(predict_logits(model, flat, cpu, tta=True), predict_logits(model, flat, cpu),
-                          atol=1e-5)
-    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
-    x = images.permute(0, 3, 1, 2).float()
-    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-    views = [x, padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
-    with torch.no_grad():
-        pairs = [0.5 * (model(v) + model(v.flip(3))) for v in views]
-    expected = 0.5 * pairs[0] + 0.25 * pairs[1] + 0.25 * pairs[2]
-    assert torch.allclose(predict_logits(model, images, cpu, tta=True), expected, atol=1e-5)
