@@ -175,6 +175,24 @@ def test_flat_val_while_the_gap_grows_is_overfitting_without_a_loss_turn() -> No
     assert "stop at epoch" not in d.advice  # no lowest-loss epoch to stop at
 
 
+def test_a_gap_with_a_curve_that_neither_turned_nor_rose_is_not_enough_evidence() -> None:
+    """Val flat within its noise, the gap steady, val loss at its lowest: nothing has turned."""
+    d = diagnose(history([0.80, 0.82, 0.83], [0.70, 0.71, 0.715], val_loss=[0.95, 0.92, 0.91]),
+                 val_images=250, clean_images=5000, num_classes=10)
+    assert d.gap > d.gap_threshold and d.still_rising is False and not d.val_loss_turned
+    assert d.verdict == "not enough evidence"
+    assert "neither turned nor kept rising" in d.reason and "more epochs" in d.advice
+
+
+def test_the_real_own_net_on_250_val_images_is_underfitting_not_overfitting() -> None:
+    """Notebook 02's SmallVGG, 5,000 train images, 2 epochs, 250 val: val +0.020 within its
+    noise (0.061), val loss at its lowest. The old rule said overfitting (gap 0.080)."""
+    d = diagnose(history([0.4244, 0.4476], [0.348, 0.368], val_loss=[1.69893, 1.65477]),
+                 val_images=250, clean_images=5000, num_classes=10)
+    assert d.verdict == "underfitting"
+    assert "no more than its noise" in d.advice and "more epochs" in d.advice
+
+
 def test_rising_is_judged_against_the_val_noise() -> None:
     """+3 points is a trend on 5,000 images, noise on 250 (2 SE at 40% = 0.062)."""
     rows = history([0.50, 0.55, 0.60], [0.37, 0.38, 0.40], val_loss=[1.7, 1.65, 1.6])

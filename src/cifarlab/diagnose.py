@@ -7,12 +7,13 @@ subset of 250 validation images as on the full 5,000, after 2 epochs as after 50
 
     diverged             the train loss is not a number, or above DIVERGE_FACTOR x a uniform guess's
     no validation        no epoch has a val accuracy (--val-fraction 0)
-    not enough evidence  too few val images to measure a gap to MAX_GAP_NOISE, or one evaluated
-                         epoch of a fitted model with a gap: no curve yet
+    not enough evidence  too few val images to measure a gap to MAX_GAP_NOISE, or a fitted model
+                         with a gap whose curve has neither turned nor kept rising (one epoch:
+                         no curve yet)
     still learning       val accuracy still rising beyond its noise and val loss at (or within its
                          noise of) its minimum, with a gap or a fit that would otherwise decide
     overfitting          the gap beyond its noise, and the val curve has turned: val loss up from
-                         its minimum beyond its noise, or val accuracy flat
+                         its minimum beyond its noise, or val accuracy flat while the gap grows
     underfitting         clean train accuracy less than halfway from chance to 100%
     good generalization  otherwise: the gap within its noise and the training images fitted
 
@@ -229,6 +230,7 @@ def diagnose(history: list[dict[str, float]], *, val_images: int | None = None,
     rise_threshold = max(RISING_DELTA, Z * _se(val, val_images) if val_images else 0.0)
     change, gap_change = _trend(rows)
     rising = None if change is None else change > rise_threshold
+    gap_grew = gap_change is not None and gap_change > rise_threshold
     best = min(rows, key=lambda row: row["val_loss"])
     loss_noise = (Z * LOSS_SPREAD * best["val_loss"] / math.sqrt(val_images)
                   if val_images else None)
@@ -239,6 +241,8 @@ def diagnose(history: list[dict[str, float]], *, val_images: int | None = None,
     at_chance = (chance is not None and val_images is not None
                  and val - chance <= Z * _se(chance, val_images))
     big_gap = gap > gap_threshold
+    # the val curve has turned: val loss up from its lowest, or val flat while the gap grows
+    turned = turned_loss or (rising is False and gap_grew)
     gap_text = f"gap {gap:+.3f} (clean train {clean:.3f} - val {val:.3f})"
     rise_text = (f"val accuracy {change:+.3f} over the last "
                  f"{plural(min(RISING_EPOCHS, len(rows) - 1), 'evaluated epoch')}"
@@ -263,15 +267,25 @@ def diagnose(history: list[dict[str, float]], *, val_images: int | None = None,
         reason = (f"{gap_text} > {gap_threshold:.3f}, but one evaluated epoch draws no curve: "
                   "is val accuracy still rising?")
         advice = "train (or evaluate) more epochs to see whether the val curve turns"
-    elif big_gap and change is not None:  # the curve has turned: val loss up, or val accuracy flat
+    elif big_gap and (turned or at_chance):
         verdict = "overfitting"
-        turn = (f"val loss rose {loss_rise:+.4f} from its lowest at epoch {int(best['epoch'])} "
-                f"(> its noise {loss_noise or 0.0:.4f})" if turned_loss else
-                f"val accuracy flat ({change:+.3f}, rising means more than {rise_threshold:.3f})")
-        reason = f"{gap_text} > {gap_threshold:.3f}, and the val curve has turned: {turn}"
+        turn = (f"the val curve has turned: val loss rose {loss_rise:+.4f} from its lowest at epoch "
+                f"{int(best['epoch'])} (> its noise {loss_noise or 0.0:.4f})" if turned_loss else
+                f"val accuracy is at chance ({chance or 0:.3f}): it memorised its training images"
+                if at_chance else
+                f"the val curve has turned: val accuracy flat ({change:+.3f}) while the gap grew "
+                f"{gap_change:+.3f} (both against a noise of {rise_threshold:.3f})")
+        reason = f"{gap_text} > {gap_threshold:.3f}, and {turn}"
         advice = ("add regularisation (augmentation, dropout, weight decay) or more data"
                   + (f", or stop at epoch {int(best['epoch'])}, the lowest val loss"
                      if turned_loss else ""))
+    elif big_gap and not low_fit:
+        verdict = "not enough evidence"
+        reason = (f"{gap_text} > {gap_threshold:.3f}, but the val curve has neither turned nor "
+                  f"kept rising beyond its noise ({rise_text}, rising means more than "
+                  f"{rise_threshold:.3f}; val loss within its noise of its lowest)")
+        advice = ("train more epochs to see where the curves go, or validate on more images to "
+                  "shrink the noise")
     elif low_fit or at_chance:
         verdict = "underfitting"
         reason = (f"val accuracy {val:.3f} is within noise of chance ({chance or 0:.3f})" if at_chance
@@ -280,8 +294,9 @@ def diagnose(history: list[dict[str, float]], *, val_images: int | None = None,
         advice = ("one evaluated epoch shows no trend: train more epochs; if accuracy stays this low, "
                   "try a bigger model or another learning rate (cifarlab lr-find)" if change is None
                   else "val accuracy is still rising: train for more epochs" if rising
-                  else "accuracy has stopped rising: try a bigger model or another learning rate "
-                       "(cifarlab lr-find)")
+                  else f"val accuracy rose no more than its noise ({change:+.3f}, noise "
+                       f"{rise_threshold:.3f}): if more epochs do not lift it, try a bigger model or "
+                       "another learning rate (cifarlab lr-find)")
     else:
         verdict = "good generalization"
         fitted = (f", and the training images are fitted ({clean:.3f} >= {fit_level:.3f})"
