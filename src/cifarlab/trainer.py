@@ -344,13 +344,16 @@ class Trainer:
             if not self.quiet:
                 print(f"val_acc with test-time augmentation: {summary['val_acc_tta']:.4f} "
                       f"({summary['tta_seconds']:.1f} s)", flush=True)
+        same = self.best["epoch"] == len(self.history)  # best.pt holds the final weights
+        calibration: dict[str, Any] = {}
         if config.calibrate and main and self.has_val:
-            summary.update(self._calibrate(self.model, "final"))
+            calibration = self._calibrate(self.model, "final (and best)" if same else "final")
+            summary.update(calibration)
         summary["wall_seconds"] = time.perf_counter() - self.started
         summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if main:
             if config.calibrate and self.has_val and (self.path / rundir.BEST).is_file():
-                self._calibrate_best()
+                self._calibrate_best(calibration if same else None)
             checkpoint.save(self.path / rundir.FINAL,
                             self._model_record("final", len(self.history), summary))
             fsio.write_json(self.path / rundir.SUMMARY, summary)
@@ -481,11 +484,15 @@ class Trainer:
             print(describe_calibration(which, result), flush=True)
         return result
 
-    def _calibrate_best(self) -> None:
+    def _calibrate_best(self, final: dict[str, Any] | None) -> None:
+        """best.pt's temperature: fitted on its own weights, or the final one's (`final`, its
+        calibration) when they are the same epoch, fitted and said once."""
         record = checkpoint.load(self.path / rundir.BEST, checkpoint.MODEL_FORMAT)
         best = copy.deepcopy(self.model)
         best.load_state_dict(record["state_dict"])
-        record["metrics"] = {**record.get("metrics", {}), **self._calibrate(best, "best")}
+        result = self._calibrate(best, "best") if final is None else final
+        best.temperature.fill_(float(result["temperature"]))
+        record["metrics"] = {**record.get("metrics", {}), **result}
         record["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in best.state_dict().items()}
         checkpoint.save(self.path / rundir.BEST, record)
 
