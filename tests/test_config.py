@@ -64,7 +64,7 @@ def test_renamed_recipes_still_read() -> None:
 def test_sgd_lr_follows_the_batch_size_unless_given() -> None:
     assert make_config("fast", batch_size=512).lr == pytest.approx(0.75)
     assert make_config("fast", batch_size=512, lr=0.1).lr == 0.1
-    assert make_config("base", batch_size=128).lr == 1e-3  # Adam: the seed's lr stays
+    assert make_config("base", batch_size=128).lr == 1e-3  # Adam: the Keras tutorial's lr stays
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600),
@@ -121,6 +121,14 @@ def test_what_is_laid_out_for_the_runs_length() -> None:
                          ({"warmup": 0.1}, "warm-up"), ({"lookahead": True}, "lookahead"),
                          ({"model": "fastnet_small", "low_res_share": 0.2}, "low-resolution")]:
         assert words in laid_out(make_config("base", **bound))
+
+
+def test_label_mode_is_fine_or_coarse() -> None:
+    assert make_config("base").label_mode == "fine"  # old config files, without it, read as fine
+    assert TrainConfig.from_dict({"epochs": 2}).label_mode == "fine"
+    assert make_config("fast", label_mode="coarse").label_mode == "coarse"
+    with pytest.raises(UserError, match="unknown label_mode 'corse' .*\\(did you mean 'coarse'\\?\\)"):
+        make_config("base", label_mode="corse")
 
 
 @pytest.mark.parametrize(("keras", "ours"), [("validation_split", "val_fraction"), ("learning_rate", "lr"),

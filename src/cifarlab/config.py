@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import UserError
+from cifarlab.text import plural
 
 
 @dataclass(frozen=True)
 class Augment:
     """Which augmentations a run uses during training (never at evaluation).
 
-    The defaults are the Keras layers of the seed's robust model when switched on:
+    The defaults are the Keras layers of the classic Keras tutorial's robust model when switched on:
     RandomFlip("horizontal"), RandomRotation(0.1), RandomZoom(0.1).
     """
 
@@ -125,6 +126,9 @@ class TrainConfig:
     budget: float | None = None  # seconds ("10m" reads as 600): `epochs` is sized to fit it
     max_epochs: int | None = None  # with a budget: at most this many epochs (a given `epochs`)
     data: str | None = None  # data source path, str or Path (resolved when the run starts)
+    # CIFAR-100's labels, as Keras' cifar100.load_data(label_mode=...): "fine" (100 classes) or
+    # "coarse" (20 superclasses); other sources have one set, "fine"
+    label_mode: str = "fine"
     val_fraction: float = 0.1
     split_seed: int = 0  # fixes the validation images; independent of `seed`
     seed: int = 0  # fixes initialisation, shuffling, augmentation and dropout
@@ -145,6 +149,7 @@ class TrainConfig:
 
 
 MONITORS = ("val_acc", "val_loss")
+LABEL_MODES = ("fine", "coarse")  # sources.LABEL_MODES names their classes; this module stays light
 OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
 SCHEDULES = ("constant", "onecycle", "cosine", "step", "plateau")
 ADAMW_WEIGHT_DECAY = 0.004  # Keras' AdamW default (torch's AdamW: 0.01)
@@ -394,22 +399,19 @@ def low_res_epochs(config: TrainConfig, epochs: int | None = None) -> int:
     return round(config.low_res_share * (config.epochs if epochs is None else epochs))
 
 
-def _epochs(n: int) -> str:
-    return f"{n} epoch" if n == 1 else f"{n} epochs"
-
-
 def laid_out(config: TrainConfig) -> str:
     """What in the run is laid out for its number of epochs ('' if nothing): such a run cannot be
     extended with --resume --epochs N, because its past steps would have had other values.
     Constant, step and plateau schedules depend on the epoch, not on the run's length."""
+    length = plural(config.epochs, "epoch")
     if config.schedule in ("onecycle", "cosine"):
-        return f"a {config.schedule} schedule laid out for {_epochs(config.epochs)}"
+        return f"a {config.schedule} schedule laid out for {length}"
     if config.warmup > 0:
-        return f"a warm-up over {config.warmup:g} of its {_epochs(config.epochs)}"
+        return f"a warm-up over {config.warmup:g} of its {length}"
     if config.lookahead:
-        return f"lookahead, whose averaging grows over its {_epochs(config.epochs)}"
+        return f"lookahead, whose averaging grows over its {length}"
     if low_res_epochs(config):
-        return f"low-resolution epochs, a share ({config.low_res_share:g}) of its {_epochs(config.epochs)}"
+        return f"low-resolution epochs, a share ({config.low_res_share:g}) of its {length}"
     return ""
 
 
@@ -467,6 +469,8 @@ def validate(config: TrainConfig) -> None:
         (config.schedule != "plateau" or config.val_fraction > 0,
          "schedule 'plateau' watches the validation images, and --val-fraction 0 leaves none"),
         (config.monitor in MONITORS, f"unknown monitor '{config.monitor}' ({' or '.join(MONITORS)})"),
+        (config.label_mode in LABEL_MODES, f"unknown label_mode '{config.label_mode}' (fine or "
+         f"coarse: CIFAR-100's 100 classes or 20 superclasses){suggest(config.label_mode, LABEL_MODES)}"),
         (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
          f"unknown device '{config.device}' (auto, cpu or cuda)"),
     ]
@@ -575,12 +579,12 @@ QUICK_SETTINGS: dict[str, Any] = {
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        Recipe("base", "the seed's base CNN (3 conv blocks, no regularisation); overfits",
+        Recipe("base", "the classic Keras tutorial's base CNN (3 conv blocks, no regularisation); overfits",
                {"model": "base", **SEED_SETTINGS}),
         Recipe("robust", "base + flip/rotation 0.1/zoom 0.1 augmentation + Dropout(0.5)",
                {"model": "base_dropout", **SEED_SETTINGS,
                 "augment": Augment(flip=True, rotation=0.1, zoom=0.1)}),
-        Recipe("bn", "the seed's BatchNorm + Dropout CNN (2 convs per block, MLP head)",
+        Recipe("bn", "the Keras tutorial's BatchNorm + Dropout CNN (2 convs per block, MLP head)",
                {"model": "bn", **SEED_SETTINGS}),
         Recipe("fast", "airbench-style whitened VGG, Muon, TTA: 0.91 val in 8 epochs (26 min "
                "on 2 cores)", FAST_SETTINGS),
@@ -589,7 +593,7 @@ RECIPES: dict[str, Recipe] = {
                {**FAST_SETTINGS, "model": "fastnet_small", "label_smoothing": 0.2}),
         Recipe("fast_sgd", "fast with airbench94's Nesterov SGD + lookahead: 10 epochs to fast's "
                "accuracy in 8", FAST_SGD_SETTINGS),
-        Recipe("quick", "the seed's best accuracy (0.73 val) in about 30 s on 2 CPU cores",
+        Recipe("quick", "the Keras tutorial models' best accuracy (0.73 val) in about 30 s on 2 CPU cores",
                QUICK_SETTINGS),
     ]
 }
