@@ -105,7 +105,7 @@ def test_random_erasing_erases_the_share_asked_within_the_area() -> None:
 
 def test_cutout_and_erasing_are_part_of_augment_batch() -> None:
     assert Augment(cutout=8).active and Augment(erasing=0.5).active
-    assert not Augment(mixup=0.2).active and Augment(mixup=0.2).mixing
+    assert not Augment(mixup=0.2).active and Augment(mixup=0.2).mixes_labels
     x = batch(8)
     out = augment_batch(Augment(cutout=8, erasing=1.0), x, gen(3))
     assert out.shape == x.shape and not torch.equal(out, x)

@@ -60,7 +60,7 @@ def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
         start = time.perf_counter()
         x = augment_batch(config.augment, images, gen) if config.augment.active else images
         targets = labels
-        if config.augment.mixing:
+        if config.augment.mixes_labels:
             x, targets = mix_batch(config.augment, x, labels, num_classes, gen)
         loss, _ = train_step(model, optimizer, x, targets, config, class_weights=weights)
         float(loss)  # waits for the device

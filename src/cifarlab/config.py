@@ -56,12 +56,12 @@ class Augment:
 
     @property
     def active(self) -> bool:
-        """Whether any per-image augmentation is on (mixup and cutmix are `mixing`)."""
+        """Whether any per-image augmentation is on (mixup and cutmix: `mixes_labels`)."""
         return (self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
                 or self.cutout > 0 or self.erasing > 0)
 
     @property
-    def mixing(self) -> bool:
+    def mixes_labels(self) -> bool:
         """Whether images are mixed in pairs, which makes the labels soft targets."""
         return self.mixup > 0 or self.cutmix > 0
 

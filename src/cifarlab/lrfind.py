@@ -207,7 +207,7 @@ def _range_test(config: TrainConfig, data: Data, net: nn.Module, device: torch.d
         if config.augment.active:
             x = augment_batch(config.augment, x, augment_gen)
         targets = labels[idx].to(device)
-        if config.augment.mixing:
+        if config.augment.mixes_labels:
             x, targets = mix_batch(config.augment, x, targets, len(data.classes), mix_gen)
         optim.set_lr(optimizer, lr, 0)
         loss, _ = train_step(net, optimizer, x, targets, config, class_weights=weights)

@@ -406,7 +406,7 @@ class Trainer:
             images = flip_where(images, (self.flip_parity[mine] + epoch) % 2 == 1)
         if config.augment.active:
             images = augment_batch(config.augment, images, generator(config.seed, epoch, step, 1, rank))
-        if config.augment.mixing:
+        if config.augment.mixes_labels:
             images, targets = mix_batch(config.augment, images, targets, len(self.classes),
                                         generator(config.seed, epoch, step, 4, rank))
         if epoch < low_res_epochs(config):  # progressive resizing: cheaper early epochs
