@@ -22,11 +22,15 @@ _ELSEWHERE = {"search": "cifarlab.hpsearch", "Search": "cifarlab.hpsearch",
               "lr_find": "cifarlab.lrfind", "LRFind": "cifarlab.lrfind",
               "TrainConfig": "cifarlab.config", "Augment": "cifarlab.config",
               "UserError": "cifarlab.errors", "TrainingError": "cifarlab.errors",
-              "Interrupted": "cifarlab.errors", "TensorBoard": "cifarlab.callbacks"}
-__all__ = sorted(_API | set(_ELSEWHERE))
+              "Interrupted": "cifarlab.errors", "TensorBoard": "cifarlab.callbacks",
+              "MLflow": "cifarlab.callbacks"}
+_MODULES = {"callbacks"}  # cl.callbacks.MLflow(...), as Keras users write keras.callbacks.X
+__all__ = sorted(_API | set(_ELSEWHERE) | _MODULES)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"cifarlab.{name}")
     if name in _API:
         module = importlib.import_module("cifarlab.api")
     elif name in _ELSEWHERE:

@@ -300,7 +300,7 @@ def make_config(recipe: str | None = None, config_file: PathLike | None = None,
 def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None = None,
           out: PathLike | None = None, config_file: PathLike | None = None,
           callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
-          started: float | None = None, **settings: Any) -> Run:
+          started: float | None = None, mlflow: str | bool | None = None, **settings: Any) -> Run:
     """Train a recipe, or your own model, and return its Run.
 
         >>> import cifarlab as cl
@@ -315,6 +315,8 @@ def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None
     (DistributedDataParallel via torchrun's launcher; recipes and registered or file models only).
     Ctrl-C saves a checkpoint and raises `cifarlab.errors.Interrupted`; `cl.resume(path)` goes on.
     `started` (time.perf_counter()) is when a `budget`'s clock started, if before this call.
+    `mlflow`: a tracking URI, or True for $MLFLOW_TRACKING_URI: log the run to MLflow
+    (callbacks.MLflow).
     """
     if data is not None:
         settings["data"] = str(data)
@@ -326,14 +328,29 @@ def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None
 
         callbacks = [*callbacks, TensorBoard()]
     if nproc != 1:
-        return _train_processes(cfg, out, nproc, quiet, model)
+        return _train_processes(cfg, out, nproc, quiet, model, mlflow)
+    callbacks = [*callbacks, *_mlflow(mlflow)]
     run_dir, _ = training.train(cfg, out, model=None if isinstance(model, str) else model,
                                 callbacks=callbacks, quiet=quiet, started=started)
     return Run(run_dir, model if not isinstance(model, str) else None)
 
 
+def _mlflow(mlflow: str | bool | None) -> list[Any]:
+    """The MLflow logger, if asked for (made here: a missing extra or store fails before training)."""
+    if not mlflow:
+        return []
+    from cifarlab.callbacks import MLflow
+
+    return [MLflow(mlflow if isinstance(mlflow, str) else None)]
+
+
+def _mlflow_flag(mlflow: str | bool | None) -> list[str]:
+    """The same, for worker processes' command lines."""
+    return [] if not mlflow else ["--mlflow"] + ([mlflow] if isinstance(mlflow, str) else [])
+
+
 def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: bool,
-                     model: Any) -> Run:
+                     model: Any, mlflow: str | bool | None = None) -> Run:
     """N processes on this machine: the same resolved config, handed to `cifarlab train` workers."""
     if model is not None and not isinstance(model, str):
         raise UserError("nproc > 1 starts new processes, which cannot receive a Python object: "
@@ -346,7 +363,8 @@ def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(cfg.to_dict(), handle)
     try:
-        argv = ["train", "--config", handle.name, "--out", str(run_dir)] + (["--quiet"] if quiet else [])
+        argv = (["train", "--config", handle.name, "--out", str(run_dir)] + _mlflow_flag(mlflow)
+                + (["--quiet"] if quiet else []))
         code = distributed.launch(nproc, argv)
     finally:
         os.unlink(handle.name)
@@ -386,7 +404,7 @@ def trials(recipe: str | None = None, n: int = 3, *, out: PathLike | None = None
 def resume(path: PathLike | None = None, *, epochs: int | None = None,
            data: PathLike | None = None, device: str | None = None, model: Any = None,
            callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
-           **refused: Any) -> Run:
+           mlflow: str | bool | None = None, **refused: Any) -> Run:
     """Continue an interrupted run (or extend a finished one with `epochs`, constant schedules).
 
     Only where the data lies, the device and the length may change; anything else is refused
@@ -401,11 +419,12 @@ def resume(path: PathLike | None = None, *, epochs: int | None = None,
     if nproc != 1:
         argv = ["train", "--resume", str(run_dir)] + [
             f"--{key.replace('_', '-')}={value}" for key, value in changes.items() if value is not None]
-        code = distributed.launch(nproc, argv + (["--quiet"] if quiet else []))
+        code = distributed.launch(nproc, argv + _mlflow_flag(mlflow) + (["--quiet"] if quiet else []))
         if code != 0:
             raise distributed.WorkersFailed(code)
         return Run(run_dir)
-    training.resume(run_dir, changes, model=model, callbacks=callbacks, quiet=quiet)
+    training.resume(run_dir, changes, model=model, callbacks=[*callbacks, *_mlflow(mlflow)],
+                    quiet=quiet)
     return Run(run_dir, model)
 
 

@@ -82,6 +82,7 @@ def register(commands: Any) -> None:
                         "(default: 0, every epoch)")
     t.add_argument("--tensorboard", action="store_true",
                    help="also log to RUN/tensorboard (needs: pip install tensorboard) (default: off)")
+    options.mlflow(t, "settings, metrics per epoch, diagnosis, final figures and report")
     options.json_flag(t, "print summary.json when done, instead of the progress table (implies "
                          "--quiet)")
     options.quiet(t)
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = changes.pop("model", None)
     common = {"recipe": args.recipe, "config_file": args.config, "out": args.out,
-              "quiet": args.quiet, "model": model, "started": args.started}
+              "quiet": args.quiet, "model": model, "started": args.started, "mlflow": args.mlflow}
     if args.trials != 1:
         cl.trials(n=args.trials, seed=changes.pop("seed", 0), nproc=args.nproc, **common, **changes)
         return 0
@@ -151,7 +152,8 @@ def resume(args: argparse.Namespace, changes: dict[str, Any]) -> int:
                         "--config, --print-config and --trials")
     path = Path(args.resume) if args.resume else Path(args.out) if args.out else rundir.latest()
     model = changes.pop("model", None)
-    run = cl.resume(path, model=model, quiet=args.quiet, nproc=args.nproc, **changes)
+    run = cl.resume(path, model=model, quiet=args.quiet, nproc=args.nproc, mlflow=args.mlflow,
+                    **changes)
     done(args, run)
     return 0
 

@@ -17,6 +17,7 @@ database alone (study.py runs trials, results.py reads them back).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import warnings
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifarlab import config as configuration
-from cifarlab import fsio, rundir
+from cifarlab import dburl, fsio, rundir
+from cifarlab.dburl import redact
 from cifarlab.errors import UserError
 
 if TYPE_CHECKING:  # optuna is an optional extra: imported where a search needs it
@@ -79,29 +81,29 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 def open_storage(url: str) -> Any:
     """Optuna's database storage. Heartbeats (every 60 s) let any worker fail a trial whose
-    machine died; a dead process on this machine is noticed at once (`fail_dead_trials`)."""
+    machine died; a dead process on this machine is noticed at once (`fail_dead_trials`).
+
+    Every way it can fail is one line: a URL SQLAlchemy cannot read, a driver that is not
+    installed (naming the package, or the extra, that brings it), a server that is down, a
+    database or role that does not exist.
+    """
     optuna = optuna_module()
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # parallel writers wait
+    elif dburl.connect_args(url):
+        kwargs["engine_kwargs"] = {"connect_args": dburl.connect_args(url)}
+    driver = dburl.missing_driver(url)
+    if driver:
+        raise UserError(f"--storage {redact(url)} needs {driver}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180, **kwargs)
-        except ImportError as exc:
+        except ImportError as exc:  # a driver that imports but cannot load (a broken install)
             raise UserError(f"--storage {redact(url)} needs a database driver: {exc}") from None
         except Exception as exc:  # sqlalchemy's errors: a bad URL, a server that is down
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise UserError(f"cannot open the storage {redact(url)}: {first}") from None
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    head, at, tail = url.rpartition("@")
-    if not at or "://" not in head:
-        return url
-    scheme, _, user = head.partition("://")
-    return f"{scheme}://{user.partition(':')[0]}:***@{tail}"
+            raise UserError(f"cannot open the storage {redact(url)}: {dburl.explain(exc)}") from None
 
 
 def _alive(pid: Any) -> bool:
@@ -125,9 +127,12 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if attrs.get("host") == HOST and not _alive(attrs.get("pid")):
-            # The storage API is the one Optuna's own stale-trial handling uses.
-            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
-            dead.append(trial.number)
+            # The storage API is the one Optuna's own stale-trial handling uses. Another worker
+            # may have failed it a moment ago.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                study._storage.set_trial_state_values(trial._trial_id,
+                                                      state=optuna.trial.TrialState.FAIL)
+                dead.append(trial.number)
     return dead
 
 
