@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cifarlab.errors import UserError
+from cifarlab.errors import TrainingError, UserError
 
 
 class WorkersFailed(Exception):
@@ -76,14 +76,45 @@ def init(ctx: Context, device: torch.device) -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
+class PeerLost(TrainingError):
+    """Another training process stopped mid-run (killed, or its machine went down), so the
+    collectives this one waits on can never finish: one line, exit code 1, and how to go on."""
+
+
+# What gloo and NCCL say when the process at the other end is gone.
+LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused",
+        "timed out", "Timed out", "NCCL communicator was aborted", "remote process exited")
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """Why, if `exc` is a collective (all-reduce, broadcast, DDP's gradient sync) that lost a
+    peer; None for any other error."""
+    if not isinstance(exc, RuntimeError) or not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(exc)
+    reason = next((phrase for phrase in LOST if phrase in text), None)
+    if reason is None and not isinstance(exc, dist.DistError) and "gloo" not in text:
+        return None
+    return reason or text.strip().splitlines()[0].split("] ", 1)[-1][:160]
+
+
 @contextlib.contextmanager
-def owned_group() -> Iterator[None]:
-    """Leave the process group on exit if it was joined inside the block (not one the caller made)."""
+def owned_group(run_dir: object = None) -> Iterator[None]:
+    """Leave the process group on exit if it was joined inside the block (not one the caller made).
+    A collective that lost another process becomes PeerLost, naming the run to resume."""
     existed = dist.is_available() and dist.is_initialized()
     finished = False
     try:
         yield
         finished = True
+    except RuntimeError as exc:
+        reason = lost_peer(exc)
+        if reason is None:
+            raise
+        where = (f"; its last checkpoint is in {run_dir}: when every node is back, continue with "
+                 f"--resume {run_dir}") if run_dir is not None else ""
+        raise PeerLost(f"lost contact with another training process ({reason}): it stopped, or "
+                       f"its machine did{where}") from None
     finally:
         if not existed and dist.is_available() and dist.is_initialized():
             if finished:  # leave together: gloo torn down under a peer still talking can abort it

@@ -701,7 +701,7 @@ def train(config: TrainConfig, out: str | os.PathLike[str] | None = None, *,
     else:
         run_dir = Path(out)
     try:
-        with distributed.owned_group():
+        with distributed.owned_group(run_dir):
             trainer = _prepare(config, run_dir, model, callbacks, quiet, started)
             return run_dir, trainer.fit()
     except BaseException:
@@ -750,7 +750,7 @@ def resume(run_dir: str | os.PathLike[str], changes: dict[str, Any] | None = Non
     if done >= config.epochs and (run_dir / rundir.FINAL).exists():
         raise UserError(f"{run_dir} is already complete ({config.epochs} epochs); extend it with "
                         f"--epochs N (N > {config.epochs})")
-    with distributed.owned_group():
+    with distributed.owned_group(run_dir):
         trainer = _prepare(config, run_dir, model if model is not None else _model_of(config),
                            callbacks, quiet, None, saved=saved)
         trainer.restore(saved)

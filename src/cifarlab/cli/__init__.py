@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(speak, f"cifarlab: error: {exc}")
         return EXIT_USER_ERROR
     except TrainingError as exc:
-        _say(speak, f"cifarlab: training failed: {exc}")
+        # A lost peer is news to every node that is left: the first process of each says it.
+        lost = type(exc).__name__ == "PeerLost" and (os.environ.get("LOCAL_RANK") or "0") == "0"
+        _say(speak or lost, f"cifarlab: training failed: {exc}")
         return 1
     except Interrupted as exc:
         _say(speak, f"cifarlab: {exc}")
