@@ -300,7 +300,8 @@ def make_config(recipe: str | None = None, config_file: PathLike | None = None,
 def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None = None,
           out: PathLike | None = None, config_file: PathLike | None = None,
           callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
-          started: float | None = None, mlflow: str | bool | None = None, **settings: Any) -> Run:
+          started: float | None = None, mlflow: str | bool | None = None, nnodes: int = 1,
+          rdzv_endpoint: str | None = None, **settings: Any) -> Run:
     """Train a recipe, or your own model, and return its Run.
 
         >>> import cifarlab as cl
@@ -316,7 +317,8 @@ def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None
     Ctrl-C saves a checkpoint and raises `cifarlab.errors.Interrupted`; `cl.resume(path)` goes on.
     `started` (time.perf_counter()) is when a `budget`'s clock started, if before this call.
     `mlflow`: a tracking URI, or True for $MLFLOW_TRACKING_URI: log the run to MLflow
-    (callbacks.MLflow).
+    (callbacks.MLflow). `nnodes=N, rdzv_endpoint="HOST:PORT"`: this machine is one of N that run
+    the same call, `out` a folder they all see (docs/distributed.md).
     """
     if data is not None:
         settings["data"] = str(data)
@@ -327,8 +329,8 @@ def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None
         from cifarlab.callbacks import TensorBoard
 
         callbacks = [*callbacks, TensorBoard()]
-    if nproc != 1:
-        return _train_processes(cfg, out, nproc, quiet, model, mlflow)
+    if nproc != 1 or nnodes != 1:
+        return _train_processes(cfg, out, nproc, quiet, model, mlflow, nnodes, rdzv_endpoint)
     callbacks = [*callbacks, *_mlflow(mlflow)]
     run_dir, _ = training.train(cfg, out, model=None if isinstance(model, str) else model,
                                 callbacks=callbacks, quiet=quiet, started=started)
@@ -350,22 +352,28 @@ def _mlflow_flag(mlflow: str | bool | None) -> list[str]:
 
 
 def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: bool,
-                     model: Any, mlflow: str | bool | None = None) -> Run:
+                     model: Any, mlflow: str | bool | None = None, nnodes: int = 1,
+                     endpoint: str | None = None) -> Run:
     """N processes on this machine: the same resolved config, handed to `cifarlab train` workers."""
     if model is not None and not isinstance(model, str):
         raise UserError("nproc > 1 starts new processes, which cannot receive a Python object: "
                         "register the model in a file and pass model='file.py:Class'")
     if cfg.budget is not None:
         raise UserError("--budget sizes a run for one process; leave out --nproc")
-    # settled once, so that every worker names it
-    run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model))
-    (run_dir / rundir.MARKER).unlink()  # the workers' rank 0 claims it again
+    if nnodes > 1:  # every machine names the same folder; the workers' rank 0 claims it
+        if out is None:
+            raise UserError("--nnodes > 1 needs --out DIR: a folder that every machine sees "
+                            "(rank 0 writes it), the same on every one")
+        run_dir = Path(out)
+    else:  # settled once, so that every worker names it
+        run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model))
+        (run_dir / rundir.MARKER).unlink()  # the workers' rank 0 claims it again
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(cfg.to_dict(), handle)
     try:
         argv = (["train", "--config", handle.name, "--out", str(run_dir)] + _mlflow_flag(mlflow)
                 + (["--quiet"] if quiet else []))
-        code = distributed.launch(nproc, argv)
+        code = distributed.launch(nproc, argv, nnodes=nnodes, endpoint=endpoint)
     finally:
         os.unlink(handle.name)
     if code != 0:
@@ -404,7 +412,8 @@ def trials(recipe: str | None = None, n: int = 3, *, out: PathLike | None = None
 def resume(path: PathLike | None = None, *, epochs: int | None = None,
            data: PathLike | None = None, device: str | None = None, model: Any = None,
            callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
-           mlflow: str | bool | None = None, **refused: Any) -> Run:
+           mlflow: str | bool | None = None, nnodes: int = 1, rdzv_endpoint: str | None = None,
+           **refused: Any) -> Run:
     """Continue an interrupted run (or extend a finished one with `epochs`, constant schedules).
 
     Only where the data lies, the device and the length may change; anything else is refused
@@ -416,10 +425,11 @@ def resume(path: PathLike | None = None, *, epochs: int | None = None,
     run_dir = Path(path) if path is not None else rundir.latest()
     changes = {"epochs": epochs, "data": str(data) if data is not None else None,
                "device": device, **refused}
-    if nproc != 1:
+    if nproc != 1 or nnodes != 1:
         argv = ["train", "--resume", str(run_dir)] + [
             f"--{key.replace('_', '-')}={value}" for key, value in changes.items() if value is not None]
-        code = distributed.launch(nproc, argv + _mlflow_flag(mlflow) + (["--quiet"] if quiet else []))
+        code = distributed.launch(nproc, argv + _mlflow_flag(mlflow) + (["--quiet"] if quiet else []),
+                                  nnodes=nnodes, endpoint=rdzv_endpoint)
         if code != 0:
             raise distributed.WorkersFailed(code)
         return Run(run_dir)

@@ -19,6 +19,7 @@ Nothing here imports torch at module level: `cifarlab --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -116,3 +117,7 @@ def _workers_failed(exc: Exception) -> int | None:
 def _say(speak: bool, message: str) -> None:
     if speak:
         print(message, file=sys.stderr)
+        reported = os.environ.get("CIFARLAB_REPORTED")  # under --nproc/--nnodes: tell the launcher
+        if reported:
+            with contextlib.suppress(OSError):
+                open(reported, "a").close()
