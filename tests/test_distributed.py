@@ -145,9 +145,18 @@ def node(argv: list[str], cwd: Path) -> subprocess.Popen[str]:
 
 
 def two_nodes(argv: list[str], cwd: Path) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
-    where = ["--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
-    first = node([*argv, *where], cwd)  # the first to start listens at the endpoint
-    time.sleep(0.5)
+    """Node A, which holds the rendezvous (the first to listen at the endpoint), then node B."""
+    port = free_port()
+    where = ["--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    first = node([*argv, *where], cwd)
+    deadline = time.monotonic() + 120
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert first.poll() is None, first.communicate()[1]
+        assert time.monotonic() < deadline, "node A never listened at the endpoint"
+        time.sleep(0.05)
     return first, node([*argv, *where], cwd)
 
 

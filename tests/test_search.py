@@ -277,7 +277,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_kill(
     import optuna
 
     started = time.perf_counter()
-    a_dir, b_dir, trials = tmp_path / "a", tmp_path / "b", 4
+    a_dir, b_dir, trials = tmp_path / "a", tmp_path / "b", 3
     common = ["--storage", postgres_url, "--study", "toy-e2"]
     a = _cifarlab("search", "--recipe", "base", "--data", str(toy_data), "--set", "epochs=2", *QUICK,
                   "--trials", str(trials), "--pruner", "none", *common, "--out", str(a_dir))
