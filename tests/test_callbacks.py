@@ -16,11 +16,6 @@ from cifarlab.cli import main
 QUICK = ["--batch-size", "32", "--val-fraction", "0.2", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CIFARLAB_THREADS", "1")
-
-
 def runs_of(uri: str, experiment: str) -> list[Any]:
     from mlflow.tracking import MlflowClient
 

@@ -19,10 +19,9 @@ images to N x classes logits (cifarlab wraps the normalisation around it).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,21 +29,24 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import nn
 
-from cifarlab import checkpoint, distributed, fsio, plots, rundir
+from cifarlab import checkpoint, clock, distributed, fsio, plots, rundir, worker
 from cifarlab import comparison as comparing
+from cifarlab import evaluate as evaluating
 from cifarlab import report as reporting
 from cifarlab import trainer as training
 from cifarlab.config import Recipe, TrainConfig, list_recipes, resolve
 from cifarlab.data import Dataset
 from cifarlab.diagnose import Diagnosis, diagnose
 from cifarlab.errors import UserError
-from cifarlab.evaluate import as_images, pick_device, predict_logits
+from cifarlab.evaluate import as_images, predict_logits
 from cifarlab.evaluate import top_k as top_k_of
 from cifarlab.modelsummary import ModelSummary, summarize
-from cifarlab.networks import Classifier, create_model, list_models, register_model, spec_of
+from cifarlab.networks import Classifier, create_model, describe_models, register_model, spec_of
+from cifarlab.runtime import pick_device
 
 __all__ = ["Comparison", "Run", "compare", "load", "load_data", "make_config", "models",
-           "plot_data", "recipes", "register_model", "resume", "summary", "train", "trials"]
+           "plot_data", "recipes", "register_model", "resume", "summary", "train", "train_seeds",
+           "trials"]
 
 PathLike = str | Path
 
@@ -65,7 +67,7 @@ class Run:
         self._files = _read(self.path)
         self._model_arg = model
         self._models: dict[str, Classifier] = {}
-        self._predictions: dict[tuple[Any, ...], reporting.Predictions] = {}
+        self._predictions: dict[tuple[Any, ...], evaluating.Predictions] = {}
 
     def __repr__(self) -> str:
         s = self.summary
@@ -96,7 +98,7 @@ class Run:
 
     @property
     def classes(self) -> list[str]:
-        return list(self._files.record.get("classes", []))
+        return list(self._files.info.get("classes", []))
 
     @property
     def model(self) -> Classifier:
@@ -132,16 +134,16 @@ class Run:
 
     def _split(self, data: PathLike | None, split: str) -> Any:
         """The images and labels of a split, without running the model on them."""
-        _, part = reporting.evaluation_split(self._files.record, str(data) if data is not None
+        _, part = evaluating.evaluation_split(self._files.info, str(data) if data is not None
                                              else None, split, quiet=True)
         return part
 
     def predictions(self, data: PathLike | None = None, split: str = "val", tta: bool = False,
-                    weights: str = "best", device: str = "auto") -> reporting.Predictions:
+                    weights: str = "best", device: str = "auto") -> evaluating.Predictions:
         """The model's logits on a split (cached: evaluate and the plots share one pass)."""
         key = (str(data) if data is not None else None, split, tta, weights, device)
         if key not in self._predictions:
-            self._predictions[key] = reporting.predict_split(
+            self._predictions[key] = evaluating.predict_split(
                 self._files, str(data) if data is not None else None, split, device, weights,
                 tta, self._model_factory(), quiet=True)
         return self._predictions[key]
@@ -153,7 +155,7 @@ class Run:
         split "val" is the run's own held-out images; "test" needs a source with a test split
         (the official archive has one); "train" the images it trained on.
         """
-        return reporting.scores(self.predictions(data, split, tta, weights, device))
+        return evaluating.scores(self.predictions(data, split, tta, weights, device))
 
     def predict(self, images: Any, top_k: int = 5, weights: str = "best", tta: bool = False,
                 device: str = "auto") -> list[dict[str, Any]]:
@@ -244,11 +246,14 @@ class Run:
 
     def report(self, out: PathLike | None = None, data: PathLike | None = None, split: str = "val",
                tta: bool = False, weights: str = "best", device: str = "auto",
-               quiet: bool = True) -> Path:
-        """Write the HTML report (and its PNGs and JSON); returns the path of report.html."""
-        written = reporting.write_report(self._files, out, str(data) if data is not None else None,
-                                         split, device, quiet, weights, tta, self._model_factory())
-        return written.out / "report.html"
+               quiet: bool = True) -> reporting.Report:
+        """Write the HTML report (and its PNGs and JSON) into RUN/report (or `out`); returns the
+        Report (`.path` is report.html, `.diagnosis`, `.evaluation`, `.files`)."""
+        if not self.history:
+            raise UserError(f"{self.path} is a model file: a report needs a run directory, with "
+                            "its history")
+        return reporting.write_report(self._files, out, os.fspath(data) if data is not None else None,
+                                      split, device, quiet, weights, tta, self._model_factory())
 
     def export(self, format: str = "onnx", out: PathLike | None = None,
                weights: str = "best") -> Path:
@@ -259,12 +264,13 @@ class Run:
         return path
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000, weights: str = "best",
-              **limits: Any) -> None:
-        """The web demo and JSON API for this model until Ctrl-C (docs/serving.md); `limits` are
-        serve.Limits fields, e.g. max_upload_bytes, max_concurrency."""
+              limits: Any = None, **limit_fields: Any) -> None:
+        """The web demo and JSON API for this model until Ctrl-C (docs/serving.md); `limits` is a
+        cifarlab.serve.Limits, or give its fields, e.g. max_upload_bytes=2**20, max_concurrency=8."""
         from cifarlab.serve import Limits, serve
 
-        serve(self.path, host, port, Limits(**limits), weights, self._model_factory())
+        serve(self.path, host, port, limits or Limits(**limit_fields), weights,
+              self._model_factory())
 
     def resume(self, epochs: int | None = None, **kwargs: Any) -> Run:
         """Train on: to the run's own end, or (constant schedules) to `epochs`. See `cl.resume`."""
@@ -277,6 +283,8 @@ def _read(path: Path) -> rundir.RunFiles:
         record = checkpoint.load(path, checkpoint.MODEL_FORMAT)
         return rundir.RunFiles(path, {"config": dict(record.get("config") or {}),
                                       "classes": list(record.get("classes") or [])}, [])
+    if not path.exists():
+        raise UserError(f"run or model not found: {path} (a run directory or a model file)")
     return rundir.read(path)
 
 
@@ -291,17 +299,34 @@ def make_config(recipe: str | None = None, config_file: PathLike | None = None,
         >>> import cifarlab as cl
         >>> cl.make_config("robust", epochs=3).augment.flip
         True
+        >>> cl.make_config("fast", budget="10m", epochs=5).max_epochs   # with a budget, a cap
+        5
     """
-    if settings.get("data") is not None:
-        settings["data"] = str(settings["data"])  # a Path is as good as a str
     return resolve(recipe, config_file, settings)
+
+
+def _settings(model: Any, data: PathLike | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """`model=` and `data=` as the settings they stand for (config.py coerces paths)."""
+    if data is not None:
+        settings["data"] = data
+    if model is not None:
+        settings["model"] = model if isinstance(model, str) else spec_of(model)
+    return settings
+
+
+def _with_loggers(cfg: TrainConfig | None, callbacks: Sequence[Any],
+                  mlflow: str | bool | None) -> list[Any]:
+    """The user's callbacks, plus the loggers the settings switch on and MLflow if asked for."""
+    from cifarlab.callbacks import loggers
+
+    return [*callbacks, *loggers(cfg, mlflow)]
 
 
 def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None = None,
           out: PathLike | None = None, config_file: PathLike | None = None,
-          callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
-          started: float | None = None, mlflow: str | bool | None = None, nnodes: int = 1,
-          rdzv_endpoint: str | None = None, **settings: Any) -> Run:
+          callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1, nnodes: int = 1,
+          rdzv_endpoint: str | None = None, mlflow: str | bool | None = None,
+          **settings: Any) -> Run:
     """Train a recipe, or your own model, and return its Run.
 
         >>> import cifarlab as cl
@@ -310,109 +335,109 @@ def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None
 
     `model`: a registered name, "file.py:Class", an nn.Module (trained in place) or a factory
     (class or function; it gets num_classes if it takes it, and `model_kwargs`). Any other
-    keyword is a setting (cl.make_config shows them all). `callbacks`: objects with
-    `on_epoch_end(run, metrics)` (and optionally on_train_begin/on_train_end), or plain
-    functions f(run, metrics); returning True stops training. `nproc=N` trains with N processes
+    keyword is a setting (cl.make_config shows them all), e.g. `budget="10m"` (then `epochs`,
+    if given, is the most it may choose). `callbacks`: cl.Callback objects or functions
+    f(trainer, metrics) (callbacks.py). `nproc=N` trains with N processes
     (DistributedDataParallel via torchrun's launcher; recipes and registered or file models only).
-    Ctrl-C saves a checkpoint and raises `cifarlab.errors.Interrupted`; `cl.resume(path)` goes on.
-    `started` (time.perf_counter()) is when a `budget`'s clock started, if before this call.
-    `mlflow`: a tracking URI, or True for $MLFLOW_TRACKING_URI: log the run to MLflow
-    (callbacks.MLflow). `nnodes=N, rdzv_endpoint="HOST:PORT"`: this machine is one of N that run
-    the same call, `out` a folder they all see (docs/distributed.md).
+    Ctrl-C saves a checkpoint and raises `cl.Interrupted`; `cl.resume(path)` goes on.
+    `nnodes=N, rdzv_endpoint="HOST:PORT"`: this machine is one of N that make the same call, `out`
+    a folder they all see (docs/distributed.md). `mlflow`: a tracking URI, or True for
+    $MLFLOW_TRACKING_URI: log the run to MLflow (callbacks.MLflow; README).
     """
-    if data is not None:
-        settings["data"] = str(data)
-    if model is not None:
-        settings["model"] = model if isinstance(model, str) else spec_of(model)
-    cfg = resolve(recipe, config_file, settings)
-    if cfg.tensorboard:
-        from cifarlab.callbacks import TensorBoard
-
-        callbacks = [*callbacks, TensorBoard()]
+    cfg = resolve(recipe, config_file, _settings(model, data, settings))
     if nproc != 1 or nnodes != 1:
-        return _train_processes(cfg, out, nproc, quiet, model, mlflow, nnodes, rdzv_endpoint)
-    callbacks = [*callbacks, *_mlflow(mlflow)]
+        return _train_processes(cfg, out, nproc, quiet, model, callbacks, mlflow, nnodes,
+                                rdzv_endpoint)
+    callbacks = _with_loggers(cfg, callbacks, mlflow)
     run_dir, _ = training.train(cfg, out, model=None if isinstance(model, str) else model,
-                                callbacks=callbacks, quiet=quiet, started=started)
+                                callbacks=callbacks, quiet=quiet, started=clock.take_start())
     return Run(run_dir, model if not isinstance(model, str) else None)
 
 
-def _mlflow(mlflow: str | bool | None) -> list[Any]:
-    """The MLflow logger, if asked for (made here: a missing extra or store fails before training)."""
-    if not mlflow:
-        return []
-    from cifarlab.callbacks import MLflow
-
-    return [MLflow(mlflow if isinstance(mlflow, str) else None)]
-
-
-def _mlflow_flag(mlflow: str | bool | None) -> list[str]:
-    """The same, for worker processes' command lines."""
-    return [] if not mlflow else ["--mlflow"] + ([mlflow] if isinstance(mlflow, str) else [])
-
-
 def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: bool,
-                     model: Any, mlflow: str | bool | None = None, nnodes: int = 1,
-                     endpoint: str | None = None) -> Run:
-    """N processes on this machine: the same resolved config, handed to `cifarlab train` workers."""
+                     model: Any, callbacks: Sequence[Any], mlflow: str | bool | None = None,
+                     nnodes: int = 1, endpoint: str | None = None) -> Run:
+    """N processes on this machine (and on each of `nnodes` machines), each handed the resolved
+    config through one job file; they make their loggers (TensorBoard, MLflow) themselves."""
     if model is not None and not isinstance(model, str):
         raise UserError("nproc > 1 starts new processes, which cannot receive a Python object: "
                         "register the model in a file and pass model='file.py:Class'")
+    if callbacks:
+        raise UserError("nproc > 1 starts new processes, which cannot receive callbacks")
     if cfg.budget is not None:
-        raise UserError("--budget sizes a run for one process; leave out --nproc")
-    if nnodes > 1:  # every machine names the same folder; the workers' rank 0 claims it
+        raise UserError("a budget sizes a run for one process; leave out nproc")
+    _check_mlflow(mlflow)
+    job: dict[str, Any] = {"action": "train", "config": cfg.to_dict(), "quiet": quiet,
+                           **({"mlflow": mlflow} if mlflow else {})}
+    if nnodes > 1:  # every machine names the same folder; global rank 0 claims it
         if out is None:
             raise UserError("--nnodes > 1 needs --out DIR: a folder that every machine sees "
                             "(rank 0 writes it), the same on every one")
-        run_dir = Path(out)
-    else:  # settled once, so that every worker names it
-        run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model))
-        (run_dir / rundir.MARKER).unlink()  # the workers' rank 0 claims it again
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(cfg.to_dict(), handle)
+        worker.run_processes(nproc, {**job, "run_dir": os.fspath(out), "claimed": False},
+                             nnodes=nnodes, endpoint=endpoint)
+        return Run(out)
+    existed = out is not None and Path(out).is_dir()
+    run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model))  # claimed here, once
     try:
-        argv = (["train", "--config", handle.name, "--out", str(run_dir)] + _mlflow_flag(mlflow)
-                + (["--quiet"] if quiet else []))
-        code = distributed.launch(nproc, argv, nnodes=nnodes, endpoint=endpoint)
-    finally:
-        os.unlink(handle.name)
-    if code != 0:
-        raise distributed.WorkersFailed(code)
+        worker.run_processes(nproc, {**job, "run_dir": str(run_dir)})
+    except BaseException:
+        rundir.discard_if_empty(run_dir, remove_folder=not existed)
+        raise
     return Run(run_dir)
 
 
-def trials(recipe: str | None = None, n: int = 3, *, out: PathLike | None = None,
-           seed: int = 0, quiet: bool = False, **kwargs: Any) -> list[Run]:
-    """`n` runs with seeds seed, seed+1, ... into OUT/seed-S; mean +- std into OUT/trials.json.
+def _check_mlflow(mlflow: str | bool | None) -> None:
+    """Before processes start: a missing extra or an unreachable store is one line now."""
+    if mlflow:
+        from cifarlab import tracking
+
+        tracking.experiment_id(tracking.mlflow_client(mlflow if isinstance(mlflow, str) else None))
+
+
+def train_seeds(recipe: str | None = None, n: int = 3, *, out: PathLike | None = None,
+                seed: int = 0, quiet: bool = False, **kwargs: Any) -> list[Run]:
+    """`n` runs with seeds seed, seed+1, ... into OUT/seed-S; mean +- std into OUT/seeds.json.
 
     A result is a distribution (airbench reports every figure over many seeds).
+
+        >>> import cifarlab as cl
+        >>> runs = cl.train_seeds("quick", n=3)             # doctest: +SKIP
     """
     if n < 1:
-        raise UserError("--trials must be at least 1")
+        raise UserError("the number of seeds must be at least 1")
     if distributed.from_env().enabled or kwargs.get("nproc", 1) != 1:
-        raise UserError("--trials runs one process; leave out --nproc/torchrun")
+        raise UserError("training over seeds runs one process; leave out nproc/torchrun")
     name = make_config(recipe, kwargs.get("config_file")).recipe
     parent = rundir.create(out, name)
     runs = []
-    for trial in range(n):
+    for index in range(n):
         if not quiet:
-            print(f"trial {trial + 1}/{n}: seed {seed + trial}, {parent / f'seed-{seed + trial}'}",
+            print(f"seed {seed + index} ({index + 1} of {n}): {parent / f'seed-{seed + index}'}",
                   flush=True)
-        runs.append(train(recipe, out=parent / f"seed-{seed + trial}", seed=seed + trial,
+        runs.append(train(recipe, out=parent / f"seed-{seed + index}", seed=seed + index,
                           quiet=quiet, **kwargs))
-        kwargs.pop("started", None)  # a budget's clock starts once, for the first trial
     summaries = [run.summary for run in runs]
     table = comparing.mean_std_table(summaries)
-    fsio.write_json(parent / "trials.json", {"summaries": summaries, "mean_std": table})
+    fsio.write_json(parent / SEEDS_FILE, {"summaries": summaries, "mean_std": table})
     for key, (mean, std) in table.items():  # the result, printed even when quiet
         print(f"{key}: {mean:.4f} +- {std:.4f} over {n} seeds")
     return runs
 
 
+SEEDS_FILE = "seeds.json"
+
+
+def trials(recipe: str | None = None, n: int = 3, **kwargs: Any) -> list[Run]:
+    """The old name of `train_seeds` (a "trial" is a search's; this is seeds)."""
+    warnings.warn("cl.trials is now cl.train_seeds (trials are the search's)", DeprecationWarning,
+                  stacklevel=2)
+    return train_seeds(recipe, n, **kwargs)
+
+
 def resume(path: PathLike | None = None, *, epochs: int | None = None,
            data: PathLike | None = None, device: str | None = None, model: Any = None,
-           callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
-           mlflow: str | bool | None = None, nnodes: int = 1, rdzv_endpoint: str | None = None,
+           callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1, nnodes: int = 1,
+           rdzv_endpoint: str | None = None, mlflow: str | bool | None = None,
            **refused: Any) -> Run:
     """Continue an interrupted run (or extend a finished one with `epochs`, constant schedules).
 
@@ -423,17 +448,19 @@ def resume(path: PathLike | None = None, *, epochs: int | None = None,
         >>> cl.resume("runs/nb", epochs=20)                           # doctest: +SKIP
     """
     run_dir = Path(path) if path is not None else rundir.latest()
-    changes = {"epochs": epochs, "data": str(data) if data is not None else None,
+    changes = {"epochs": epochs, "data": os.fspath(data) if data is not None else None,
                "device": device, **refused}
     if nproc != 1 or nnodes != 1:
-        argv = ["train", "--resume", str(run_dir)] + [
-            f"--{key.replace('_', '-')}={value}" for key, value in changes.items() if value is not None]
-        code = distributed.launch(nproc, argv + _mlflow_flag(mlflow) + (["--quiet"] if quiet else []),
-                                  nnodes=nnodes, endpoint=rdzv_endpoint)
-        if code != 0:
-            raise distributed.WorkersFailed(code)
+        if model is not None and not isinstance(model, str):
+            raise UserError("nproc > 1 starts new processes, which cannot receive a Python "
+                            "object: pass model='file.py:Class'")
+        _check_mlflow(mlflow)
+        worker.run_processes(nproc, {"action": "resume", "run_dir": str(run_dir), "quiet": quiet,
+                                     "changes": changes, "model": model,
+                                     **({"mlflow": mlflow} if mlflow else {})},
+                             nnodes=nnodes, endpoint=rdzv_endpoint)
         return Run(run_dir)
-    training.resume(run_dir, changes, model=model, callbacks=[*callbacks, *_mlflow(mlflow)],
+    training.resume(run_dir, changes, model=model, callbacks=_with_loggers(None, callbacks, mlflow),
                     quiet=quiet)
     return Run(run_dir, model)
 
@@ -567,9 +594,15 @@ def recipes() -> list[Recipe]:
     return list_recipes()
 
 
-def models() -> list[str]:
-    """Registered model names (add yours with `@cl.register_model("name")`)."""
-    return list_models()
+def models() -> dict[str, str]:
+    """The registered models: name -> the first line of its docstring (add yours with
+    `@cl.register_model("name")`).
+
+        >>> import cifarlab as cl
+        >>> "base" in cl.models()
+        True
+    """
+    return describe_models()
 
 
 def summary(target: Any = "base", *, num_classes: int | None = None, model: Any = None,

@@ -28,14 +28,6 @@ import torch.distributed as dist
 from cifarlab.errors import TrainingError, UserError
 
 
-class WorkersFailed(Exception):
-    """A training process started by --nproc failed; it said why itself. Carries its exit code."""
-
-    def __init__(self, code: int):
-        super().__init__(f"a training process exited with code {code}")
-        self.code = code
-
-
 @dataclass(frozen=True)
 class Context:
     """Where this process stands among the training processes (all 0/1 when alone)."""
@@ -147,9 +139,10 @@ def from_main(values: Sequence[float], device: torch.device) -> list[float]:
 
 
 def launch(nproc: int, argv: list[str], nnodes: int = 1, endpoint: str | None = None) -> int:
-    """Run `cifarlab ARGV` in `nproc` processes on this machine with torchrun's elastic launcher.
+    """Run `python ARGV` (e.g. ["-m", "cifarlab.worker", JOB]) in `nproc` processes on this
+    machine with torchrun's elastic launcher.
 
-    Like `torchrun --standalone --nproc-per-node NPROC -m cifarlab ARGV`: a rendezvous on a free
+    Like `torchrun --standalone --nproc-per-node NPROC ARGV`: a rendezvous on a free
     port of 127.0.0.1 (not "localhost", which may resolve to an IPv6 address nothing listens on),
     and every worker stopped if one fails. With `nnodes` > 1, this machine is one of several that
     all run the same command: like `torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint
@@ -182,13 +175,13 @@ def launch(nproc: int, argv: list[str], nnodes: int = 1, endpoint: str | None = 
              if nnodes > 1 else
              ["--nnodes=1", "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id=cifarlab-{uuid.uuid4().hex}"])
     args = torchrun.parse_args([*where, f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
-                                "--monitor-interval=0.2", "-m", "cifarlab", *argv])
+                                "--monitor-interval=0.2", *argv])
     with _said_by_workers() as said:
         try:
             torchrun.run(args)
         except ChildFailedError as exc:
             codes = [f.exitcode for f in exc.failures.values()]
-            if not said():  # killed by a signal (negative code), so it said nothing
+            if not said() and not any(c > 0 for c in codes):  # killed by a signal: said nothing
                 print(f"cifarlab: a training process was killed by signal {-min(codes)}",
                       file=sys.stderr)
             return next((c for c in codes if c > 0), 1)

@@ -26,6 +26,14 @@ class Interrupted(Exception):
         self.run_dir = run_dir
 
 
+class WorkersFailed(Exception):
+    """A training process started by --nproc failed; it said why itself. Carries its exit code."""
+
+    def __init__(self, code: int):
+        super().__init__(f"a training process exited with code {code}")
+        self.code = code
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """An exception from a library as one line: its first, without SQLAlchemy's "(driver.Error) "."""
     text = " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())

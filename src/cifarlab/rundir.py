@@ -201,10 +201,10 @@ def _number(text: str | None) -> float:
 
 @dataclass
 class RunFiles:
-    """What a run directory holds on disk: config.json's record and metrics.csv's history."""
+    """What a run directory holds on disk: config.json (`info`) and metrics.csv (`history`)."""
 
     path: Path
-    record: dict[str, Any]  # config.json: {"config": {...}, "classes": [...], ...}
+    info: dict[str, Any]  # config.json: {"config": {...}, "classes": [...], "versions": ...}
     history: list[dict[str, float]]  # metrics.csv, one row per epoch
 
     @property
@@ -213,7 +213,7 @@ class RunFiles:
 
     @property
     def config(self) -> dict[str, Any]:
-        return dict(self.record.get("config", {}))
+        return dict(self.info.get("config", {}))
 
     @property
     def model_recipe(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from cifarlab import __version__, dburl
 from cifarlab.errors import UserError
+from cifarlab.extras import require_extra
 
 EXPERIMENT = "cifarlab"  # the experiment runs go to, unless $MLFLOW_EXPERIMENT_NAME names one
 PARAM_CHARS = 6000  # MLflow's limits: a param's value, a tag's value, entries per call
@@ -34,12 +35,10 @@ PER_CALL = 100
 def mlflow_client(uri: str | None) -> Any:
     """An MlflowClient on `uri` (None: $MLFLOW_TRACKING_URI, else MLflow's default store),
     checked: a missing extra or driver, or a database that cannot be reached, is one line now."""
-    try:
-        import mlflow
-        from mlflow.tracking import MlflowClient
-    except ImportError:
-        raise UserError("--mlflow needs mlflow: pip install mlflow (or: pip install "
-                        "'cifarlab[mlflow]')") from None
+    require_extra("mlflow", "--mlflow")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     uri = uri or mlflow.get_tracking_uri()
     _probe_database(uri)
     try:
