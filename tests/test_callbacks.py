@@ -112,6 +112,7 @@ def test_missing_mlflow_is_one_line(monkeypatch: pytest.MonkeyPatch, toy_data: P
         cl.callbacks.MLflow()
 
 
+@pytest.mark.slow  # importing mlflow alone takes ~4 s
 @pytest.mark.parametrize("uri, message", [
     ("postgresql+psycopg://lab@127.0.0.1:1/runs",
      "cannot reach the MLflow store postgresql+psycopg://lab@127.0.0.1:1/runs: connection failed"),
