@@ -18,6 +18,7 @@ database alone (study.py runs trials, results.py reads them back).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import warnings
@@ -135,10 +136,26 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     return dead
 
 
-def write_pointer(path: Path, storage: str, study: str, spent: float) -> None:
+def write_pointer(path: Path, storage: str, study: str, spent: float,
+                  joined: bool | None = None) -> None:
+    """search.json. `joined`: this folder joined a study another folder made (kept as it was
+    when not given)."""
     default = f"sqlite:///{(path / STUDY_DB).resolve()}"
+    if joined is None:
+        joined = bool((rundir.read_json(path / POINTER) or {}).get("joined"))
     fsio.write_json(path / POINTER, {"storage": None if storage == default else storage,
-                                     "study": study, "spent_seconds": round(spent, 1)})
+                                     "study": study, "spent_seconds": round(spent, 1),
+                                     **({"joined": True} if joined else {})})
+
+
+def sampler_salt(path: Path) -> int:
+    """0 for the folder that made its study; for one that joined it, a number of its own (from
+    the machine and the folder), so that two machines that join when the study has the same
+    number of trials do not draw the same settings. The maker's draws stay as they were."""
+    if not (rundir.read_json(path / POINTER) or {}).get("joined"):
+        return 0
+    digest = hashlib.sha256(f"{HOST}:{path.resolve()}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") or 1
 
 
 def read_pointer(path: Path) -> tuple[str, str, float]:
@@ -149,7 +166,7 @@ def read_pointer(path: Path) -> tuple[str, str, float]:
     return storage, str(pointer["study"]), float(pointer.get("spent_seconds", 0.0))
 
 
-def open_study(storage: str, name: str, worker: int = 0) -> optuna.Study:
+def open_study(storage: str, name: str, worker: int = 0, salt: int = 0) -> optuna.Study:
     """A cifarlab study, with its sampler and pruner built from the search's settings."""
     optuna = optuna_module()
     try:
@@ -159,11 +176,11 @@ def open_study(storage: str, name: str, worker: int = 0) -> optuna.Study:
     settings = study.user_attrs.get("cifarlab")
     if not isinstance(settings, dict):
         raise UserError(f"study '{name}' was not made by cifarlab search")
-    # A fresh seed per (seed, trials so far, worker): a resumed or parallel sampler never
-    # replays the draws of the first.
+    # A fresh seed per (seed, trials so far, worker, and the joining folder's salt): a resumed or
+    # parallel sampler never replays the draws of the first.
     from cifarlab.runtime import seed_for
 
-    seed = seed_for(int(settings["seed"]), len(study.trials), worker) % 2**32
+    seed = seed_for(int(settings["seed"]), len(study.trials), worker, *([salt] if salt else [])) % 2**32
     study.sampler = make_sampler(settings["sampler"], seed, settings["startup"])
     study.pruner = make_pruner(settings["pruner"])
     return study

@@ -80,6 +80,7 @@ from cifarlab.hpsearch.storage import (
     optuna_module,
     read_pointer,
     redact,
+    sampler_salt,
     write_pointer,
 )
 
@@ -139,13 +140,14 @@ class _Work:
     clock: Any = None  # (spent before, started): the main process's time accounting
     mlflow: str | bool | None = None  # log every trial to MLflow (a URI; True: $MLFLOW_TRACKING_URI)
     mlflow_parent: str | None = None  # ... as a nested run of the study's MLflow run
+    salt: int = 0  # a folder that joined another's study draws its own settings (sampler_salt)
 
 
 def _work(work: _Work) -> None:
     """Run trials until the study has its trials, the deadline passes, or Ctrl-C."""
     if work.threads:
         os.environ["CIFARLAB_THREADS"] = str(work.threads)
-    study = open_study(work.storage, work.study, work.worker)
+    study = open_study(work.storage, work.study, work.worker, work.salt)
     settings = study.user_attrs["cifarlab"]
     params = [Param(key, kind, tuple(values)) for key, spec in settings["space"].items()
               for kind, values in spec.items()]
@@ -336,7 +338,7 @@ def search(recipe: str | None = None, *, space: dict[str, Any] | PathLike | None
     deadline = time.time() + seconds - spent if seconds is not None else None
     work = _Work(path, storage_url, study_name, str(data) if data is not None else None, quiet,
                  trials, deadline, model=model, callbacks=callbacks, clock=(spent, started),
-                 mlflow=mlflow)
+                 mlflow=mlflow, salt=sampler_salt(path))
     if mlflow:
         from cifarlab import tracking
 
@@ -498,7 +500,7 @@ def _resume_dir(out: PathLike | None, storage: str | None,
                         "another machine started, give --storage URL and --study NAME")
     open_study(storage, study)  # it exists, and is ours
     path = _make_dir(path, "join")
-    write_pointer(path, storage, study, 0.0)
+    write_pointer(path, storage, study, 0.0, joined=True)
     return path, storage, study, 0.0
 
 
