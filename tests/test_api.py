@@ -42,12 +42,12 @@ class TinyNet(nn.Module):
 def test_run_object(base_run: cl.Run, toy_data: Path, tmp_path: Path) -> None:
     run = base_run
     assert [row["epoch"] for row in run.history] == [1, 2, 3]
-    assert run.summary["epochs"] == 3 and run.config.recipe == "base" and run.classes == list("abcd")
+    assert run.results["epochs"] == 3 and run.config.recipe == "base" and run.classes == list("abcd")
     assert isinstance(run.model, nn.Module) and not run.model.training
     assert repr(run).startswith("Run(")
     metrics = run.evaluate()
     assert metrics["split"] == "val" and metrics["images"] == 96 and 0 <= metrics["accuracy"] <= 1
-    assert metrics["weights"] == "best" and metrics["epoch"] == run.summary["best_weights_epoch"]
+    assert metrics["weights"] == "best" and metrics["epoch"] == run.results["best_weights_epoch"]
     # predict takes paths, folders, PIL images and arrays, and agrees with itself across them
     file = next((toy_data / "test" / "b").glob("*.png"))
     by_path = run.predict(file, top_k=2)
@@ -56,7 +56,7 @@ def test_run_object(base_run: cl.Run, toy_data: Path, tmp_path: Path) -> None:
     by_array = run.predict(np.asarray(Image.open(file)), top_k=2)
     assert by_path[0]["top"] == by_pil[0]["top"] == by_array[0]["top"]
     assert len(run.predict(toy_data / "test" / "a")) == 20
-    with pytest.raises(cl.UserError, match="uint8 of shape"):
+    with pytest.raises(cl.UserError, match="must be N x 32 x 32 x 3"):
         run.predict(np.zeros((2, 16, 16, 3), np.uint8))
     for figure in (run.plot_curves(), run.plot_confusion(), run.plot_samples(),
                    run.plot_samples(mistakes=True), run.plot_calibration()):
@@ -64,7 +64,7 @@ def test_run_object(base_run: cl.Run, toy_data: Path, tmp_path: Path) -> None:
     report = run.report(out=tmp_path / "report")
     assert report.path.name == "report.html" and "best weights" in report.path.read_text()
     assert Path(report) == report.path and report.diagnosis.verdict in repr(report)
-    assert cl.load(str(run.path)).summary == run.summary  # str or Path
+    assert cl.load(str(run.path)).results == run.results  # str or Path
 
 
 def test_settings_are_checked_like_the_command_line(toy_data: Path, tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_best_and_final_weights_and_early_stopping(toy_data: Path, tmp_path: Pat
     # a high lr for Adam: val accuracy need not rise every epoch, so best and final may differ
     run = cl.train("base", data=toy_data, out=tmp_path / "run", **{**QUICK, "epochs": 6},
                    lr=0.02, early_stop=2, seed=3)
-    summary = run.summary
+    summary = run.results
     best = max(run.history, key=lambda r: r["val_acc"])
     assert summary["best_weights_epoch"] == best["epoch"] and summary["monitor"] == "val_acc"
     assert summary["final_epoch"] == len(run.history)
@@ -191,7 +191,7 @@ def test_early_stop_stops_when_the_monitor_stalls(toy_data: Path, tmp_path: Path
     # toy classes are separable: val accuracy reaches 1.0 at once and cannot improve after that
     run = cl.train("base", data=toy_data, out=tmp_path / "run", **{**QUICK, "epochs": 8},
                    early_stop=1)
-    assert run.summary["stopped_early"] and len(run.history) < 8
+    assert run.results["stopped_early"] and len(run.history) < 8
     assert (run.path / "model.pt").is_file() and (run.path / "best.pt").is_file()
 
 
@@ -216,11 +216,11 @@ def test_callbacks_see_every_epoch_and_can_stop(toy_data: Path, tmp_path: Path) 
 
     run = cl.train("base", data=toy_data, out=tmp_path / "run", callbacks=[Recorder(), stop_after_two],
                    **{**QUICK, "epochs": 5})
-    steps = [("step", e, s) for e in (1, 2) for s in range(1, run.summary["steps_per_epoch"] + 1)]
+    steps = [("step", e, s) for e in (1, 2) for s in range(1, run.results["steps_per_epoch"] + 1)]
     assert [c for c in calls if c[0] == "step"] == steps
     assert [c for c in calls if c[0] != "step"] == [("begin", 5), ("epoch", 1, 1), ("epoch", 2, 2),
                                                      ("end", 2)]
-    assert len(run.history) == 2 and run.summary["stopped_early"]
+    assert len(run.history) == 2 and run.results["stopped_early"]
     with pytest.raises(cl.UserError, match="subclass cifarlab.Callback"):
         cl.train("base", data=toy_data, out=tmp_path / "bad", callbacks=[object()], **QUICK)
 
@@ -234,7 +234,7 @@ def test_resume_extends_and_refuses_what_it_cannot_honour(base_run: cl.Run, toy_
     shutil.copytree(base_run.path, copy)
     with pytest.raises(cl.UserError, match="already complete"):
         cl.resume(copy)
-    with pytest.raises(cl.UserError, match="--lr cannot change"):
+    with pytest.raises(cl.UserError, match="so lr cannot change"):
         cl.resume(copy, epochs=4, lr=0.1)
     with pytest.raises(cl.UserError, match="fewer"):
         cl.resume(copy, epochs=2)

@@ -35,7 +35,7 @@ def test_training_stores_the_temperature_and_keeps_accuracy(toy_data: Path, tmp_
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     run = cl.train("base", data=toy_data, out=tmp_path / "run", epochs=2, batch_size=32,
                    val_fraction=0.2, lr=0.02, quiet=True)
-    summary = run.summary
+    summary = run.results
     assert summary["temperature"] > 0 and {"ece", "ece_calibrated"} <= set(summary)
     for weights in ("best", "final"):
         model = run.load_model(weights)

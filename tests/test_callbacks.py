@@ -56,8 +56,8 @@ def test_mlflow_logs_a_run_and_its_resume(mlflow_store: str, mlflow_experiment: 
     # Metrics per epoch, step = epoch, exactly metrics.csv's; the final figures from summary.json.
     assert history(mlflow_store, info.run_id, "val_acc") == [
         (int(r["epoch"]), pytest.approx(r["val_acc"])) for r in run.history]
-    assert data.metrics["best_val_acc"] == pytest.approx(run.summary["best_val_acc"])
-    assert data.metrics["temperature"] == pytest.approx(run.summary["temperature"])
+    assert data.metrics["best_val_acc"] == pytest.approx(run.results["best_val_acc"])
+    assert data.metrics["temperature"] == pytest.approx(run.results["temperature"])
     # The diagnosis (a tag to filter by, the reasons as the run's description) and the files.
     assert data.tags["cifarlab.diagnosis"] == run.diagnosis().verdict
     assert data.tags["mlflow.note.content"].startswith(f"verdict: {run.diagnosis().verdict}")

@@ -94,7 +94,7 @@ def test_pruning_stops_bad_trials_early(toy_data: Path, tmp_path: Path) -> None:
     # The pruned trials' run directories stay, stopped early, with their best and final weights.
     for r in bad_late:
         run = cl.load(r["run"])
-        assert len(run.history) == 2 and run.summary["stopped_early"]
+        assert len(run.history) == 2 and run.results["stopped_early"]
         assert "pruned after epoch 2" in r["note"]
     assert "3 pruned" not in search.verdict() and "2 pruned" in search.verdict()
 

@@ -163,3 +163,21 @@ def test_low_res_with_a_fixed_size_head_is_one_line(toy_data: Path, tmp_path: Pa
     config = make_config("base", data=str(toy_data), epochs=2, low_res_share=0.5, device="cpu")
     with pytest.raises(UserError, match="fails on a batch of 2 x 3 x 24 x 24 images \\(low_res_share"):
         trainer.train(config, out=tmp_path / "run", quiet=True)
+
+
+def test_ctrl_c_inside_a_callback_is_interrupted_with_a_checkpoint(toy_data: Path, tmp_path: Path) -> None:
+    """A KeyboardInterrupt that lands in a callback (a slow live plot, a second Ctrl-C) ends
+    training as Ctrl-C does: cl.Interrupted, and the last checkpoint resumes."""
+    from cifarlab.callbacks import Callback
+
+    class PressedDuringThePlot(Callback):
+        def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as caught:
+        trainer.train(tiny_config(toy_data), out=tmp_path / "run", quiet=True,
+                      callbacks=[PressedDuringThePlot()])
+    assert caught.value.run_dir == tmp_path / "run" and "cl.resume(" in str(caught.value)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    trainer.resume(tmp_path / "run", quiet=True)
+    assert len(read_metrics(tmp_path / "run")) == 2

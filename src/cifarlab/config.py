@@ -57,7 +57,8 @@ class TrainConfig:
     """All settings of one training run (frozen: change one with `apply` or dataclasses.replace).
     The recipes below are named sets of these values."""
 
-    recipe: str = "base"
+    recipe: str = "base"  # where the other settings' defaults come from
+    name: str | None = None  # a label for the run wherever runs are listed (default: its recipe or model)
     model: str = "base"  # a registered name, or "file.py:Class" / "package.module:Name"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model's factory
     epochs: int = 15
@@ -127,10 +128,27 @@ def suggest(word: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+# What Keras (and PyTorch) users type, and cifarlab's name for it: spelled differently enough that
+# difflib would not find it ("validation_split" and "val_fraction" share too few letters).
+KERAS_NAMES = {
+    "validation_split": "val_fraction", "learning_rate": "lr", "batch": "batch_size",
+    "batchsize": "batch_size", "epoch": "epochs", "num_epochs": "epochs", "n_epochs": "epochs",
+    "optimiser": "optimizer", "decay": "weight_decay", "lr_schedule": "schedule",
+    "random_state": "seed", "random_seed": "seed", "shuffle_seed": "seed",
+    "patience": "early_stop", "early_stopping": "early_stop", "verbose": "quiet (the opposite)",
+    "validation_data": "val_data (a keyword of cl.train)", "x": "data=(x, y)", "y": "data=(x, y)",
+    "steps_per_epoch": "subset (images an epoch, not steps)", "initial_epoch": "cl.resume(path)",
+    "dropout": "a model's own setting (model_kwargs)",
+}
+
+
 def unknown_key(key: str, known: typing.Iterable[str], what: str = "setting") -> UserError:
     known = list(known)
-    return UserError(f"unknown {what} '{key}'{suggest(key, known)}; the settings are: "
-                     f"{', '.join(known)}")
+    alias = KERAS_NAMES.get(key.lower())
+    hint = f" (did you mean '{alias}'?)" if alias and alias != key else suggest(key, known)
+    if hint:  # a good guess says more than a list of 40 names
+        return UserError(f"unknown {what} '{key}'{hint}; cifarlab train --print-config lists them all")
+    return UserError(f"unknown {what} '{key}'; the settings are: {', '.join(known)}")
 
 
 def type_name(kind: Any) -> str:
@@ -298,6 +316,8 @@ def validate(config: TrainConfig) -> None:
     """Ranges and choices; each message names the flag or key to change."""
     checks = [
         (config.epochs >= 1, "--epochs must be at least 1"),
+        (config.name is None or (0 < len(config.name) <= 100 and config.name.isprintable()),
+         "--name must be 1 to 100 printable characters"),
         (config.batch_size >= 2, "--batch-size must be at least 2"),
         (config.lr > 0, "--lr must be positive"),
         (0.0 <= config.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {config.val_fraction}"),

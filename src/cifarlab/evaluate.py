@@ -21,7 +21,8 @@ from torch import nn
 
 from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import ModelArg, load_model
-from cifarlab.data import Split, load_dataset, make_splits
+from cifarlab.data import Dataset, Split, load_dataset, make_splits
+from cifarlab.display import MAX_TEXT_ROWS, fields, table, text_table
 from cifarlab.errors import UserError
 from cifarlab.runtime import pick_device
 
@@ -146,16 +147,17 @@ def read_images(files: list[Path]) -> np.ndarray:
 
 def as_images(items: Any) -> tuple[np.ndarray, list[str]]:
     """What `Run.predict` accepts, as (uint8 NHWC 32x32 images, a name for each): image files or
-    folders (str or Path), a uint8 array (N, 32, 32, 3) or (32, 32, 3), PIL images, or a list."""
+    folders (str or Path), PIL images, a list of them, or arrays and tensors as training takes
+    them (uint8 0..255 or float 0..1, N x 32 x 32 x 3 or N x 3 x 32 x 32; one image without N)."""
     from PIL import Image
 
+    from cifarlab.arrays import as_images as array_images
     from cifarlab.sources import IMAGE_SIZE, _to_rgb
 
-    if isinstance(items, np.ndarray):
-        array = items[None] if items.ndim == 3 else items
-        if array.ndim != 4 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or array.dtype != np.uint8:
-            raise UserError(f"image arrays must be uint8 of shape (N, 32, 32, 3), got {array.dtype} "
-                            f"{array.shape}; pass files or PIL images for other sizes")
+    if isinstance(items, np.ndarray) or hasattr(items, "detach"):
+        array = items.detach().cpu().numpy() if hasattr(items, "detach") else items
+        one = array.ndim == 3 and (array.shape[-1] in (1, 3) or array.shape[0] in (1, 3))
+        array = array_images(array[None] if one else array, "images")
         return array, [f"image {i}" for i in range(len(array))]
     if isinstance(items, str | Path | Image.Image):
         items = [items]
@@ -181,17 +183,79 @@ def as_images(items: Any) -> tuple[np.ndarray, list[str]]:
     return np.stack(images), names
 
 
-def top_k(logits: torch.Tensor, classes: list[str], names: list[str],
-          k: int) -> list[dict[str, Any]]:
+class TopK(list[dict[str, Any]]):
+    """Predictions for images: [{"image": name, "top": [{"label", "prob"}, ...]}, ...], best
+    first; shows itself as a table of each image's classes and probabilities."""
+
+    def _rows(self) -> list[list[str]]:
+        return [[str(item["image"]), *(f"{t['label']} {t['prob']:.3f}" for t in item["top"])]
+                for item in self]
+
+    def _header(self) -> list[str]:
+        k = max((len(item["top"]) for item in self), default=0)
+        return ["image", *(["1st", "2nd", "3rd"] + [f"{i}th" for i in range(4, k + 1)])[:k]]
+
+    def __repr__(self) -> str:
+        return f"{len(self)} prediction{'s' if len(self) != 1 else ''}:\n" + text_table(
+            self._header(), [[r[0][-40:], *r[1:]] for r in self._rows()], limit=MAX_TEXT_ROWS)
+
+    def _repr_html_(self) -> str:
+        header = self._header()
+        return table(header, self._rows(), "l" + "t" * (len(header) - 1),
+                     caption=f"{len(self)} predictions (class and probability, best first)")
+
+
+class Evaluation(dict[str, Any]):
+    """A model's scores on one split. Read them as attributes or keys (`.accuracy`,
+    `["loss"]`); the detail is all there too: per_class (precision, recall, F1, support),
+    macro_avg, most_confused, ece and calibration, confusion (counts and shares)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"an Evaluation has no '{name}'; it has: {', '.join(self)}") from None
+
+    def _headline(self) -> str:
+        epoch = f" (epoch {self['epoch']})" if self.get("epoch") else ""
+        return (f"{self['split']} split, {self['images']:,} images, {self['weights']} weights{epoch}"
+                f"{', TTA' if self.get('tta') else ''}")
+
+    def _class_rows(self) -> list[list[str]]:
+        return [[name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
+                 str(s["support"])] for name, s in self["per_class"].items()]
+
+    def __repr__(self) -> str:
+        per_class = sorted(self["per_class"].items(), key=lambda item: item[1]["f1"])
+        worst = ", ".join(f"{name} {s['f1']:.2f}" for name, s in per_class[:3])
+        pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+                          for p in self["most_confused"][:3])
+        return (f"Evaluation({self._headline()}):\n"
+                f"  accuracy {self['accuracy']:.4f}, loss {self['loss']:.4f}, macro F1 "
+                f"{self['macro_avg']['f1']:.4f}, ECE {self['ece']:.4f}\n"
+                f"  lowest F1: {worst}\n  most confused: {pairs or 'none'}\n"
+                "  (per_class, macro_avg, most_confused, calibration, confusion: the detail)")
+
+    def _repr_html_(self) -> str:
+        summary = fields(f"Evaluation: {self._headline()}", [
+            ("accuracy", f"{self['accuracy']:.4f}"), ("loss", f"{self['loss']:.4f}"),
+            ("macro F1", f"{self['macro_avg']['f1']:.4f}"), ("ECE", f"{self['ece']:.4f}"),
+            ("most confused", ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
+                                        for p in self["most_confused"]) or "none")])
+        return summary + table(["class", "precision", "recall", "F1", "support"],
+                               self._class_rows(), "tnnnn")
+
+
+def top_k(logits: torch.Tensor, classes: list[str], names: list[str], k: int) -> TopK:
     """[{"image": name, "top": [{"label", "prob"}, ...]}, ...], best first."""
     if k < 1:
         raise UserError("--top-k must be at least 1")
     top = logits.softmax(1).topk(min(k, len(classes)), dim=1)
-    return [
+    return TopK([
         {"image": name,
          "top": [{"label": classes[int(i)], "prob": float(p)} for p, i in zip(vals, idx, strict=True)]}
         for name, vals, idx in zip(names, top.values, top.indices, strict=True)
-    ]
+    ])
 
 
 def predict_files(model: nn.Module, classes: list[str], files: list[Path], k: int,
@@ -207,18 +271,19 @@ def predict_files(model: nn.Module, classes: list[str], files: list[Path], k: in
 # Which images a model is judged on
 
 
-def evaluation_split(record: dict[str, Any], data: str | None, split: str | None,
+def evaluation_split(record: dict[str, Any], data: str | Dataset | None, split: str | None,
                      quiet: bool = False) -> tuple[str, Split]:
     """The split a model is judged on: the run's own data and its val carve-out unless asked
-    otherwise. One rule for evaluate and report: the test split is used only when asked for."""
+    otherwise. One rule for evaluate and report: the test split is used only when asked for.
+    Images given in memory that are not the run's own are judged as a whole (their "test")."""
     config = record.get("config", {})
-    dataset = load_dataset(data or config.get("data"), quiet=quiet)
+    dataset = load_dataset(data if data is not None else config.get("data"), quiet=quiet)
     if dataset.classes != record["classes"]:
         raise UserError(f"the data's classes {dataset.classes} differ from the model's "
                         f"{record['classes']}")
     splits = make_splits(dataset, float(config.get("val_fraction", 0.1)),
                          int(config.get("split_seed", 0)))
-    name = split or "val"
+    name = split or ("test" if list(splits) == ["test"] else "val")
     if name == "val" and "val" not in splits and "train" in splits:
         raise UserError("this run kept no validation images (--val-fraction 0): use --split test "
                         "(with a source that has one) or --split train")
@@ -291,7 +356,7 @@ class Predictions:
                 f"({len(self.labels):,} images{', TTA' if self.tta else ''})")
 
 
-def predict_split(run: RunFiles, data: str | None = None, split: str | None = "val",
+def predict_split(run: RunFiles, data: str | Dataset | None = None, split: str | None = None,
                   device: str = "auto", weights: str = "best", tta: bool = False,
                   model: ModelArg = None, quiet: bool = False) -> Predictions:
     """Load the run's model (best weights by default) and predict one split of its data."""
@@ -303,7 +368,7 @@ def predict_split(run: RunFiles, data: str | None = None, split: str | None = "v
                        str(record.get("weights", "final")), record.get("epoch"), tta)
 
 
-def scores(p: Predictions) -> dict[str, Any]:
+def scores(p: Predictions) -> Evaluation:
     """Accuracy, loss, per-class precision/recall/F1, most confused pairs, calibration."""
     probs = p.probs
     predictions, confidence = probs.argmax(1), probs.max(1)
@@ -313,7 +378,7 @@ def scores(p: Predictions) -> dict[str, Any]:
     calib = calibration(confidence, correct)
     macro = {key: float(np.mean([s[key] for s in per_class.values()]))
              for key in ("precision", "recall", "f1")}
-    return {
+    return Evaluation({
         "split": p.split, "images": len(p.labels), "weights": p.weights, "epoch": p.epoch,
         "tta": p.tta, "accuracy": float(correct.mean()),
         "loss": float(F.cross_entropy(p.logits, torch.as_tensor(p.labels)).item()),
@@ -322,4 +387,4 @@ def scores(p: Predictions) -> dict[str, Any]:
         "confusion": {"split": p.split, "classes": p.classes, "rows": "true class",
                       "columns": "predicted", "counts": counts.tolist(),
                       "row_normalized": (counts / np.maximum(counts.sum(1, keepdims=True), 1)).tolist()},
-    }
+    })

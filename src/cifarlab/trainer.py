@@ -41,15 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from cifarlab import budget, checkpoint, distributed, fsio, optim, rundir
 from cifarlab.augment import augment_batch, flip_where
 from cifarlab.calibrate import ece, fit_temperature
 from cifarlab.callbacks import Callback, as_callbacks
 from cifarlab.config import TrainConfig, low_res_epochs, validate
+from cifarlab.data import Dataset
+from cifarlab.display import progress_bar
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, predict_logits
+from cifarlab.history import History
 from cifarlab.modelsummary import forward_flops
 from cifarlab.networks import Classifier
 from cifarlab.prepare import Data, build_model, carve, read_dataset, with_source
@@ -166,7 +168,7 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = optim.build(config, self.model)
-        self.history: list[dict[str, Any]] = []
+        self.history = History()
         self.start_epoch = 0
         self.epoch_state = EpochState()
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
@@ -204,7 +206,7 @@ class Trainer:
             "format": checkpoint.CHECKPOINT_FORMAT, "version": 2,
             "config": self.config.to_dict(), "classes": self.classes,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "epoch": epoch, "history": self.history, "best": dict(self.best),
+            "epoch": epoch, "history": [dict(row) for row in self.history], "best": dict(self.best),
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "epoch_state": dataclasses.asdict(state),
         }
@@ -229,7 +231,7 @@ class Trainer:
             self.optimizer.load_state_dict(saved["optimizer"])
             if self.lookahead is not None:
                 self.lookahead.load_state_dict(saved["lookahead"])
-            self.history = [dict(row) for row in saved["history"]]
+            self.history = History(dict(row) for row in saved["history"])
             self.start_epoch = int(saved["epoch"])
             es = saved["epoch_state"]
             self.epoch_state = EpochState(int(es["step"]), float(es["loss_sum"]),
@@ -374,7 +376,7 @@ class Trainer:
                 bar.update(1)
                 if step % PROGRESS_EVERY == 0 or step + 1 == self.steps_per_epoch:
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
-                                    acc=f"{state.correct / state.seen:.4f}", refresh=False)
+                                    acc=f"{state.correct / state.seen:.4f}")
                 every = self.config.checkpoint_every
                 if (stop or (every and state.step % every == 0)) and step + 1 < self.steps_per_epoch:
                     state.seconds = time.perf_counter() - started
@@ -434,9 +436,9 @@ class Trainer:
 
     @contextmanager
     def _progress_bar(self, epoch: int, state: EpochState) -> Iterator[Any]:
-        with tqdm(total=self.steps_per_epoch, initial=state.step, unit="step", leave=False,
-                  desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=self.quiet,
-                  file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar:
+        with progress_bar(total=self.steps_per_epoch, initial=state.step, unit="step", leave=False,
+                          desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=self.quiet,
+                          file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar:
             yield bar
 
     def _scores(self, epoch: int, state: EpochState, started: float) -> dict[str, Any]:
@@ -527,12 +529,19 @@ class Trainer:
         flops = forward_flops(self.model)
         val = (f"{len(self.data.val)} val images" if self.has_val
                else "no validation (--val-fraction 0: the final fit on all training images)")
-        print(f"recipe {c.recipe} (model {c.model}, {params:,} parameters, "
-              f"{flops / 1e6:,.1f} MFLOPs per image forward): "
-              f"{len(self.data.train)} train images / {val}, {c.epochs} epochs "
-              f"of {self.steps_per_epoch} steps, batch {c.batch_size}, {self.device} "
-              f"x{torch.get_num_threads()} threads"
+        own = ":" in c.model  # your own network: name it, and say whose defaults it trains with
+        what = (f"your model {c.model.rsplit(':', 1)[-1]}" if own
+                else f"recipe {c.recipe} (model {c.model}")
+        print(f"{c.name + ': ' if c.name else ''}{what}, {params:,} "
+              f"parameters, {flops / 1e6:,.1f} MFLOPs per image forward{'' if own else ')'}: "
+              f"{len(self.data.train)} train images / {val}, {c.epochs} "
+              f"{'epoch' if c.epochs == 1 else 'epochs'} of {self.steps_per_epoch} steps, "
+              f"batch {c.batch_size}, {self.device} x{torch.get_num_threads()} threads"
               + (f" x{self.ctx.world_size} processes" if self.ctx.enabled else ""))
+        if own:
+            print(f"settings: {c.optimizer} lr {c.lr:g}, {c.schedule} schedule, batch "
+                  f"{c.batch_size}, {c.epochs} epochs{', augmentation' if c.augment.active else ''}"
+                  f" (recipe '{c.recipe}'s defaults where you set none)")
         print(f"run directory: {self.path}")
         print(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'clean_acc':>9} "
               f"{'val_loss':>8} {'val_acc':>7} {'lr':>8} {'seconds':>7} {'eta':>7}", flush=True)
@@ -554,7 +563,8 @@ class Trainer:
 
 
 def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Sequence[Any],
-             quiet: bool, started: float | None, saved: dict[str, Any] | None = None) -> Trainer:
+             quiet: bool, started: float | None, saved: dict[str, Any] | None = None,
+             dataset: Dataset | None = None) -> Trainer:
     """Device, data, budget, model: the pieces of a run, built in order and handed in."""
     started = time.perf_counter() if started is None else started
     ctx = distributed.from_env()
@@ -562,7 +572,7 @@ def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Seq
     device = pick_device(config.device, ctx.local_rank if ctx.enabled else None)
     distributed.init(ctx, device)
     torch.set_num_threads(available_cores())
-    dataset = read_dataset(config, ctx, device, quiet)
+    dataset = read_dataset(config, ctx, device, quiet, given=dataset)
     if saved is not None and saved.get("classes") != dataset.classes:
         raise UserError(f"the data's classes {dataset.classes} differ from the run's "
                         f"{saved.get('classes')}; resume with the data the run trained on (--data)")
@@ -586,23 +596,24 @@ def _copy(model: ModelArg) -> ModelArg:
 
 def train(config: TrainConfig, out: str | Path | None = None, *, model: ModelArg = None,
           callbacks: Sequence[Any] = (), quiet: bool = False, started: float | None = None,
-          claimed: bool = False) -> tuple[Path, dict[str, Any]]:
+          claimed: bool = False, dataset: Dataset | None = None) -> tuple[Path, dict[str, Any]]:
     """Train a new run; returns (run directory, summary). `cifarlab.train` is the friendly form.
 
     `started` (a time.perf_counter() value) is when a budget's clock started, if not now.
     `claimed`: `out` is a run folder the caller already created and claimed (--nproc's parent).
+    `dataset`: images in memory (arrays.py), which config.data names by their fingerprint.
     """
     ctx = distributed.from_env()
     existed = out is not None and Path(out).is_dir()
     if ctx.is_main and not claimed:
-        run_dir = rundir.create(out, rundir.stem(config.recipe, config.model))
+        run_dir = rundir.create(out, rundir.stem(config.recipe, config.model, config.name))
     elif out is None:
         raise UserError("under torchrun every process needs the same --out DIR")
     else:
         run_dir = Path(out)
     try:
         with distributed.owned_group(run_dir):
-            trainer = _prepare(config, run_dir, model, callbacks, quiet, started)
+            trainer = _prepare(config, run_dir, model, callbacks, quiet, started, dataset=dataset)
             return run_dir, trainer.fit()
     except BaseException:
         if ctx.is_main:  # a start that failed leaves nothing behind (but a folder the user made)
@@ -616,7 +627,7 @@ RESUMABLE = ("epochs", "data", "device", "checkpoint_every")
 
 
 def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
-           model: ModelArg = None, callbacks: Sequence[Any] = (),
+           model: ModelArg = None, callbacks: Sequence[Any] = (), dataset: Dataset | None = None,
            quiet: bool = False) -> tuple[Path, dict[str, Any]]:
     """Continue a run from its checkpoint: to its own end, or (`epochs=N`) to a later one."""
     run_dir = Path(run_dir)
@@ -652,7 +663,7 @@ def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
                         f"--epochs N (N > {config.epochs})")
     with distributed.owned_group(run_dir):
         trainer = _prepare(config, run_dir, model if model is not None else _model_of(config),
-                           callbacks, quiet, started=None, saved=saved)
+                           callbacks, quiet, started=None, saved=saved, dataset=dataset)
         trainer.restore(saved)
         if not trainer.quiet:
             state = trainer.epoch_state
@@ -668,4 +679,4 @@ def _model_of(config: TrainConfig) -> ModelArg:
     if config.model in MODELS:
         return None
     raise UserError(f"this run trained the model '{config.model}', which is not registered here; "
-                    f"pass it again: --model {config.model} (CLI) or model=... (Python)")
+                    f"pass it again: --model {config.model}")

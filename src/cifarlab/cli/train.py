@@ -68,8 +68,11 @@ def register(commands: Any) -> None:
                    help="train N runs with seeds S, S+1, ... (S: --seed) into DIR/seed-S and "
                         "report mean +- std (default: 1)")
     t.add_argument("--trials", type=int, dest="seeds", help=argparse.SUPPRESS)  # the old name
+    t.add_argument("--name", metavar="TEXT",
+                   help="a label for the run wherever runs are listed (compare, report, "
+                        "TensorBoard), and its folder's name (default: the recipe, or your model)")
     t.add_argument("--out", metavar="DIR",
-                   help="run directory, new or empty (default: runs/<recipe>-<time>)")
+                   help="run directory, new or empty (default: runs/<name or recipe>-<time>)")
     t.add_argument("--resume", nargs="?", const="", metavar="DIR",
                    help="continue an interrupted run (DIR, else --out, else the newest in runs/); "
                         "with --epochs N, extend a run that has a constant schedule (default: "
@@ -100,7 +103,7 @@ def register(commands: Any) -> None:
 
 
 FLAGS = ("data", "epochs", "batch_size", "lr", "val_fraction", "seed", "subset", "monitor",
-         "early_stop", "device", "checkpoint_every")
+         "early_stop", "device", "checkpoint_every", "name")
 
 
 def changes_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
 def done(args: argparse.Namespace, run: Any) -> None:
     """The result: summary.json with --json, two lines of text unless --quiet."""
     if args.json:
-        print(json.dumps(run.summary))
+        print(json.dumps(run.results))
     elif not args.quiet:
-        print_done(run.summary)
+        print_done(run.results)
 
 
 def resume(args: argparse.Namespace, changes: dict[str, Any]) -> int:
