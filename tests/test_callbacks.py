@@ -42,12 +42,12 @@ def test_mlflow_logs_a_run_and_its_resume(mlflow_store: str, mlflow_experiment: 
                                           toy_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "r1"
     assert main(["train", "--recipe", "base", "--data", str(toy_data), "--epochs", "2", *QUICK,
-                 "--out", str(out), "--mlflow", mlflow_store, "--quiet"]) == 0
+                 "--out", str(out), "--name", "first look", "--mlflow", mlflow_store, "--quiet"]) == 0
     run = cl.load(out)
     [logged] = runs_of(mlflow_store, mlflow_experiment)
     info, data = logged.info, logged.data
-    assert info.status == "FINISHED" and info.run_name == "r1"
-    assert data.tags["cifarlab.name"] == "r1" and data.tags["cifarlab.run"] == str(out.resolve())
+    assert info.status == "FINISHED" and info.run_name == "first look"  # the run's name (--name)
+    assert data.tags["cifarlab.name"] == "first look" and data.tags["cifarlab.run"] == str(out.resolve())
     # Settings: every one, flat, as config.json has them.
     config = json.loads((out / "config.json").read_text())["config"]
     assert data.params["lr"] == "0.001" and data.params["epochs"] == "2"

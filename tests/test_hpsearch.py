@@ -367,3 +367,38 @@ def test_postgres_storage_errors_are_one_line(case: str, message: str, postgres_
     # Joining a study through such a URL says the same.
     assert main(["search", "--resume", str(tmp_path / "j"), "--storage", url, "--study", "x"]) == 2
     assert message in one_line_error(capsys)
+
+
+def _take_queued_trial(url: str, start: float, out: Any) -> None:
+    from cifarlab.hpsearch.storage import open_storage, optuna_module
+
+    study = optuna_module().load_study(study_name="s", storage=open_storage(url))
+    while time.time() < start:  # every process asks at the same moment
+        pass
+    out.put(study._pop_waiting_trial_id())
+
+
+@pytest.mark.slow
+def test_one_queued_trial_goes_to_one_worker_on_sqlite(tmp_path: Path) -> None:
+    """--jobs workers on the search folder's SQLite: the queued baseline trial is taken once.
+    (Optuna as is, on SQLite, gave it to 2-4 of 4 processes in 10 of 12 rounds.)"""
+    import multiprocessing
+
+    import optuna
+
+    from cifarlab.hpsearch.storage import open_storage
+
+    context = multiprocessing.get_context("fork")  # the children touch optuna and sqlite only
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'study-{round_}.db'}"
+        optuna.create_study(study_name="s", storage=open_storage(url)).enqueue_trial({"x": 1})
+        queue = context.Queue()
+        start = time.time() + 1.0
+        workers = [context.Process(target=_take_queued_trial, args=(url, start, queue))
+                   for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        taken = [queue.get(timeout=10) for _ in workers]
+        assert sum(t is not None for t in taken) == 1, taken

@@ -99,11 +99,37 @@ def open_storage(url: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180, **kwargs)
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
+                                                 **kwargs)
+            if url.startswith("sqlite"):
+                _one_writer_at_a_time(storage.engine)
+            return storage
         except ImportError as exc:  # a driver that imports but cannot load (a broken install)
             raise UserError(f"--storage {redact(url)} needs a database driver: {exc}") from None
         except Exception as exc:  # sqlalchemy's errors: a bad URL, a server that is down
             raise UserError(f"cannot open the storage {redact(url)}: {dburl.explain(exc)}") from None
+
+
+def _one_writer_at_a_time(engine: Any) -> None:
+    """Make SQLite transactions take the write lock when they begin (BEGIN IMMEDIATE).
+
+    Python's sqlite3 begins a transaction only at its first write, and SQLite has no SELECT ...
+    FOR UPDATE, so two workers (--jobs) could both read the queued baseline trial as WAITING and
+    both take it: one of them then trained it while Optuna failed it under the other ("already
+    holds a run", "Cannot tell a FAIL trial"), seen in about one run in four. This is
+    SQLAlchemy's own recipe for transactions that mean what they say on pysqlite.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(connection: Any, record: Any) -> None:
+        connection.isolation_level = None  # sqlite3 begins nothing itself: the BEGIN below does
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the events (the schema check) are closed
 
 
 def _alive(pid: Any) -> bool:
