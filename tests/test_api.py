@@ -309,7 +309,8 @@ def test_explain_from_python_and_the_command_line(base_run: cl.Run, toy_data: Pa
     assert main(["explain", str(base_run.path), str(toy_data / "test" / "a"), "--layer", "body.3"]) == 0
     assert "gradcam.png" in capsys.readouterr().out
     assert main(["explain", str(base_run.path), "--layer", "body.99"]) == 2
-    assert "its conv layers: body.0, body.3, body.6" in capsys.readouterr().err
+    assert "its conv layers: body.0 (block 1 conv), body.3 (block 2 conv), body.6 (block 3 conv)" in (
+        capsys.readouterr().err)
 
 
 def test_robustness_from_python_and_the_command_line(base_run: cl.Run,
@@ -326,6 +327,14 @@ def test_robustness_from_python_and_the_command_line(base_run: cl.Run,
                  "--severities", "2", "--json"]) == 0
     saved = json.loads(capsys.readouterr().out)
     assert saved["severities"] == [2] and list(saved["table"]) == ["fog"]
+    assert main(["robustness", str(base_run.path), "--images", "40", "--corruptions",
+                 "fog,brightness", "--severities", "1,3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("accuracy under corruption of the best weights (epoch ")
+    assert lines[0].endswith("on 40 images of the val split:")
+    assert lines[1].split() == ["corruption", "group", "severity", "1", "severity", "3", "mean"]
+    assert lines[1].index("mean") + len("mean") == len(lines[3])  # numbers end in one column
+    assert "," not in "".join(lines[1:5])  # a table, not CSV
     assert main(["robustness", str(base_run.path), "--severities", "1,x"]) == 2
     assert "--severities takes numbers" in capsys.readouterr().err
 

@@ -94,7 +94,11 @@ def test_predict(trained_run: Path, toy_data: Path, tmp_path: Path,
     Image.new("RGB", (300, 200), (200, 10, 10)).save(big)
     assert main(["predict", str(trained_run), str(big), str(toy_data / "test" / "a")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 21 and lines[0].startswith(str(big))
+    best_epoch = json.loads((trained_run / "summary.json").read_text())["best_weights_epoch"]
+    assert lines[0] == f"{trained_run}: the best weights (epoch {best_epoch}, best.pt)"
+    assert len(lines) == 22 and lines[1].startswith(str(big))
+    assert main(["predict", str(trained_run), str(big), "--weights", "final"]) == 0
+    assert "the final weights (epoch " in capsys.readouterr().out
 
 
 def test_predict_rejects_bad_image(trained_run: Path, tmp_path: Path,

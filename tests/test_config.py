@@ -64,7 +64,7 @@ def test_renamed_recipes_still_read() -> None:
 def test_sgd_lr_follows_the_batch_size_unless_given() -> None:
     assert make_config("fast", batch_size=512).lr == pytest.approx(0.75)
     assert make_config("fast", batch_size=512, lr=0.1).lr == 0.1
-    assert make_config("base", batch_size=128).lr == 1e-3  # Adam: the seed's lr stays
+    assert make_config("base", batch_size=128).lr == 1e-3  # Adam: the Keras tutorial's lr stays
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600),

@@ -95,7 +95,8 @@ def test_torchscript_matches_pytorch_for_uint8_and_float(run: Path, reference: t
     images, probs, logits = reference
     out = tmp_path / "ts.pt"
     assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
-    assert str(out) in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert str(out) in said and "from the best weights (epoch " in said and "best.pt)" in said
     extra = {"cifarlab.json": ""}
     loaded = torch.jit.load(str(out), _extra_files=extra)
     sidecar = json.loads(export.sidecar_path(out).read_text())

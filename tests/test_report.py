@@ -7,6 +7,7 @@ live in pytest's temporary folder, so these tests need neither the CIFAR archive
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -233,3 +234,42 @@ def test_calibration_error() -> None:
     over = calibration(np.array([0.9, 0.9, 0.9, 0.9]), np.array([True, False, False, True]), bins=10)
     assert over["ece"] == pytest.approx(0.4)
     assert sum(over["count"]) == 4 and over["count"][8] == 4  # 0.9 falls in (0.8, 0.9]
+
+
+def test_epochs_without_evaluation_leave_no_nan_on_the_page(run: Path, tmp_path: Path) -> None:
+    """eval_every: the skipped epochs' val and clean cells are empty; the page reads the last
+    evaluated epoch and says so, and the diagnosis counts only evaluated epochs."""
+    sparse = Path(shutil.copytree(run, tmp_path / "sparse"))
+    (sparse / MODEL_FILE).unlink()  # curves and diagnosis only: quick
+    rows = (sparse / "metrics.csv").read_text().splitlines()
+    header, first, second = rows[0], rows[1].split(","), rows[2].split(",")
+    columns = header.split(",")
+    skipped = [cell if columns[i] not in ("train_acc_clean", "val_loss", "val_acc") else ""
+               for i, cell in enumerate(second)]
+    third = [str(3) if columns[i] == "epoch" else cell for i, cell in enumerate(skipped)]
+    (sparse / "metrics.csv").write_text("\n".join([header, ",".join(first), ",".join(second),
+                                                   ",".join(third)]) + "\n")
+    report = write_report(sparse)
+    assert report.diagnosis.evaluated_epochs == 2 and report.diagnosis.epochs == 3
+    page = (report.out / "report.html").read_text()
+    assert not re.search(r"[>+\-]nan\b|\bnan%", page, re.I)
+    assert "val accuracy (epoch 2)" in page and "3 (2 evaluated)" in page
+
+
+@pytest.mark.slow
+def test_a_real_short_run_still_rising_is_not_called_overfitting(shared_archive: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21's case on real images: base on 2,000 CIFAR-10 images for 3 epochs. Whatever
+    the numbers, a val curve that still rises with val loss at its lowest is "still learning"
+    or better, never overfitting; the sizes come from config.json."""
+    import cifarlab as cl
+
+    monkeypatch.setenv("CIFARLAB_THREADS", "1")
+    run = cl.train("base", data=shared_archive, subset=2000, val_fraction=0.02, epochs=3,
+                   out=tmp_path / "run", quiet=True, calibrate=False)
+    d = run.diagnosis()
+    assert (d.val_images, d.clean_images, d.num_classes) == (1000, 2000, 10)
+    assert d.verdict in VERDICTS and d.evaluated_epochs == 3
+    if d.still_rising and not d.val_loss_turned:
+        assert d.verdict in ("still learning", "good generalization")
+    assert d.verdict != "overfitting" or d.val_loss_turned or not d.still_rising

@@ -86,6 +86,8 @@ def test_health_and_openapi(client: TestClient, run: Path) -> None:
     assert health["status"] == "ok"
     assert health["model"]["name"] == "base" and health["model"]["classes"] == record["classes"]
     assert health["model"]["val_acc"] == pytest.approx(record["metrics"]["val_acc"])
+    assert health["model"]["weights"] == record.get("weights", "final")
+    assert health["model"]["epoch"] == record.get("epoch")
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "image/*"} <= set(body)

@@ -35,7 +35,7 @@ from cifarlab.errors import UserError
 class Augment:
     """Which augmentations a run uses during training (never at evaluation).
 
-    The defaults are the Keras layers of the seed's robust model when switched on:
+    The defaults are the Keras layers of the classic Keras tutorial's robust model when switched on:
     RandomFlip("horizontal"), RandomRotation(0.1), RandomZoom(0.1).
     """
 
@@ -455,12 +455,12 @@ QUICK_SETTINGS: dict[str, Any] = {
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        Recipe("base", "the seed's base CNN (3 conv blocks, no regularisation); overfits",
+        Recipe("base", "the classic Keras tutorial's base CNN (3 conv blocks, no regularisation); overfits",
                {"model": "base", **SEED_SETTINGS}),
         Recipe("robust", "base + flip/rotation 0.1/zoom 0.1 augmentation + Dropout(0.5)",
                {"model": "base_dropout", **SEED_SETTINGS,
                 "augment": Augment(flip=True, rotation=0.1, zoom=0.1)}),
-        Recipe("bn", "the seed's BatchNorm + Dropout CNN (2 convs per block, MLP head)",
+        Recipe("bn", "the Keras tutorial's BatchNorm + Dropout CNN (2 convs per block, MLP head)",
                {"model": "bn", **SEED_SETTINGS}),
         Recipe("fast", "airbench-style whitened VGG, Muon, TTA: 0.91 val in 8 epochs (26 min "
                "on 2 cores)", FAST_SETTINGS),
@@ -469,7 +469,7 @@ RECIPES: dict[str, Recipe] = {
                {**FAST_SETTINGS, "model": "fastnet_small", "label_smoothing": 0.2}),
         Recipe("fast_sgd", "fast with airbench94's Nesterov SGD + lookahead: 10 epochs to fast's "
                "accuracy in 8", FAST_SGD_SETTINGS),
-        Recipe("quick", "the seed's best accuracy (0.73 val) in about 30 s on 2 CPU cores",
+        Recipe("quick", "the Keras tutorial models' best accuracy (0.73 val) in about 30 s on 2 CPU cores",
                QUICK_SETTINGS),
     ]
 }

@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 DPI = 110  # sharp enough to zoom into on a phone, small enough to embed (~100 KB a figure)
 TRAIN, VAL, GAP = "tab:blue", "tab:orange", "tab:red"
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red, with a ✓ / ✗ for readers who can't tell them apart
+NEUTRAL = "#1f2328"  # a prediction whose truth is unknown (your own images): neither right nor wrong
 ANNOTATE_MAX_CLASSES = 20  # above this many classes, numbers in the confusion cells are unreadable
 
 
@@ -73,7 +74,44 @@ def _percent_axis(ax: Axes) -> None:
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if high - low >= 0.05 else None))
 
 
-def _epoch_axis(ax: Axes) -> None:
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def power_of_ten(value: float, _position: object = None) -> str:
+    """A tick label in plain text: "10⁻⁷" for a power of ten, "3×10⁻⁴" between (mathtext is
+    off in our figures, so matplotlib's own log labels would print as raw "$\\mathdefault..$").
+
+        >>> power_of_ten(1e-7), power_of_ten(1.0), power_of_ten(3e-4)
+        ('10⁻⁷', '1', '3×10⁻⁴')
+    """
+    if value <= 0:
+        return ""
+    exponent = int(np.floor(np.log10(value) + 1e-9))
+    mantissa = round(value / 10.0**exponent, 6)
+    power = "1" if exponent == 0 else "10" if exponent == 1 else "10" + str(exponent).translate(SUPERSCRIPT)
+    if mantissa == 1:
+        return power
+    return f"{mantissa:g}" + ("" if exponent == 0 else f"×{power}")
+
+
+def log_axis(ax: Axes) -> None:
+    """A readable log x axis: a plain-text label at each power of ten (every other one past 10
+    decades), unlabelled minor ticks between."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    decades = np.log10(high) - np.log10(low)
+    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+    if decades > 10:
+        ax.xaxis.set_major_locator(LogLocator(base=100, numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(power_of_ten))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10)), numticks=100))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def epoch_axis(ax: Axes) -> None:
+    """Whole-number epoch ticks, and a window of 3 around a single epoch."""
     ax.set_xlabel("epoch")
     low, high = ax.get_xlim()
     if high - low < 1:  # a single epoch: whole-number ticks around it, not 0.95 ... 1.05
@@ -85,22 +123,29 @@ def _epoch_axis(ax: Axes) -> None:
 
 @plain_text
 def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int) -> LabFigure:
-    """Loss and accuracy per epoch, train vs val, the gap shaded, running and clean train accuracy."""
+    """Loss and accuracy per epoch, train vs val, the gap shaded, running and clean train accuracy.
+
+    Epochs without evaluation (empty val cells) are left out of the val and clean curves, which
+    join the evaluated epochs."""
     epochs = [row["epoch"] for row in history]
     col = {key: [row[key] for row in history] for key in history[0]}
+    measured = [row for row in history if np.isfinite(row["val_acc"])]
+    clean_rows = [row for row in history if np.isfinite(row["train_acc_clean"])]
+    at = {key: [row[key] for row in measured] for key in ("epoch", "val_loss", "val_acc", "train_acc_clean")}
     fig = LabFigure(figsize=(12, 5.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    has_val = any(np.isfinite(col["val_acc"]))  # --val-fraction 0: train curves only
+    has_val = bool(measured)  # --val-fraction 0: train curves only
     loss_ax.plot(epochs, col["train_loss"], "o--", color=TRAIN, alpha=0.6)
     if has_val:
-        loss_ax.plot(epochs, col["val_loss"], "o-", color=VAL)
+        loss_ax.plot(at["epoch"], at["val_loss"], "o-", color=VAL)
     loss_ax.set(title="Cross-entropy loss per epoch", ylabel="loss")
     acc_ax.plot(epochs, col["train_acc"], "o--", color=TRAIN, alpha=0.6,
                 label="train, running (as Keras reports it: dropout + augmentation on, mid-epoch weights)")
-    acc_ax.plot(epochs, col["train_acc_clean"], "o-", color=TRAIN, label="train, clean: eval mode")
+    acc_ax.plot([r["epoch"] for r in clean_rows], [r["train_acc_clean"] for r in clean_rows], "o-",
+                color=TRAIN, label="train, clean: eval mode")
     if has_val:
-        acc_ax.plot(epochs, col["val_acc"], "o-", color=VAL, label="val")
-        acc_ax.fill_between(epochs, col["train_acc_clean"], col["val_acc"], color=GAP, alpha=0.15,
+        acc_ax.plot(at["epoch"], at["val_acc"], "o-", color=VAL, label="val")
+        acc_ax.fill_between(at["epoch"], at["train_acc_clean"], at["val_acc"], color=GAP, alpha=0.15,
                             label="gap: clean train − val")
     acc_ax.set(title="Accuracy per epoch" + ("" if has_val else " (no validation images)"),
                ylabel="accuracy")
@@ -109,7 +154,7 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
         if best_val_loss_epoch:
             ax.axvline(best_val_loss_epoch, color="gray", linestyle=":",
                        label=f"lowest val loss (epoch {best_val_loss_epoch})")
-        _epoch_axis(ax)
+        epoch_axis(ax)
     # One legend for both panels, below them, so it never hides a curve.
     fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9.5)
     fig.suptitle(title, fontsize=13)
@@ -220,12 +265,13 @@ def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
     fig = LabFigure(figsize=(9, 5.2), layout="constrained")
     ax = fig.subplots()
     for label, history in runs:
-        if not np.isfinite(history[-1]["val_acc"]):  # --val-fraction 0: nothing to draw
+        measured = [r for r in history if np.isfinite(r["val_acc"])]  # epochs that were evaluated
+        if not measured:  # --val-fraction 0: nothing to draw
             continue
-        ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], "o-", markersize=3,
-                label=f"{label}: {history[-1]['val_acc']:.1%}")
+        ax.plot([r["epoch"] for r in measured], [r["val_acc"] for r in measured], "o-", markersize=3,
+                label=f"{label}: {measured[-1]['val_acc']:.1%}")
     ax.set(title="Validation accuracy per epoch (legend: final val accuracy)", ylabel="val accuracy")
     _percent_axis(ax)
-    _epoch_axis(ax)
+    epoch_axis(ax)
     ax.legend(loc="lower right", fontsize=9)  # curves rise from the lower left; this corner stays free
     return fig

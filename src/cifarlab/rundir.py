@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab import fsio
+from cifarlab.diagnose import Diagnosis, diagnose, sizes_of
 from cifarlab.errors import UserError
 from cifarlab.history import History
 
@@ -246,6 +247,10 @@ class RunFiles:
     @property
     def summary(self) -> dict[str, Any]:
         return read_json(self.path / SUMMARY) or {}
+
+    def diagnosis(self) -> Diagnosis:
+        """The diagnosis of the history, judged with the sample sizes config.json records."""
+        return diagnose(self.history, **sizes_of(self.info))
 
 
 def read_json(file: Path) -> dict[str, Any] | None:

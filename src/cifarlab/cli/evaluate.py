@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from cifarlab.cli import options
+from cifarlab.text import plural
 
 
 def register(commands: Any) -> None:
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     epoch = f", epoch {result['epoch']}" if result.get("epoch") else ""
     print(f"{result['split']}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-          f"({result['images']} images, {result['weights']} weights{epoch}"
+          f"({plural(result['images'], 'image')}, {result['weights']} weights{epoch}"
           f"{', test-time augmentation' if args.tta else ''})")
     classes = result["per_class"]
     width = max(len("class"), *(len(c) for c in classes))

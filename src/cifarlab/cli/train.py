@@ -12,6 +12,7 @@ from typing import Any
 from cifarlab.cli import options
 from cifarlab.config import RECIPES, parse_sets
 from cifarlab.errors import UserError
+from cifarlab.text import plural
 
 
 def per_recipe(key: str, fmt: str = "{}") -> str:
@@ -178,7 +179,7 @@ def list_recipes() -> int:
     for recipe in RECIPES.values():
         s = recipe.settings
         print(f"{recipe.name:<{width}} {recipe.description}\n{'':<{width}} model {s['model']}, "
-              f"{s['optimizer']} lr {s['lr']:g}, batch {s['batch_size']}, {s['epochs']} epochs")
+              f"{s['optimizer']} lr {s['lr']:g}, batch {s['batch_size']}, {plural(s['epochs'], 'epoch')}")
     return 0
 
 
