@@ -259,12 +259,11 @@ class MLflow(Callback):
         from mlflow.entities import RunTag
 
         from cifarlab import fsio, tracking
-        from cifarlab.diagnose import diagnose
 
         per_epoch = set(run.history[-1]) if run.history else set()
         self._metrics({k: v for k, v in summary.items() if k not in per_epoch},
                       len(run.history))
-        diagnosis = diagnose(run.history)
+        diagnosis = rundir.read(run.path).diagnosis()  # as `cifarlab report` judges the folder
         description = "\n".join(diagnosis.lines())
         tags = {"cifarlab.diagnosis": diagnosis.verdict,
                 "cifarlab.stopped_early": str(bool(summary.get("stopped_early"))).lower(),
