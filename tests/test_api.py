@@ -347,3 +347,12 @@ def test_yaml_scientific_notation_is_a_number(tmp_path: Path) -> None:
     config.write_text("lr: fast\n")
     with pytest.raises(cl.UserError, match="setting 'lr' expects float, got 'fast'"):
         cl.make_config(config_file=config)
+
+
+def test_a_cifar100_dataset_trains_with_its_labels(cifar100_archive: Path, tmp_path: Path) -> None:
+    """cl.load_data's label_mode travels with the Dataset into cl.train, and into the run."""
+    coarse = cl.load_data(cifar100_archive, val_fraction=0.34, label_mode="coarse", quiet=True)
+    assert coarse.label_mode == "coarse" and len(coarse.classes) == 20
+    run = cl.train("base", data=coarse, epochs=1, batch_size=32, out=tmp_path / "run", quiet=True)
+    assert run.config.label_mode == "coarse" and run.classes == coarse.classes
+    assert len(run.evaluate()["per_class"]) == 20

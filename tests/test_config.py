@@ -79,6 +79,14 @@ def test_parse_duration_rejects(text: str) -> None:
         parse_duration(text)
 
 
+def test_label_mode_is_fine_or_coarse() -> None:
+    assert make_config("base").label_mode == "fine"  # old config files, without it, read as fine
+    assert TrainConfig.from_dict({"epochs": 2}).label_mode == "fine"
+    assert make_config("fast", label_mode="coarse").label_mode == "coarse"
+    with pytest.raises(UserError, match="unknown label_mode 'corse' .*\\(did you mean 'coarse'\\?\\)"):
+        make_config("base", label_mode="corse")
+
+
 @pytest.mark.parametrize(("keras", "ours"), [("validation_split", "val_fraction"), ("learning_rate", "lr"),
                                              ("batch", "batch_size"), ("epoch", "epochs"),
                                              ("patience", "early_stop")])

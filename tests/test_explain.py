@@ -24,7 +24,7 @@ from cifarlab.explain import (
 )
 from cifarlab.networks import Classifier, FastNet, create_model, list_models
 from cifarlab.plots import NEUTRAL, RIGHT, WRONG
-from conftest import class_images
+from conftest import cifar100_run, class_images
 
 CLASSES = [f"class{i}" for i in range(10)]
 LAST_CONV = {"base": "body.6", "base_dropout": "body.6", "bn": "body.19",
@@ -233,3 +233,24 @@ def test_your_own_images_get_neutral_captions_and_a_colour_key(images: np.ndarra
     assert any("Grad-CAM heat" in ax.get_title() for ax in fig.axes)  # the colour key
     maps = figures["feature_maps"]
     assert any("activation" in ax.get_xlabel() for ax in maps.axes)  # its colour key
+
+
+def test_explain_a_100_class_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """CIFAR-100's classes in the captions; the figures saved in the run (a private copy)."""
+    import shutil
+
+    import cifarlab as cl
+
+    source = cifar100_run(tmp_path_factory)
+    run_dir = tmp_path_factory.mktemp("explain100") / "run"
+    shutil.copytree(source, run_dir)
+    run = cl.load(run_dir)
+    figures = run.explain(count=4, device="cpu")
+    assert list(figures) == ["filters", "feature_maps", "gradcam_correct", "gradcam_wrong"]
+    captions = [t for f in (figures["gradcam_correct"], figures["gradcam_wrong"])
+                for ax in f.axes for t in (ax.get_title(), ax.get_title("left"))
+                if t.startswith(("✓", "✗"))]  # an image's caption, not the colour bar's title
+    assert captions and all(any(name in c for name in run.classes) for c in captions)
+    assert len(run.classes) == 100
+    assert sorted(p.name for p in (run_dir / "explain").iterdir()) == [
+        "feature_maps.png", "filters.png", "gradcam_correct.png", "gradcam_wrong.png"]

@@ -30,7 +30,7 @@ from cifarlab import checkpoint
 from cifarlab.cli import main
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_files
-from conftest import held_out_files, tiny_run
+from conftest import cifar100_run, held_out_files, tiny_run
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -456,3 +456,16 @@ def test_uploads_in_flight_are_limited_not_sockets(run: Path, image: Path) -> No
         assert httpx.post(f"{url}/predict", content=image.read_bytes(), timeout=5).status_code == 200
         for sock in (*idle, slow):
             sock.close()
+
+
+def test_a_100_class_model_is_served(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = cifar100_run(tmp_path_factory)
+    client = local(create_app(run))
+    _, record = checkpoint.load_model(run)
+    assert client.get("/health").json()["model"]["classes"] == record["classes"]
+    assert "100 classes" in client.get("/").text
+    image = png(np.full((40, 40, 3), 90, np.uint8))
+    top = client.post("/predict", content=image, headers={"Content-Type": "image/png"}).json()["top"]
+    assert len(top) == 5 and {t["label"] for t in top} <= set(record["classes"])
+    every = client.post("/predict?top_k=1000", content=image).json()["top"]
+    assert len(every) == 100 and sum(t["prob"] for t in every) == pytest.approx(1.0, abs=1e-4)

@@ -682,27 +682,34 @@ def _tta_of(run: rundir.RunFiles, device: str) -> float | None:
 
 
 def load_data(data: PathLike | None = None, val_fraction: float = 0.1, split_seed: int = 0,
-              quiet: bool = False) -> Dataset:
+              quiet: bool = False, label_mode: str = "fine") -> Dataset:
     """Read a data source (decoded once, then cached) as a run sees it: its classes and its
     splits "train", "val" (the last `val_fraction` of each class of train after a shuffle by
     `split_seed`, as a run with those settings holds out; none with 0, or the source's own val/)
     and "test" where the source has one. Each split has `images` (N x 32 x 32 x 3 uint8, as
     stored) and `labels` (N integers, indices into `classes`).
 
-    `data` as for `train`: an archive, a folder, or None for $CIFARLAB_DATA, else the official
-    set. `cl.train(data=dataset)` trains from the same source with the same split.
+    `data` as for `train`: an archive, a folder, "cifar10" or "cifar100" (the official sets,
+    downloaded once), or None for $CIFARLAB_DATA, else CIFAR-10. `label_mode` is CIFAR-100's
+    label set, as in Keras' cifar100.load_data: "fine" (100 classes) or "coarse" (20).
+    `cl.train(data=dataset)` trains from the same source with the same split and labels.
 
         >>> import cifarlab as cl
         >>> data = cl.load_data("../shared/data/cifar10-train-jpeg.tgz")    # doctest: +SKIP
         >>> data.classes[:3], data.splits["val"].images.shape              # doctest: +SKIP
         (['airplane', 'automobile', 'bird'], (5000, 32, 32, 3))
+        >>> len(cl.load_data("cifar100", label_mode="coarse").classes)     # doctest: +SKIP
+        20
     """
     from cifarlab.data import load_dataset, make_splits
 
-    dataset = load_dataset(os.fspath(data) if data is not None else None, quiet=quiet)
+    dataset = load_dataset(os.fspath(data) if data is not None else None, quiet=quiet,
+                           label_mode=label_mode)
     splits = make_splits(dataset, val_fraction, split_seed)
-    origin = {"data": str(dataset.source), "val_fraction": val_fraction, "split_seed": split_seed}
-    return Dataset(dataset.source, dataset.kind, dataset.classes, splits, dataset.cache_file, origin)
+    origin = {"data": str(dataset.source), "val_fraction": val_fraction, "split_seed": split_seed,
+              "label_mode": label_mode}
+    return Dataset(dataset.source, dataset.kind, dataset.classes, splits, dataset.cache_file, origin,
+                   label_mode)
 
 
 def plot_data(data: Dataset | PathLike | None = None, per_class: int = 8, split: str = "train",

@@ -89,6 +89,9 @@ class TrainConfig:
     budget: float | None = None  # seconds ("10m" reads as 600): `epochs` is sized to fit it
     max_epochs: int | None = None  # with a budget: at most this many epochs (a given `epochs`)
     data: str | None = None  # data source path, str or Path (resolved when the run starts)
+    # CIFAR-100's labels, as Keras' cifar100.load_data(label_mode=...): "fine" (100 classes) or
+    # "coarse" (20 superclasses); other sources have one set, "fine"
+    label_mode: str = "fine"
     val_fraction: float = 0.1
     split_seed: int = 0  # fixes the validation images; independent of `seed`
     seed: int = 0  # fixes initialisation, shuffling, augmentation and dropout
@@ -109,6 +112,7 @@ class TrainConfig:
 
 
 MONITORS = ("val_acc", "val_loss")
+LABEL_MODES = ("fine", "coarse")  # sources.LABEL_MODES names their classes; this module stays light
 OPTIMIZERS = ("adam", "sgd", "muon")
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 AUGMENT_FIELDS = {f.name: f for f in dataclasses.fields(Augment)}
@@ -347,6 +351,8 @@ def validate(config: TrainConfig) -> None:
         (config.schedule in ("constant", "onecycle"),
          f"unknown schedule '{config.schedule}' (constant or onecycle)"),
         (config.monitor in MONITORS, f"unknown monitor '{config.monitor}' ({' or '.join(MONITORS)})"),
+        (config.label_mode in LABEL_MODES, f"unknown label_mode '{config.label_mode}' (fine or "
+         f"coarse: CIFAR-100's 100 classes or 20 superclasses){suggest(config.label_mode, LABEL_MODES)}"),
         (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
          f"unknown device '{config.device}' (auto, cpu or cuda)"),
     ]

@@ -5,10 +5,11 @@
     cifarlab report runs/seed-base --out /tmp/base-report   # --split test: sources with a test split
 
 For each run: curves.png, confusion_matrix.png + confusion.json, samples.png, mistakes.png,
-reliability.png, metrics.json (per-class precision/recall/F1, most confused pairs, ECE, the
-diagnosis) and report.html, one self-contained page with all of it. Everything that needs the model
-(all but the curves and the diagnosis) needs `model.pt`; for an unfinished run without one those
-parts are skipped and the page says so.
+reliability.png (and, past 20 classes, confusion_summary.png: the most confused pairs and the
+hardest classes, which a 100 x 100 matrix cannot show at page width), metrics.json (per-class
+precision/recall/F1, most confused pairs, ECE, the diagnosis) and report.html, one self-contained
+page with all of it. Everything that needs the model (all but the curves and the diagnosis) needs
+`model.pt`; for an unfinished run without one those parts are skipped and the page says so.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ MISTAKE_COUNT = 24  # most confident wrong predictions in mistakes.png
 def confusion_figure(p: Predictions) -> Figure:
     counts = confusion_counts(p.labels, p.probs.argmax(1), len(p.classes))
     return plots.confusion(counts, p.classes, f"Confusion matrix: {p.where}")
+
+
+def confusion_summary_figure(p: Predictions) -> Figure:
+    """The most confused pairs and the hardest classes: the confusion matrix of many classes, read."""
+    counts = confusion_counts(p.labels, p.probs.argmax(1), len(p.classes))
+    return plots.confusion_summary(counts, p.classes, f"What the model confuses: {p.where}")
 
 
 def reliability_figure(p: Predictions) -> Figure:
@@ -132,6 +139,8 @@ def write_report(run: RunFiles | str | Path, out: str | Path | None = None,
     elif (run.path / rundir.FINAL).is_file():
         p = predict_split(run, data, split, device, weights, tta, model, quiet)
         evaluation = scores(p)
+        if len(p.classes) > plots.ANNOTATE_MAX_CLASSES:
+            figures["confusion_summary.png"] = confusion_summary_figure(p)
         figures.update({"confusion_matrix.png": confusion_figure(p),
                         "reliability.png": reliability_figure(p),
                         "samples.png": samples_figure(p), "mistakes.png": mistakes_figure(p)})
@@ -159,7 +168,8 @@ def _json_bytes(obj: Any) -> bytes:
 
 def _caption(classes: list[str], true: int, predicted: int, confidence: float) -> str:
     mark = "✓" if true == predicted else "✗"
-    return f"{mark} pred: {classes[predicted]} ({confidence:.0%})\ntrue: {classes[true]}"
+    return (f"{mark} pred: {plots.short(classes[predicted], 18)} ({confidence:.0%})\n"
+            f"true: {plots.short(classes[true], 18)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,10 +294,29 @@ def render_html(run: RunFiles, diagnosis: Diagnosis, evaluation: dict[str, Any] 
                           f"{macro['f1']:.3f}", f"{evaluation['images']}"))
         pairs = [(p["true"], p["predicted"], f"{p['count']}", f"{p['share_of_true']:.1%}")
                  for p in evaluation["most_confused"]]
+        if "confusion_summary.png" in figures:  # many classes: the summary reads, the matrix zooms
+            count = len(evaluation["per_class"])
+            parts += [
+                f"<h2>What the model confuses ({e(split)})</h2>",
+                figure("confusion_summary.png", "Left: the (true, predicted) pairs the model mixes "
+                       "up most, as a share of the true class. Right: the classes it gets right "
+                       "least often; the dotted line is the mean over all classes."),
+                f"<h2>Confusion matrix ({e(split)}, {count} classes)</h2>",
+                '<a href="confusion_matrix.png">'
+                + figure("confusion_matrix.png", f"Rows are the true classes, columns the predicted "
+                         f"ones; each row's mistakes as a share of its class, the right answers "
+                         f"(the diagonal) grey. {count} classes are too many to read at page width: "
+                         "click the image (or open confusion_matrix.png) for the full size.")
+                + "</a>",
+            ]
+        else:
+            parts += [
+                f"<h2>Confusion matrix ({e(split)})</h2>",
+                figure("confusion_matrix.png", "Rows are the true classes, columns the predicted "
+                       "ones; the diagonal holds the right answers. Right: each row as a share of "
+                       "its class."),
+            ]
         parts += [
-            f"<h2>Confusion matrix ({e(split)})</h2>",
-            figure("confusion_matrix.png", "Rows are the true classes, columns the predicted ones; "
-                   "the diagonal holds the right answers. Right: each row as a share of its class."),
             "<h2>Per-class scores</h2>",
             table(["class", "precision", "recall", "F1", "images"], per_class, kinds="tnnnn"),
             "<h2>Most confused pairs</h2>",

@@ -48,7 +48,7 @@ from cifarlab.calibrate import describe as describe_calibration
 from cifarlab.calibrate import temperature_scaling
 from cifarlab.callbacks import Callback, as_callbacks
 from cifarlab.config import TrainConfig, low_res_epochs, validate
-from cifarlab.data import Dataset
+from cifarlab.data import Dataset, classes_differ
 from cifarlab.display import progress_bar
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, predict_logits
@@ -578,8 +578,8 @@ def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Seq
     torch.set_num_threads(available_cores())
     dataset = read_dataset(config, ctx, device, quiet, given=dataset)
     if saved is not None and saved.get("classes") != dataset.classes:
-        raise UserError(f"the data's classes {dataset.classes} differ from the run's "
-                        f"{saved.get('classes')}; resume with the data the run trained on (--data)")
+        raise classes_differ(dataset.classes, list(saved.get("classes") or []),
+                             "; resume with the data the run trained on (--data)", whose="run")
     if config.budget is not None and saved is None:
         if ctx.enabled:
             raise UserError("--budget sizes a run for one process; leave out --nproc/torchrun")

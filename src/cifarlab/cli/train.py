@@ -35,6 +35,7 @@ def register(commands: Any) -> None:
     t.add_argument("--list-recipes", action="store_true",
                    help="list the recipes and exit (default: off)")
     options.data(t, "$CIFARLAB_DATA, else the official set, downloaded once to ~/.cache/cifarlab")
+    options.label_mode(t, default=None)
     t.add_argument("--config", metavar="FILE",
                    help="settings from a YAML or JSON file; a run's config.json reruns that run "
                         "(default: none)")
@@ -103,8 +104,8 @@ def register(commands: Any) -> None:
     t.set_defaults(func=run)
 
 
-FLAGS = ("data", "epochs", "batch_size", "lr", "val_fraction", "seed", "subset", "monitor",
-         "early_stop", "device", "checkpoint_every", "name")
+FLAGS = ("data", "label_mode", "epochs", "batch_size", "lr", "val_fraction", "seed", "subset",
+         "monitor", "early_stop", "device", "checkpoint_every", "name")
 
 
 def changes_from(args: argparse.Namespace) -> dict[str, Any]:
