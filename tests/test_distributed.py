@@ -144,7 +144,8 @@ def free_port() -> int:
 
 
 def node(argv: list[str], cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "CIFARLAB_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    # TMPDIR: a killed launcher's job file is left where the test's folder is cleaned up
+    env = {**os.environ, "CIFARLAB_THREADS": "1", "OMP_NUM_THREADS": "1", "TMPDIR": str(cwd)}
     return subprocess.Popen([sys.executable, "-m", "cifarlab", *argv], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
