@@ -638,7 +638,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, model: ModelArg
     else:
         run_dir = Path(out)
     try:
-        with distributed.owned_group():
+        with distributed.owned_group(run_dir):
             trainer = _prepare(config, run_dir, model, callbacks, quiet, started, dataset=dataset)
             return run_dir, trainer.fit()
     except BaseException:
@@ -686,7 +686,7 @@ def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
     if done >= config.epochs and (run_dir / rundir.FINAL).exists():
         raise UserError(f"{run_dir} is already complete ({plural(config.epochs, 'epoch')}); extend it with "
                         f"--epochs N (N > {config.epochs})")
-    with distributed.owned_group():
+    with distributed.owned_group(run_dir):
         trainer = _prepare(config, run_dir, model if model is not None else _model_of(config),
                            callbacks, quiet, started=None, saved=saved, dataset=dataset)
         trainer.restore(saved)
