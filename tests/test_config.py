@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cifarlab.api import make_config
-from cifarlab.config import RECIPES, TrainConfig, parse_duration
+from cifarlab.config import RECIPES, TrainConfig, laid_out, parse_duration, parse_sets
 from cifarlab.errors import UserError
 
 
@@ -77,6 +77,50 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(UserError, match="budget"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"optimizer": "adamx"}, "unknown optimizer 'adamx' .*did you mean 'adam"),
+    ({"schedule": "cosin"}, "unknown schedule 'cosin' .*did you mean 'cosine'"),
+    ({"schedule": "step"}, "needs step_every, the epochs between its drops"),
+    ({"step_every": -1}, "step_every must be 0"),
+    ({"step_factor": 1.0}, "in \\(0, 1\\)"),
+    ({"plateau_factor": 0.0}, "in \\(0, 1\\)"),
+    ({"plateau_patience": 0}, "plateau_patience must be at least 1"),
+    ({"schedule": "plateau", "val_fraction": 0.0}, "watches the validation images, and .* leaves none"),
+    ({"lr_end": 1.5}, "fractions of lr"),
+    ({"class_weight": "balance"}, "did you mean 'balanced'"),
+    ({"class_weight": 2}, "expects dict or str or none"),
+    ({"class_weight": {"cat": -1}}, "weights are numbers >= 0"),
+    ({"class_weight": {"cat": "heavy"}}, "weights are numbers >= 0"),
+])
+def test_new_settings_refuse_bad_values_in_one_line(bad: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message) as error:
+        make_config("base", **bad)
+    assert "\n" not in str(error.value)
+
+
+def test_class_weight_spellings() -> None:
+    assert make_config("base", class_weight="balanced").class_weight == "balanced"
+    assert make_config("base", class_weight={0: 2, "dog": 0.5}).class_weight == {"0": 2.0, "dog": 0.5}
+    assert parse_sets(["class_weight=balanced"]) == {"class_weight": "balanced"}
+    assert parse_sets(['class_weight={"cat": 2}']) == {"class_weight": {"cat": 2}}
+    assert make_config("base", **parse_sets(["class_weight.cat=2", "class_weight.dog=1.5"])
+                       ).class_weight == {"cat": 2.0, "dog": 1.5}
+    assert make_config("base", class_weight=None).class_weight is None
+    config = make_config("base", class_weight={"cat": 3})
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_what_is_laid_out_for_the_runs_length() -> None:
+    """Only runs whose lr does not depend on their length may be extended (--resume --epochs)."""
+    for free in ({}, {"schedule": "step", "step_every": 3}, {"schedule": "plateau"}):
+        assert laid_out(make_config("base", **free)) == ""
+    for bound, words in [({"schedule": "cosine"}, "cosine schedule laid out for 15 epochs"),
+                         ({"schedule": "onecycle"}, "onecycle"),
+                         ({"warmup": 0.1}, "warm-up"), ({"lookahead": True}, "lookahead"),
+                         ({"model": "fastnet_small", "low_res_share": 0.2}, "low-resolution")]:
+        assert words in laid_out(make_config("base", **bound))
 
 
 def test_label_mode_is_fine_or_coarse() -> None:

@@ -184,7 +184,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     ("lr: 0.01", "fixed values go in --set"),
     ("epochs: {uniform: [5, 20]}", "'epochs' is a whole number: use {int: [5, 20]}"),
     ("optimizer: {uniform: [0, 1]}", "'optimizer' is a str: use {choice: [...]}"),
-    ("optimizer: {choice: [adam, adamw]}", "unknown optimizer 'adamw'"),
+    ("optimizer: {choice: [adam, rmsprop]}", "unknown optimizer 'rmsprop'"),
     ("augment.flip: {choice: [true, maybe]}", "setting 'augment.flip' expects bool, got 'maybe'"),
     ("val_fraction: {uniform: [0.1, 0.2]}", "all trials validate on the same images"),
     ("lr: {log_uniform: [1e-4, 1e-2]", "is not valid YAML"),

@@ -107,3 +107,84 @@ def test_one_muon_step_matches_torch_optim_muon() -> None:
         optimizer.step()
     ours_step, their_step = (ours - start).detach(), (theirs - start).detach()
     assert float((ours_step - their_step).norm() / their_step.norm()) < 0.02
+
+
+def test_adamw_decays_apart_from_the_gradient_as_keras() -> None:
+    """With a zero gradient Adam's step is zero, so AdamW's weights only shrink by lr x decay;
+    Adam's L2 decay instead goes through Adam's scaling and moves every weight by ~lr."""
+    assert make_config("base", optimizer="adamw").weight_decay == 0.004  # Keras' default
+    assert make_config("base", optimizer="adamw", weight_decay=0.0).weight_decay == 0.0
+    assert make_config("fast", optimizer="adamw").weight_decay == 0.004  # not SGD's coupled decay
+    moved = {}
+    for name in ("adamw", "adam"):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        start = model.weight.detach().clone()
+        optimizer = optim.build(make_config("base", optimizer=name, lr=0.1, weight_decay=0.5), model)
+        assert optimizer.defaults["eps"] == 1e-7  # Keras' epsilon
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        moved[name] = model.weight.detach() - start
+        if name == "adamw":
+            torch.testing.assert_close(model.weight.detach(), start * (1 - 0.1 * 0.5))
+    assert float(moved["adam"].abs().min()) > 0.09  # ~lr: sign(w) x lr, whatever |w|
+
+
+def test_cosine_schedule_with_warmup_and_floor() -> None:
+    config = make_config("base", lr=2.0, schedule="cosine", warmup=0.2, lr_start=0.1, lr_end=0.05)
+    assert lr_at(config, 0.0) == pytest.approx(0.2)
+    assert lr_at(config, 0.1) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))
+    assert lr_at(config, 0.2) == pytest.approx(2.0)
+    assert lr_at(config, 0.6) == pytest.approx(2.0 * (0.05 + 0.95 * 0.5))  # half-way down
+    assert lr_at(config, 1.0) == pytest.approx(0.1)
+    values = [lr_at(config, p / 100) for p in range(20, 101)]
+    assert values == sorted(values, reverse=True)
+    plain = make_config("base", lr=1.0, schedule="cosine")
+    assert lr_at(plain, 0.0) == 1.0 and lr_at(plain, 1.0) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("epochs", "steps"), [(10, 7), (30, 13), (12, 391)])
+def test_step_schedule_drops_on_epoch_boundaries(epochs: int, steps: int) -> None:
+    """StepLR: the lr of every step of epoch e is lr x factor^(e // step_every), whatever rounding
+    progress = step / total_steps brings; and lr_end is a floor."""
+    config = make_config("base", lr=1.0, epochs=epochs, schedule="step", step_every=3,
+                         step_factor=0.5, lr_end=0.1)
+    for epoch in range(epochs):
+        for step in (0, 1, steps - 1):
+            lr = lr_at(config, (epoch * steps + step) / (epochs * steps))
+            assert lr == max(0.5 ** (epoch // 3), 0.1), (epoch, step)
+
+
+def test_step_and_plateau_do_not_depend_on_the_runs_length() -> None:
+    """What lets a step or plateau run be extended: a longer run has the same lr at each step."""
+    rows = [{"val_acc": a, "val_loss": 1.0} for a in (0.5, 0.5, 0.5, 0.6)]
+    for schedule in ({"schedule": "step", "step_every": 2}, {"schedule": "plateau"}):
+        short, long = (make_config("base", epochs=e, **schedule) for e in (4, 9))
+        for step in range(4 * 11):
+            done = rows[:step // 11]
+            assert lr_at(short, step / 44, done) == lr_at(long, step / 99, done)
+
+
+def test_plateau_follows_the_monitor_like_keras() -> None:
+    config = make_config("base", lr=1.0, schedule="plateau", plateau_patience=2,
+                         plateau_factor=0.5, lr_end=0.2)
+    accs = [0.5, 0.6, 0.6, 0.55, 0.7, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+    rows = [{"val_acc": a, "val_loss": 1 - a} for a in accs]
+    # drops after epochs 4 (two without beating 0.6) and 7, 9, 11 (counting restarts after a drop)
+    drops = [optim.plateau_drops(config, rows[:n]) for n in range(len(rows) + 1)]
+    assert drops == [0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4]
+    assert [lr_at(config, 0.5, rows[:n]) for n in (0, 4, 7, 11)] == [1.0, 0.5, 0.25, 0.2]  # floor
+    # val_loss: lower is better, and an epoch without val figures (NaN) is not counted
+    by_loss = make_config("base", schedule="plateau", plateau_patience=1, monitor="val_loss")
+    losses = [{"val_loss": v} for v in (1.0, 0.9, float("nan"), 0.8, 0.85, 0.95)]
+    assert [optim.plateau_drops(by_loss, losses[:n]) for n in range(7)] == [0, 0, 0, 0, 0, 1, 2]
+
+
+def test_warmup_starts_every_schedule() -> None:
+    for schedule in ({"schedule": "constant"}, {"schedule": "step", "step_every": 10},
+                     {"schedule": "plateau"}):
+        config = make_config("base", lr=1.0, warmup=0.5, lr_start=0.2, **schedule)
+        assert lr_at(config, 0.0) == pytest.approx(0.2)
+        assert lr_at(config, 0.25) == pytest.approx(0.6)
+    assert lr_at(make_config("base", lr=0.3), 0.0) == 0.3  # no warm-up unless asked

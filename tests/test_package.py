@@ -71,6 +71,9 @@ def test_import_is_cheap_and_help_and_print_config_need_no_torch() -> None:
             "    try:\n        main([cmd, '--help'])\n    except SystemExit:\n        pass\n"
             "assert main(['train', '--recipe', 'fast', '--budget', '10m', '--epochs', '5',\n"
             "             '--print-config']) == 0\n"
+            "assert main(['train', '--set', 'optimizer=adamw', '--set', 'schedule=plateau',\n"
+            "             '--set', 'augment.mixup=0.2', '--set', 'augment.cutout=8',\n"
+            "             '--set', 'class_weight=balanced', '--print-config']) == 0\n"
             "assert 'torch' not in sys.modules, 'help or --print-config imported torch'\n"
             "assert 'matplotlib' not in sys.modules and 'optuna' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -19,6 +19,25 @@ def test_the_loss_is_cross_entropy_with_the_configs_label_smoothing() -> None:
         assert torch.equal(loss_of(logits, labels, TrainConfig(label_smoothing=smoothing)), expected)
 
 
+def test_soft_targets_and_class_weights() -> None:
+    """Mixed images' class probabilities, and Keras' class_weight: the batch mean of each image's
+    loss times its class's weight (torch's weight= would divide by the weights' sum instead)."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    one_hot = F.one_hot(labels, 5).float()
+    config = TrainConfig(label_smoothing=0.1)
+    torch.testing.assert_close(loss_of(logits, one_hot, config), loss_of(logits, labels, config))
+    weights = torch.tensor([1.0, 2.0, 0.5, 0.0, 3.0])
+    each = F.cross_entropy(logits, labels, label_smoothing=0.1, reduction="none")
+    torch.testing.assert_close(loss_of(logits, labels, config, weights), (each * weights[labels]).mean())
+    torch.testing.assert_close(loss_of(logits, labels, config, torch.ones(5)),
+                               loss_of(logits, labels, config))
+    mixed = 0.7 * one_hot + 0.3 * one_hot.roll(1, 0)
+    soft = F.cross_entropy(logits, mixed, label_smoothing=0.1, reduction="none")
+    torch.testing.assert_close(loss_of(logits, mixed, config, weights),
+                               (soft * (mixed @ weights)).mean())  # the mix of its classes' weights
+
+
 def test_a_step_moves_the_weights_along_the_weighted_gradient() -> None:
     torch.manual_seed(0)
     images, labels = torch.randn(6, 4), torch.randint(0, 3, (6,))

@@ -165,6 +165,72 @@ def test_low_res_with_a_fixed_size_head_is_one_line(toy_data: Path, tmp_path: Pa
         trainer.train(config, out=tmp_path / "run", quiet=True)
 
 
+# One run per setting of issue 20, each resumed mid-epoch 3 (12 steps an epoch): the plateau
+# schedule has then cut the lr once (toy val_acc reaches 1.0 in epoch 1 and cannot beat it).
+SETTINGS = {
+    "adamw": {"optimizer": "adamw"},
+    "cosine": {"schedule": "cosine", "warmup": 0.3, "lr_start": 0.1, "lr_end": 0.1},
+    "step": {"schedule": "step", "step_every": 1, "step_factor": 0.5},
+    "plateau": {"schedule": "plateau", "plateau_patience": 1},
+    "cutout+erasing": {"augment": {"cutout": 8, "erasing": 0.5}},
+    "mixup+cutmix": {"augment": {"mixup": 0.4, "cutmix": 1.0}},
+    "class_weight": {"class_weight": {"a": 2.0, "c": 0.5}},
+}
+
+
+def without_time(run: Path) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in read_metrics(run)]
+
+
+def same_weights(a: Path, b: Path) -> None:
+    first, _ = checkpoint.load_model(a, weights="final")
+    second, _ = checkpoint.load_model(b, weights="final")
+    for (name, p), q in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_each_new_setting_resumes_exactly(toy_data: Path, tmp_path: Path, setting: str) -> None:
+    config = tiny_config(toy_data, epochs=3, **SETTINGS[setting])
+    trainer.train(config, out=tmp_path / "straight", quiet=True)
+    with pytest.raises(Interrupted):
+        trainer.train(config, out=tmp_path / "cut", quiet=True, callbacks=[InterruptAfter(30)])
+    trainer.resume(tmp_path / "cut", quiet=True)
+    rows = without_time(tmp_path / "cut")
+    assert rows == without_time(tmp_path / "straight")
+    same_weights(tmp_path / "straight", tmp_path / "cut")
+    if setting == "plateau":  # the resume continued after a cut, at the cut lr
+        assert float(rows[2]["lr"]) < float(rows[0]["lr"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["step", "plateau"])
+def test_step_and_plateau_runs_extend_as_if_run_straight(toy_data: Path, tmp_path: Path,
+                                                         setting: str) -> None:
+    """Their lr depends on the epoch (and the val figures), not on the run's length."""
+    trainer.train(tiny_config(toy_data, epochs=3, **SETTINGS[setting]), out=tmp_path / "straight",
+                  quiet=True)
+    trainer.train(tiny_config(toy_data, epochs=2, **SETTINGS[setting]), out=tmp_path / "short",
+                  quiet=True)
+    trainer.resume(tmp_path / "short", {"epochs": 3}, quiet=True)
+    assert without_time(tmp_path / "short") == without_time(tmp_path / "straight")
+
+
+def test_cosine_runs_cannot_be_extended_and_class_weights_name_real_classes(
+        toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trainer.train(tiny_config(toy_data, epochs=1, schedule="cosine", class_weight="balanced",
+                              subset=64), out=tmp_path / "run")
+    assert "class weights in the training loss (balanced): a " in capsys.readouterr().out
+    with pytest.raises(UserError, match="a cosine schedule laid out for 1 epoch; it cannot be "
+                                        "extended"):
+        trainer.resume(tmp_path / "run", {"epochs": 2}, quiet=True)
+    with pytest.raises(UserError, match="class_weight names 'zebra'"):
+        trainer.train(tiny_config(toy_data, class_weight={"zebra": 2.0}), out=tmp_path / "bad",
+                      quiet=True)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_ctrl_c_inside_a_callback_is_interrupted_with_a_checkpoint(toy_data: Path, tmp_path: Path) -> None:
     """A KeyboardInterrupt that lands in a callback (a slow live plot, a second Ctrl-C) ends
     training as Ctrl-C does: cl.Interrupted, and the last checkpoint resumes."""

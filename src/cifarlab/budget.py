@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cifarlab import optim
-from cifarlab.augment import augment_batch
+from cifarlab.augment import augment_batch, mix_batch
 from cifarlab.config import TrainConfig, low_res_epochs
 from cifarlab.errors import UserError
 from cifarlab.evaluate import EVAL_BATCH, tta_views
@@ -53,12 +53,16 @@ def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
     images = images.to(device).contiguous(memory_format=torch.channels_last if config.channels_last
                                           else torch.contiguous_format)
     labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    weights = torch.ones(num_classes, device=device) if config.class_weight is not None else None
     model.train()
     times = []
     for _ in range(PROBE_WARMUP + PROBE_STEPS):
         start = time.perf_counter()
         x = augment_batch(config.augment, images, gen) if config.augment.active else images
-        loss, _ = train_step(model, optimizer, x, labels, config)
+        targets = labels
+        if config.augment.mixes_labels:
+            x, targets = mix_batch(config.augment, x, labels, num_classes, gen)
+        loss, _ = train_step(model, optimizer, x, targets, config, class_weights=weights)
         float(loss)  # waits for the device
         times.append(time.perf_counter() - start)
     model.eval()

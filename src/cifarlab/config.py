@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import UserError
+from cifarlab.text import plural
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,26 @@ class Augment:
     rotation: float = 0.0  # max rotation as a fraction of a full turn (Keras RandomRotation)
     zoom: float = 0.0  # max zoom in or out as a fraction (Keras RandomZoom)
     translate: int = 0  # max shift in pixels, reflect-padded (random crop with padding)
+    # Occlusion: the net must use the whole object, not its one most telling patch.
+    cutout: int = 0  # a square of this many pixels a side, centred anywhere (partly outside the
+    # image too), set to the batch's mean colour, in every image (DeVries & Taylor 2017: 16)
+    erasing: float = 0.0  # this share of the images gets a random rectangle (2-33% of the area,
+    # aspect 0.3-3.3) of noise (Zhong et al. 2017; Keras' RandomErasing, torchvision's p)
+    # Mixing two images and their labels (soft targets; train_acc then counts the larger share):
+    mixup: float = 0.0  # blend each image with another by a Beta(mixup, mixup) share (0.2-1)
+    cutmix: float = 0.0  # paste a box of another image, its area ~ Beta(cutmix, cutmix) (1.0);
+    # with both on, each image is mixed one way or the other, half and half (as timm does)
 
     @property
     def active(self) -> bool:
-        return self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
+        """Whether any per-image augmentation is on (mixup and cutmix: `mixes_labels`)."""
+        return (self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
+                or self.cutout > 0 or self.erasing > 0)
+
+    @property
+    def mixes_labels(self) -> bool:
+        """Whether images are mixed in pairs, which makes the labels soft targets."""
+        return self.mixup > 0 or self.cutmix > 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,16 +81,36 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3
-    optimizer: str = "adam"  # "adam" (Keras defaults), "sgd" (Nesterov) or "muon" (see optim.py)
+    # "adam" (Keras defaults), "adamw" (Adam with decoupled weight decay, Keras' AdamW),
+    # "sgd" (Nesterov) or "muon" (see optim.py)
+    optimizer: str = "adam"
     momentum: float = 0.9  # sgd and muon's SGD part
     muon_lr: float = 0.24  # muon: step size of the conv filters, relative to their (fixed) norm
     muon_momentum: float = 0.6  # muon: Nesterov momentum of the conv filters
+    # adam, sgd: L2, added to the gradient; adamw: decoupled, each step shrinks the weights by
+    # lr x weight_decay (adamw without a weight_decay of your own takes Keras' 0.004)
     weight_decay: float = 0.0
-    schedule: str = "constant"  # "constant" or "onecycle" (linear warm-up, then linear decay)
-    warmup: float = 0.0  # onecycle: fraction of training at which the peak lr is reached
-    lr_start: float = 0.0  # onecycle: lr at the start, as a fraction of the peak
-    lr_end: float = 0.0  # onecycle: lr at the end, as a fraction of the peak
+    # The lr's course (optim.lr_at): "constant"; "onecycle" (linear decay to lr_end); "cosine"
+    # (half a cosine to lr_end: Keras CosineDecay); "step" (x step_factor every step_every
+    # epochs: PyTorch StepLR); "plateau" (x plateau_factor when `monitor` stalls: Keras
+    # ReduceLROnPlateau). Any of them may start with a warm-up.
+    schedule: str = "constant"
+    warmup: float = 0.0  # fraction of training over which the lr climbs linearly to `lr`
+    lr_start: float = 0.0  # the lr where the warm-up starts, as a fraction of `lr`
+    lr_end: float = 0.0  # the lowest lr, a fraction of `lr`: where onecycle and cosine end,
+    # the floor of step and plateau (Keras CosineDecay's alpha, ReduceLROnPlateau's min_lr)
+    step_every: int = 0  # step: epochs between drops (StepLR's step_size); step needs it set
+    step_factor: float = 0.1  # step: each drop multiplies the lr by this (StepLR's gamma)
+    # plateau: drop after this many evaluated epochs with no better `monitor`. Keras' default
+    # is 10, for runs of hundreds of epochs; these runs are 10-30 epochs long.
+    plateau_patience: int = 2
+    plateau_factor: float = 0.1  # plateau: each drop multiplies the lr by this (Keras' factor)
     label_smoothing: float = 0.0
+    # Imbalanced folders (Keras' fit(class_weight=...)): each image's loss counts by its class's
+    # weight. "balanced": n / (classes x count) from the run's training images, so every class
+    # weighs as much as in a balanced folder; or a mapping {class name or index: weight}, the
+    # classes it leaves out weighing 1. Training only: val_loss stays unweighted.
+    class_weight: dict[str, float] | str | None = None
     bias_lr_scale: float = 1.0  # sgd: lr multiplier for BatchNorm shifts (their decay / the same)
     lookahead: bool = False  # pull the weights to an EMA of themselves every 5 steps (airbench)
     whiten_bias_epochs: int = 0  # models with a whitening layer: train its bias this long (0: always)
@@ -113,7 +150,17 @@ class TrainConfig:
 
 MONITORS = ("val_acc", "val_loss")
 LABEL_MODES = ("fine", "coarse")  # sources.LABEL_MODES names their classes; this module stays light
-OPTIMIZERS = ("adam", "sgd", "muon")
+OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
+SCHEDULES = ("constant", "onecycle", "cosine", "step", "plateau")
+ADAMW_WEIGHT_DECAY = 0.004  # Keras' AdamW default (torch's AdamW: 0.01)
+
+
+def better(monitor: str, value: float, best: float | None) -> bool:
+    """Whether `value` of `monitor` beats `best` (None: nothing yet): lower val_loss, higher
+    val_acc. One rule for best.pt, early stopping and the plateau schedule."""
+    return best is None or (value < best if monitor == "val_loss" else value > best)
+
+
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 AUGMENT_FIELDS = {f.name: f for f in dataclasses.fields(Augment)}
 
@@ -158,7 +205,7 @@ def unknown_key(key: str, known: typing.Iterable[str], what: str = "setting") ->
 def type_name(kind: Any) -> str:
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     if args and typing.get_origin(kind) in (typing.Union, types.UnionType):
-        return f"{type_name(args[0])} or none"
+        return " or ".join([*(type_name(a) for a in args), "none"])
     origin = typing.get_origin(kind)
     return getattr(origin or kind, "__name__", str(kind))
 
@@ -169,7 +216,13 @@ def check_value(key: str, value: Any, kind: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        kind = next(a for a in args if a is not type(None))
+        members = [a for a in args if a is not type(None)]
+        if len(members) > 1:  # a setting of several types (class_weight): the first that fits
+            fitting = [m for m in members if _fits(value, m)]
+            if not fitting:
+                raise UserError(f"setting '{key}' expects {type_name(kind)}, got {value!r}")
+            members = fitting
+        kind = members[0]
         origin = typing.get_origin(kind)
     ok = False
     if kind is bool:
@@ -188,6 +241,14 @@ def check_value(key: str, value: Any, kind: Any) -> Any:
     if not ok:
         raise UserError(f"setting '{key}' expects {type_name(kind)}, got {value!r}")
     return value
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    try:
+        check_value("", value, kind)
+    except UserError:
+        return False
+    return True
 
 
 def parse_text(key: str, text: str, kind: Any) -> Any:
@@ -249,6 +310,8 @@ def field_type(key: str) -> Any:
         return AUGMENT_TYPES[rest]
     if head == "model_kwargs":
         return Any
+    if head == "class_weight":
+        return float
     raise UserError(f"setting '{head}' has no parts: use {head}=VALUE")
 
 
@@ -275,12 +338,17 @@ def apply(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
                 values["augment"][name] = check_value(f"augment.{name}", item, AUGMENT_TYPES[name])
         elif head == "model_kwargs" and rest:
             values["model_kwargs"] = {**values["model_kwargs"], rest: value}
+        elif head == "class_weight" and rest:  # --set class_weight.cat=2: one class's weight
+            mapping = values["class_weight"] if isinstance(values["class_weight"], dict) else {}
+            values["class_weight"] = {**mapping, rest: check_value(key, value, float)}
         elif rest:
             raise UserError(f"setting '{head}' has no parts: use {head}=VALUE")
         else:
             values[head] = check_value(head, _coerce(head, value), TYPES[head])
     values["augment"] = Augment(**values["augment"])
     values["model_kwargs"] = dict(values["model_kwargs"])
+    if isinstance(values["class_weight"], dict):
+        values["class_weight"] = _class_weights(values["class_weight"])
     new = TrainConfig(**values)
     validate(new)
     return new
@@ -293,7 +361,22 @@ def _coerce(key: str, value: Any) -> Any:
         return os.fspath(value)
     if key == "budget" and isinstance(value, str):
         return parse_duration(value)
+    if key == "class_weight" and isinstance(value, dict):  # Keras' {0: 1.0, 3: 5.0}: index keys
+        return {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v
+                for k, v in value.items()}
     return value
+
+
+def _class_weights(mapping: dict[str, Any]) -> dict[str, float]:
+    """A class_weight mapping with every weight a number >= 0 (as floats), or a UserError."""
+    out = {}
+    for name, weight in mapping.items():
+        if (isinstance(weight, bool) or not isinstance(weight, int | float)
+                or not math.isfinite(weight) or weight < 0):
+            raise UserError(f"class_weight gives '{name}' the weight {weight!r}: weights are "
+                            "numbers >= 0")
+        out[name] = float(weight)
+    return out
 
 
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
@@ -316,8 +399,25 @@ def low_res_epochs(config: TrainConfig, epochs: int | None = None) -> int:
     return round(config.low_res_share * (config.epochs if epochs is None else epochs))
 
 
+def laid_out(config: TrainConfig) -> str:
+    """What in the run is laid out for its number of epochs ('' if nothing): such a run cannot be
+    extended with --resume --epochs N, because its past steps would have had other values.
+    Constant, step and plateau schedules depend on the epoch, not on the run's length."""
+    length = plural(config.epochs, "epoch")
+    if config.schedule in ("onecycle", "cosine"):
+        return f"a {config.schedule} schedule laid out for {length}"
+    if config.warmup > 0:
+        return f"a warm-up over {config.warmup:g} of its {length}"
+    if config.lookahead:
+        return f"lookahead, whose averaging grows over its {length}"
+    if low_res_epochs(config):
+        return f"low-resolution epochs, a share ({config.low_res_share:g}) of its {length}"
+    return ""
+
+
 def validate(config: TrainConfig) -> None:
     """Ranges and choices; each message names the flag or key to change."""
+    a = config.augment
     checks = [
         (config.epochs >= 1, "--epochs must be at least 1"),
         (config.name is None or (0 < len(config.name) <= 100 and config.name.isprintable()),
@@ -345,11 +445,29 @@ def validate(config: TrainConfig) -> None:
         (config.augment.rotation >= 0 and config.augment.zoom >= 0 and config.augment.translate >= 0,
          "augment values must not be negative"),
         (config.augment.zoom < 1, "augment.zoom must be below 1"),
+        (0 <= a.cutout <= 32, "augment.cutout is a side in pixels: 0 (off) to 32"),
+        (0 <= a.erasing <= 1, "augment.erasing is the share of images erased: in [0, 1]"),
+        (all(0 <= alpha < math.inf for alpha in (a.mixup, a.cutmix)),
+         "augment.mixup and augment.cutmix are Beta(alpha, alpha) alphas: 0 (off) or positive"),
+        (config.class_weight is None or isinstance(config.class_weight, dict)
+         or config.class_weight == "balanced",
+         f"class_weight must be 'balanced' or a mapping {{class: weight}}, got "
+         f"{config.class_weight!r}{suggest(str(config.class_weight), ['balanced'])}"),
         (config.optimizer in OPTIMIZERS, f"unknown optimizer '{config.optimizer}' "
          f"({', '.join(OPTIMIZERS)}){suggest(config.optimizer, OPTIMIZERS)}"),
         (config.muon_lr > 0, "muon_lr must be positive"),
-        (config.schedule in ("constant", "onecycle"),
-         f"unknown schedule '{config.schedule}' (constant or onecycle)"),
+        (config.schedule in SCHEDULES, f"unknown schedule '{config.schedule}' "
+         f"({', '.join(SCHEDULES)}){suggest(config.schedule, SCHEDULES)}"),
+        (0 <= config.lr_start <= 1 and 0 <= config.lr_end <= 1,
+         "lr_start and lr_end are fractions of lr: in [0, 1]"),
+        (config.step_every >= 0, "step_every must be 0 (unset) or a number of epochs"),
+        (config.schedule != "step" or config.step_every >= 1,
+         "schedule 'step' needs step_every, the epochs between its drops (e.g. step_every=5)"),
+        (0 < config.step_factor < 1 and 0 < config.plateau_factor < 1,
+         "step_factor and plateau_factor multiply the lr at each drop: in (0, 1)"),
+        (config.plateau_patience >= 1, "plateau_patience must be at least 1 epoch"),
+        (config.schedule != "plateau" or config.val_fraction > 0,
+         "schedule 'plateau' watches the validation images, and --val-fraction 0 leaves none"),
         (config.monitor in MONITORS, f"unknown monitor '{config.monitor}' ({' or '.join(MONITORS)})"),
         (config.label_mode in LABEL_MODES, f"unknown label_mode '{config.label_mode}' (fine or "
          f"coarse: CIFAR-100's 100 classes or 20 superclasses){suggest(config.label_mode, LABEL_MODES)}"),
@@ -519,6 +637,9 @@ def resolve(recipe: str | None = None, config_file: str | os.PathLike[str] | Non
     if merged.get("budget") is not None and "epochs" in merged and "max_epochs" not in merged:
         merged["max_epochs"] = merged.pop("epochs")
     config = apply(config, merged)
+    if config.optimizer == "adamw" and "weight_decay" not in merged:
+        # Keras' AdamW decays by default; the recipe's decay was tuned for another optimizer.
+        config = apply(config, {"weight_decay": ADAMW_WEIGHT_DECAY})
     if (config.optimizer in ("sgd", "muon") and "batch_size" in merged and "lr" not in merged
             and RECIPES[name].settings.get("optimizer") in ("sgd", "muon")):
         # SGD recipes are tuned per image: a new batch size keeps the lr per image.

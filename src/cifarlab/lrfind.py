@@ -41,11 +41,11 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from cifarlab import distributed, fsio, optim
-from cifarlab.augment import augment_batch
+from cifarlab.augment import augment_batch, mix_batch
 from cifarlab.config import TrainConfig, resolve
 from cifarlab.errors import UserError
 from cifarlab.networks import spec_of
-from cifarlab.prepare import Data, build_model, carve, read_dataset
+from cifarlab.prepare import Data, build_model, carve, class_weights, read_dataset
 from cifarlab.runtime import available_cores, generator, pick_device, to_batch
 from cifarlab.step import train_step
 from cifarlab.text import plural
@@ -191,6 +191,8 @@ def _range_test(config: TrainConfig, data: Data, net: nn.Module, device: torch.d
     labels = torch.from_numpy(data.train.labels)
     batch = min(config.batch_size, len(images))
     order_gen, augment_gen = generator(config.seed, 7), generator(config.seed, 8)
+    mix_gen, weights = generator(config.seed, 9), class_weights(config, data)
+    weights = weights.to(device) if weights is not None else None
     order, position = torch.randperm(len(images), generator=order_gen), 0
     net.train()
     lrs, losses = [], []
@@ -204,8 +206,11 @@ def _range_test(config: TrainConfig, data: Data, net: nn.Module, device: torch.d
         x = to_batch(images[idx], device)
         if config.augment.active:
             x = augment_batch(config.augment, x, augment_gen)
+        targets = labels[idx].to(device)
+        if config.augment.mixes_labels:
+            x, targets = mix_batch(config.augment, x, targets, len(data.classes), mix_gen)
         optim.set_lr(optimizer, lr, 0)
-        loss, _ = train_step(net, optimizer, x, labels[idx].to(device), config)
+        loss, _ = train_step(net, optimizer, x, targets, config, class_weights=weights)
         value = float(loss)
         if not math.isfinite(value):
             stopped = f"loss became {value} at lr {lr:.2g}"

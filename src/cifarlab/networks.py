@@ -332,7 +332,7 @@ class FastNet(nn.Module):
     def param_groups(self, config: Any) -> list[dict[str, Any]]:
         """The whitening bias learns for the first `whiten_bias_epochs`, then its lr drops to 0
         (airbench: it helps early and only adds noise late)."""
-        if not config.whiten_bias_epochs or config.optimizer == "adam":
+        if not config.whiten_bias_epochs or config.optimizer in ("adam", "adamw"):
             return []
         return [{"params": [self.whiten.bias], "until_epoch": config.whiten_bias_epochs}]
 

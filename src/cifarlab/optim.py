@@ -5,8 +5,9 @@
     0.1
 
 Each parameter group carries an `lr_scale` (and optionally `until_epoch`); the training loop
-calls `set_lr(optimizer, lr_at(config, progress), epoch)` before every step. The schedule is a
-pure function of progress, so a resumed run picks up the exact lr it stopped at.
+calls `set_lr(optimizer, lr_at(config, progress, history), epoch)` before every step. The
+schedule is a pure function of progress and of the epochs' rows (the plateau schedule reads its
+val figures), both of which a checkpoint holds, so a resumed run picks up the exact lr it stopped at.
 
 Models may shape their own groups: a network body with `param_groups(config)` returns groups
 (dicts with "params" and options) for parameters that need special treatment; those parameters
@@ -17,17 +18,18 @@ epochs.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from cifarlab.config import TrainConfig
+from cifarlab.config import TrainConfig, better
 
 
 def build(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam as Keras sets it up; Nesterov SGD with a separate group for BatchNorm shifts; or
-    Muon for the conv filters with that same SGD for everything else."""
+    """Adam or AdamW as Keras sets them up; Nesterov SGD with a separate group for BatchNorm
+    shifts; or Muon for the conv filters with that same SGD for everything else."""
     body = getattr(model, "body", model)
     hook = getattr(body, "param_groups", None)
     special: list[dict[str, Any]] = hook(config) if callable(hook) else []
@@ -37,6 +39,12 @@ def build(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         # Keras' Adam defaults (eps=1e-7): base, robust and bn reproduce the classic Keras tutorial.
         groups = [{"params": params, "lr_scale": 1.0}, *special]
         return torch.optim.Adam(groups, lr=config.lr, eps=1e-7, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        # Keras' AdamW: decay every weight (biases and BatchNorm too, as Keras does unless told
+        # otherwise) by lr x weight_decay a step, apart from the gradient's Adam scaling. Both
+        # libraries multiply the decay by the lr, so Keras' weight_decay means the same here.
+        groups = [{"params": params, "lr_scale": 1.0}, *special]
+        return torch.optim.AdamW(groups, lr=config.lr, eps=1e-7, weight_decay=config.weight_decay)
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
                 for p in m.parameters()}
     norm = [p for p in params if id(p) in norm_ids]
@@ -117,20 +125,66 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, epoch: int) -> None:
         group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)
 
 
-def lr_at(config: TrainConfig, progress: float) -> float:
-    """Learning rate at `progress` in [0, 1] of training.
+def lr_at(config: TrainConfig, progress: float,
+          history: Sequence[dict[str, Any]] = ()) -> float:
+    """Learning rate at `progress` in [0, 1] of training; `history`: the rows of the epochs done
+    (only the plateau schedule reads them). In fractions of `lr`:
 
-    onecycle is piecewise linear: lr_start -> 1 at `warmup` -> lr_end (fractions of `lr`).
+    - every schedule: lr_start -> 1 linearly over the first `warmup` of training (if any);
+    - constant: 1;
+    - onecycle: then linearly down to lr_end at the end;
+    - cosine: then half a cosine down to lr_end (Keras CosineDecay with warmup_steps and alpha);
+    - step: step_factor ** (epochs done // step_every), not below lr_end (PyTorch StepLR);
+    - plateau: plateau_factor ** plateau_drops(config, history), not below lr_end.
     """
-    if config.schedule == "constant":
-        return config.lr
     progress = min(max(progress, 0.0), 1.0)
-    if config.warmup > 0 and progress < config.warmup:
-        fraction = config.lr_start + (1 - config.lr_start) * progress / config.warmup
+    warming = config.warmup > 0 and progress < config.warmup
+    warm = config.lr_start + (1 - config.lr_start) * progress / config.warmup if warming else 1.0
+    rest = (progress - config.warmup) / max(1e-12, 1.0 - config.warmup)
+    if config.schedule == "onecycle":
+        fraction = warm if warming else 1 + (config.lr_end - 1) * rest
+    elif config.schedule == "cosine":
+        fraction = warm if warming else (
+            config.lr_end + (1 - config.lr_end) * (1 + math.cos(math.pi * rest)) / 2)
+    elif config.schedule == "step":
+        # progress x epochs is the epoch count up to rounding (9.9999999 for 10): the 1e-9
+        # keeps the first step of an epoch in that epoch; a step is >= 1e-5 of an epoch.
+        drops = math.floor(progress * config.epochs + 1e-9) // config.step_every
+        fraction = warm * max(config.step_factor ** drops, config.lr_end)
+    elif config.schedule == "plateau":
+        drops = plateau_drops(config, history)
+        fraction = warm * max(config.plateau_factor ** drops, config.lr_end)
     else:
-        rest = (progress - config.warmup) / max(1e-12, 1.0 - config.warmup)
-        fraction = 1 + (config.lr_end - 1) * rest
+        fraction = warm
     return config.lr * fraction
+
+
+def plateau_drops(config: TrainConfig, history: Sequence[dict[str, Any]]) -> int:
+    """How often the plateau schedule has cut the lr after the epochs in `history`.
+
+    Keras' ReduceLROnPlateau rule (cooldown 0): a cut after `plateau_patience` evaluated epochs
+    in a row without a better `monitor` than the best so far, and the count starts again after
+    each cut. Worked out from the rows alone (epochs without val figures are skipped), so a
+    resumed run, whose checkpoint holds them, goes on with the same lr.
+
+        >>> from cifarlab.config import TrainConfig
+        >>> rows = [{"val_acc": a} for a in (0.5, 0.6, 0.6, 0.55, 0.7, 0.6, 0.6)]
+        >>> plateau_drops(TrainConfig(plateau_patience=2), rows)
+        2
+    """
+    best: float | None = None
+    waited = drops = 0
+    for row in history:
+        value = row.get(config.monitor)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        if better(config.monitor, value, best):
+            best, waited = value, 0
+        else:
+            waited += 1
+            if waited >= config.plateau_patience:
+                drops, waited = drops + 1, 0
+    return drops
 
 
 class Lookahead:

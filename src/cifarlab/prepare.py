@@ -20,7 +20,7 @@ import torch
 
 from cifarlab import distributed
 from cifarlab.checkpoint import ModelArg
-from cifarlab.config import TrainConfig, low_res_epochs
+from cifarlab.config import TrainConfig, low_res_epochs, suggest
 from cifarlab.data import Dataset, Split, load_dataset, make_splits
 from cifarlab.errors import UserError
 from cifarlab.networks import Classifier, create_model
@@ -96,6 +96,49 @@ def carve(dataset: Dataset, config: TrainConfig) -> Data:
         train = sample(train, config.subset, config.split_seed)
     return Data(dataset.classes, dataset.source, train, val,
                 sample(train, config.clean_train_size, config.split_seed + 1))
+
+
+def class_weights(config: TrainConfig, data: Data) -> torch.Tensor | None:
+    """config.class_weight as one weight per class (float32, in the order of data.classes), or
+    None when every class weighs 1.
+
+    "balanced" is n / (classes x count) over the run's training images (scikit-learn's
+    compute_class_weight, which Keras users feed to class_weight=): the weights' mean over the
+    images is 1, so the loss keeps its scale. A mapping names classes, or their indices as
+    Keras' {0: 1.0, 3: 5.0} does; classes it leaves out weigh 1, as in Keras.
+
+        >>> from cifarlab.data import Split
+        >>> labels = np.array([0, 0, 0, 1])
+        >>> split = Split(np.zeros((4, 32, 32, 3), np.uint8), labels)
+        >>> data = Data(["cat", "dog"], Path("."), split, split, split)
+        >>> [round(w, 3) for w in class_weights(TrainConfig(class_weight="balanced"), data).tolist()]
+        [0.667, 2.0]
+        >>> class_weights(TrainConfig(class_weight={"dog": 3.0}), data).tolist()
+        [1.0, 3.0]
+    """
+    setting, classes = config.class_weight, data.classes
+    if setting is None:
+        return None
+    if setting == "balanced":
+        counts = np.bincount(data.train.labels, minlength=len(classes))
+        weights = len(data.train) / (len(classes) * np.maximum(counts, 1))
+    else:
+        assert isinstance(setting, dict)
+        weights = np.ones(len(classes))
+        for name, weight in setting.items():
+            weights[_class_index(name, classes)] = weight
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _class_index(name: str, classes: list[str]) -> int:
+    """A class by its name, else by its index ("3"), as class_weight's keys may give it."""
+    if name in classes:
+        return classes.index(name)
+    if name.isdigit() and int(name) < len(classes):
+        return int(name)
+    shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
+    raise UserError(f"class_weight names '{name}'{suggest(name, classes)}, which is not a class "
+                    f"of this data; its classes are: {shown}")
 
 
 def mean_std(images: np.ndarray) -> tuple[list[float], list[float]]:

@@ -43,11 +43,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cifarlab import budget, checkpoint, distributed, fsio, optim, rundir
-from cifarlab.augment import augment_batch, flip_where
+from cifarlab.augment import augment_batch, flip_where, mix_batch
 from cifarlab.calibrate import describe as describe_calibration
 from cifarlab.calibrate import temperature_scaling
 from cifarlab.callbacks import Callback, as_callbacks
-from cifarlab.config import TrainConfig, low_res_epochs, validate
+from cifarlab.config import TrainConfig, better, laid_out, low_res_epochs, validate
 from cifarlab.data import Dataset, classes_differ
 from cifarlab.display import progress_bar
 from cifarlab.errors import Interrupted, TrainingError, UserError
@@ -55,7 +55,7 @@ from cifarlab.evaluate import evaluate_split, predict_logits
 from cifarlab.history import History
 from cifarlab.modelsummary import forward_flops
 from cifarlab.networks import Classifier
-from cifarlab.prepare import Data, build_model, carve, read_dataset, with_source
+from cifarlab.prepare import Data, build_model, carve, class_weights, read_dataset, with_source
 from cifarlab.runtime import available_cores, generator, pick_device, seed_for, to_batch, versions
 from cifarlab.step import train_step
 from cifarlab.text import plural
@@ -153,6 +153,8 @@ class Trainer:
         # The whole training set lives on the device as uint8 NHWC (150 MB for CIFAR-10).
         self.train_images = torch.from_numpy(data.train.images).to(device)
         self.train_labels = torch.from_numpy(data.train.labels).to(device)
+        weights = class_weights(config, data)  # Keras' class_weight, in the training loss only
+        self.class_weights = weights.to(device) if weights is not None else None
         self.lookahead = optim.Lookahead(model, config.batch_size) if config.lookahead else None
         # alternate_flip: a fixed random half of the images is mirrored in even epochs, the other
         # half in odd ones, so any two epochs show every image both ways (airbench).
@@ -256,10 +258,7 @@ class Trainer:
     def _keep_if_best(self, row: dict[str, Any]) -> None:
         """best.pt follows the monitored metric: higher val_acc or lower val_loss is better."""
         value = row[self.config.monitor]
-        previous = self.best["value"]
-        better = previous is None or (value < previous if self.config.monitor == "val_loss"
-                                      else value > previous)
-        if not better or not math.isfinite(value):
+        if not better(self.config.monitor, value, self.best["value"]) or not math.isfinite(value):
             return
         self.best = {"epoch": row["epoch"], "value": value}
         if self.ctx.is_main:
@@ -372,11 +371,15 @@ class Trainer:
                 if len(idx) < 2 * self.ctx.world_size:  # a batch of one breaks BatchNorm (1 in 50,000)
                     continue
                 mine = idx[self.ctx.rank::self.ctx.world_size]  # this process's share of the batch
-                images, labels = self._batch(epoch, step, mine)
-                lr = optim.lr_at(self.config, (epoch * self.steps_per_epoch + step) / self.total_steps)
+                images, targets = self._batch(epoch, step, mine)
+                lr = optim.lr_at(self.config, (epoch * self.steps_per_epoch + step) / self.total_steps,
+                                 self.history)
                 optim.set_lr(self.optimizer, lr, epoch)
-                loss, logits = train_step(self.net, self.optimizer, images, labels, self.config,
-                                          weight=len(mine) * self.ctx.world_size / len(idx))
+                loss, logits = train_step(self.net, self.optimizer, images, targets, self.config,
+                                          weight=len(mine) * self.ctx.world_size / len(idx),
+                                          class_weights=self.class_weights)
+                # Mixed images (mixup, cutmix) count as their larger share's class in train_acc.
+                labels = targets if targets.ndim == 1 else targets.argmax(1)
                 stop = self._tally(state, loss, logits, labels, ctrl_c, epoch, step, lr)
                 bar.update(1)
                 if step % PROGRESS_EVERY == 0 or step + 1 == self.steps_per_epoch:
@@ -393,19 +396,24 @@ class Trainer:
         return self._scores(epoch, state, started)
 
     def _batch(self, epoch: int, step: int, mine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's images and labels for a step, augmented as configured; every draw is
-        seeded per (epoch, step, rank), so a resume at any step draws the same numbers."""
+        """This process's images and targets for a step, augmented as configured: class indices,
+        or class probabilities where mixup or cutmix mixed the images. Every draw is seeded per
+        (epoch, step, rank), so a resume at any step draws the same numbers."""
         config, rank = self.config, self.ctx.rank
         images = to_batch(self.train_images[mine], self.device)
+        targets = self.train_labels[mine]
         if config.alternate_flip:
             images = flip_where(images, (self.flip_parity[mine] + epoch) % 2 == 1)
         if config.augment.active:
             images = augment_batch(config.augment, images, generator(config.seed, epoch, step, 1, rank))
+        if config.augment.mixes_labels:
+            images, targets = mix_batch(config.augment, images, targets, len(self.classes),
+                                        generator(config.seed, epoch, step, 4, rank))
         if epoch < low_res_epochs(config):  # progressive resizing: cheaper early epochs
             images = F.interpolate(images, size=(config.low_res,) * 2, mode="bilinear",
                                    antialias=True, align_corners=False)
         torch.manual_seed(seed_for(config.seed, epoch, step, 2, rank))  # dropout masks
-        return images, self.train_labels[mine]
+        return images, targets
 
     def _tally(self, state: EpochState, loss: torch.Tensor, logits: torch.Tensor,
                labels: torch.Tensor, ctrl_c: _CtrlC, epoch: int, step: int, lr: float) -> bool:
@@ -457,14 +465,14 @@ class Trainer:
                    else {"loss": math.nan, "accuracy": math.nan})  # metrics.csv: empty cells
             scores = [clean["accuracy"], val["loss"], val["accuracy"]]
         clean_acc, val_loss, val_acc = distributed.from_main(scores, self.device)
-        # The lr in the row is the one the epoch's last step used (the schedule at its start).
+        # The lr in the row is the one the epoch's last step used (the history: the epochs before).
         last_step = (epoch + 1) * self.steps_per_epoch - 1
         return {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / max(1, state.seen),
             "train_acc": state.correct / max(1, state.seen),
             "train_acc_clean": clean_acc, "val_loss": val_loss, "val_acc": val_acc,
-            "lr": optim.lr_at(self.config, last_step / self.total_steps),
+            "lr": optim.lr_at(self.config, last_step / self.total_steps, self.history),
             "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         }
 
@@ -547,8 +555,22 @@ class Trainer:
                   f"{c.batch_size}, {c.epochs} epochs{', augmentation' if c.augment.active else ''}"
                   f" (recipe '{c.recipe}'s defaults where you set none)")
         print(f"run directory: {self.path}")
+        if self.class_weights is not None:
+            print(self._class_weight_line(), flush=True)
         print(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'clean_acc':>9} "
               f"{'val_loss':>8} {'val_acc':>7} {'lr':>8} {'seconds':>7} {'eta':>7}", flush=True)
+
+    def _class_weight_line(self) -> str:
+        """The loss's class weights: each class's for a few classes, the range for many."""
+        assert self.class_weights is not None
+        pairs = list(zip(self.class_weights.tolist(), self.classes, strict=True))
+        how = "balanced" if self.config.class_weight == "balanced" else "as given"
+        if len(pairs) <= 12:
+            shown = ", ".join(f"{name} {w:.3g}" for w, name in pairs)
+        else:
+            pairs.sort()
+            shown = f"from {pairs[0][0]:.3g} ({pairs[0][1]}) to {pairs[-1][0]:.3g} ({pairs[-1][1]})"
+        return f"class weights in the training loss ({how}): {shown}"
 
     def _print_row(self, row: dict[str, Any]) -> None:
         if self.quiet:
@@ -626,7 +648,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, model: ModelArg
 
 
 # What --resume may change: where the data is (not what it is), where to run, and how long to
-# train (a constant schedule only: a onecycle schedule is laid out for its number of epochs).
+# train (only where nothing is laid out for the number of epochs: config.laid_out).
 RESUMABLE = ("epochs", "data", "device", "checkpoint_every")
 
 
@@ -657,10 +679,9 @@ def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
     epochs = changes.get("epochs", config.epochs)
     if epochs < done:
         raise UserError(f"{run_dir} has already trained {plural(done, 'epoch')}; --epochs {epochs} is fewer")
-    if epochs != config.epochs and (config.schedule != "constant" or config.lookahead):
-        raise UserError(f"{run_dir} uses a {config.schedule} schedule laid out for {config.epochs} "
-                        "epochs" + (" with lookahead" if config.lookahead else "")
-                        + "; it cannot be extended. Train a new run with more --epochs")
+    if epochs != config.epochs and laid_out(config):
+        raise UserError(f"{run_dir} uses {laid_out(config)}; it cannot be extended. Train a new "
+                        "run with more --epochs")
     config = TrainConfig.from_dict({**config.to_dict(), **changes})
     if done >= config.epochs and (run_dir / rundir.FINAL).exists():
         raise UserError(f"{run_dir} is already complete ({plural(config.epochs, 'epoch')}); extend it with "

@@ -77,7 +77,8 @@ def register(commands: Any) -> None:
                    help="run directory, new or empty (default: runs/<name or recipe>-<time>)")
     t.add_argument("--resume", nargs="?", const="", metavar="DIR",
                    help="continue an interrupted run (DIR, else --out, else the newest in runs/); "
-                        "with --epochs N, extend a run that has a constant schedule (default: "
+                        "with --epochs N, extend a run with a constant, step or plateau "
+                        "schedule and no warm-up (default: "
                         "start a new run)")
     options.device(t, default=None)
     t.add_argument("--nproc", type=int, default=1, metavar="N",
