@@ -57,7 +57,8 @@ def test_resume_checks_the_checkpoints_config(bad: dict[str, object], tmp_path: 
     path = run / rundir.CHECKPOINT
     saved = checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT)
     saved["config"] = {**saved["config"], **bad}
-    saved["epoch"] = 1
+    saved["epoch"], saved["history"] = 1, saved["history"][:1]  # after epoch 1, consistently
+    saved["best"] = {"epoch": 1, "value": saved["history"][0]["val_acc"]}
     torch.save(saved, path)
     with pytest.raises(UserError, match="holds a config that does not check out"):
         trainer.resume(run, quiet=True)

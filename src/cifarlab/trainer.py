@@ -22,6 +22,7 @@ DistributedDataParallel; rank 0 alone evaluates, prints and writes (see distribu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -366,6 +367,9 @@ class Trainer:
             raise UserError(f"the checkpoint in {self.path} does not fit this run "
                             f"({first_line})") from exc
         state = self.epoch_state
+        if not 0 <= state.step < self.steps_per_epoch:
+            raise UserError(f"the checkpoint in {self.path} is damaged: it stopped at step "
+                            f"{state.step} of an epoch of {self.steps_per_epoch} steps")
         self.last_saved = (f"epoch {self.start_epoch + 1}, step {state.step}" if state.step
                            else f"end of epoch {self.start_epoch}")
 
@@ -409,8 +413,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         config, main = self.config, self.ctx.is_main
-        if main:
-            rundir.remove_stale_temp_files(self.path)  # left by a write that kill -9 cut short
+        if main:  # (temp files a killed write left behind went when rundir.lock was taken)
             self.write_config()
         self._print_header()
         self._call("on_train_begin")
@@ -700,14 +703,15 @@ def train(config: TrainConfig, out: str | os.PathLike[str] | None = None, *,
         raise UserError("under torchrun every process needs the same --out DIR")
     else:
         run_dir = Path(out)
-    try:
-        with distributed.owned_group():
-            trainer = _prepare(config, run_dir, model, callbacks, quiet, started)
-            return run_dir, trainer.fit()
-    except BaseException:
-        if ctx.is_main:  # a start that failed leaves nothing behind (but a folder the user made)
-            rundir.discard_if_empty(run_dir, remove_folder=not existed)
-        raise
+    with rundir.lock(run_dir) if ctx.is_main else contextlib.nullcontext():
+        try:
+            with distributed.owned_group():
+                trainer = _prepare(config, run_dir, model, callbacks, quiet, started)
+                return run_dir, trainer.fit()
+        except BaseException:
+            if ctx.is_main:  # a start that failed leaves nothing behind (but a folder the user made)
+                rundir.discard_if_empty(run_dir, remove_folder=not existed)
+            raise
 
 
 # What --resume may change: where the data is (not what it is), where to run, and how long to
@@ -750,7 +754,8 @@ def resume(run_dir: str | os.PathLike[str], changes: dict[str, Any] | None = Non
     if done >= config.epochs and (run_dir / rundir.FINAL).exists():
         raise UserError(f"{run_dir} is already complete ({config.epochs} epochs); extend it with "
                         f"--epochs N (N > {config.epochs})")
-    with distributed.owned_group():
+    main = distributed.from_env().is_main
+    with rundir.lock(run_dir) if main else contextlib.nullcontext(), distributed.owned_group():
         trainer = _prepare(config, run_dir, model if model is not None else _model_of(config),
                            callbacks, quiet, None, saved=saved)
         trainer.restore(saved)
