@@ -211,8 +211,9 @@ class Run:
             figures = explaining.explain_images(model, array, names, self.classes, torch_device,
                                                 layer=layer)
         if save and self.path.is_dir():
+            folder = rundir.output_folder(self.path, rundir.EXPLAIN)
             for name, figure in figures.items():
-                fsio.write_bytes(self.path / rundir.EXPLAIN / f"{name}.png", plots.to_png(figure))
+                fsio.write_bytes(folder / f"{name}.png", plots.to_png(figure))
         return figures
 
     def robustness(self, quick: bool = False, corruptions: Sequence[str] | None = None,
@@ -235,8 +236,8 @@ class Run:
                                 corruptions=corruptions, severities=tuple(severities or preset.severities),
                                 seed=seed, quiet=quiet)
         if save and self.path.is_dir():
-            result.write(self.path / rundir.ROBUSTNESS, title=f"{self._files.label}: accuracy "
-                                                              "under corruption")
+            result.write(rundir.output_folder(self.path, rundir.ROBUSTNESS),
+                         title=f"{self._files.label}: accuracy under corruption")
         return result
 
     # ------------------------------------------------------------------------------------------
@@ -347,6 +348,8 @@ def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: 
         json.dump(cfg.to_dict(), handle)
     try:
         argv = ["train", "--config", handle.name, "--out", str(run_dir)] + (["--quiet"] if quiet else [])
+        if ":" in cfg.model:  # the user named it (a file never makes cifarlab import code)
+            argv += ["--model", cfg.model]
         code = distributed.launch(nproc, argv)
     finally:
         os.unlink(handle.name)
@@ -365,7 +368,9 @@ def trials(recipe: str | None = None, n: int = 3, *, out: PathLike | None = None
         raise UserError("--trials must be at least 1")
     if distributed.from_env().enabled or kwargs.get("nproc", 1) != 1:
         raise UserError("--trials runs one process; leave out --nproc/torchrun")
-    name = make_config(recipe, kwargs.get("config_file")).recipe
+    model = kwargs.get("model")
+    name = make_config(recipe, kwargs.get("config_file"), model=model if model is None or isinstance(
+        model, str) else spec_of(model)).recipe
     parent = rundir.create(out, name)
     runs = []
     for trial in range(n):
@@ -543,6 +548,11 @@ def models() -> list[str]:
     return list_models()
 
 
+# The most classes `summary --classes` builds a head for: the base CNN's head then holds 205M
+# weights (820 MB); a million classes would ask for 8 GB (and get it, on a large machine).
+MAX_CLASSES = 100_000
+
+
 def summary(target: Any = "base", *, num_classes: int | None = None, model: Any = None,
             **model_kwargs: Any) -> ModelSummary:
     """Each layer's output shape and parameters, totals and FLOPs per image, like Keras'
@@ -555,6 +565,8 @@ def summary(target: Any = "base", *, num_classes: int | None = None, model: Any 
     """
     from cifarlab.config import RECIPES
 
+    if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
+        raise UserError(f"--classes must be in 1..{MAX_CLASSES:,}, got {num_classes}")
     if isinstance(target, nn.Module):
         return summarize(target, type(target).__name__)
     text = str(target)
@@ -565,6 +577,7 @@ def summary(target: Any = "base", *, num_classes: int | None = None, model: Any 
     if text in RECIPES:
         cfg = resolve(text)
         name, kwargs = cfg.model, {**cfg.model_kwargs, **kwargs}
-    built = create_model(model if model is not None else name, num_classes or 10, kwargs=kwargs)
+    built = create_model(model if model is not None else name,
+                         10 if num_classes is None else num_classes, kwargs=kwargs)
     title = f"recipe {text} (model {name})" if text in RECIPES else f"model {name}"
     return summarize(built, title)
