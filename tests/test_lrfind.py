@@ -68,8 +68,8 @@ def test_lr_find_cli_writes_only_with_out(toy_data: Path, tmp_path: Path,
     assert main([*common, "--out", "lr"]) == 0
     out = capsys.readouterr().out
     assert "suggested lr" in out and "try: cifarlab train --recipe base --lr" in out
-    assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == [
-        "lr_find.csv", "lr_find.json", "lr_find.png"]
+    assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == [  # + what cifarlab wrote there
+        ".cifarlab-outputs.json", "lr_find.csv", "lr_find.json", "lr_find.png"]
     assert json.loads((tmp_path / "lr" / "lr_find.json").read_text())["suggestion"] == pytest.approx(
         printed["suggestion"])  # the same seeded test twice: the same answer
 

@@ -113,27 +113,39 @@ def write_outputs(folder: str | os.PathLike[str], files: dict[str, bytes], owned
     cifarlab anyway (RUN/report/, RUN/export/): there, files are replaced as before.
     """
     folder = Path(folder)
+    record = check_outputs(folder, list(files), owned)
+    for name, data in files.items():
+        write_bytes(folder / name, data)
+        record[name] = hashlib.sha256(data).hexdigest()
+        write_json(folder / OUTPUTS_FILE, {"format": OUTPUTS_FORMAT, "files": record})
+
+
+def check_outputs(folder: str | os.PathLike[str], names: list[str],
+                  owned: bool = False) -> dict[str, str]:
+    """The folder's record of what cifarlab wrote there ({name: sha256}); a UserError if a file
+    of one of `names` is there and is not on it (unless `owned`). Commands that take long call it
+    before their work, so that a refusal does not come at the end."""
+    folder = Path(folder)
     record_file = folder / OUTPUTS_FILE
     record: dict[str, str] = {}
-    if record_file.exists():
+    if os.path.lexists(record_file):
         try:
-            saved = json.loads(record_file.read_text())
-            if saved.get("format") != OUTPUTS_FORMAT:
-                raise ValueError(saved.get("format"))
+            from cifarlab import plaindata
+
+            saved = plaindata.read(record_file, "record")
+            if not isinstance(saved, dict) or saved.get("format") != OUTPUTS_FORMAT:
+                raise ValueError(OUTPUTS_FORMAT)
             record = {str(k): str(v) for k, v in saved["files"].items()}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (UserError, ValueError, TypeError, KeyError, AttributeError) as exc:
             if not owned:
                 raise UserError(f"{record_file} is not cifarlab's record of the files it wrote; "
                                 "choose another output folder") from exc
     if not owned:
-        for name in files:
+        for name in names:
             if _changed_since_written(folder / name, record.get(name)):
                 raise UserError(f"{folder / name} exists and was not written by cifarlab (or was "
                                 "changed since): move it away or choose another output folder")
-    for name, data in files.items():
-        write_bytes(folder / name, data)
-        record[name] = hashlib.sha256(data).hexdigest()
-        write_json(record_file, {"format": OUTPUTS_FORMAT, "files": record})
+    return record
 
 
 def _changed_since_written(path: Path, digest: str | None) -> bool:
