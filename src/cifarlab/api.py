@@ -202,6 +202,8 @@ class Run:
 
         torch_device = pick_device(device)
         model = self.load_model(weights)
+        # RUN/explain/ is checked before the work (never a link to a folder of the user's)
+        folder = rundir.output_folder(self.path, rundir.EXPLAIN) if save and self.path.is_dir() else None
         if images is None:
             part = self._split(data, split)  # explain predicts itself: no second pass here
             figures = explaining.explain(model, part.images, part.labels, self.classes,
@@ -210,8 +212,7 @@ class Run:
             array, names = as_images(images)
             figures = explaining.explain_images(model, array, names, self.classes, torch_device,
                                                 layer=layer)
-        if save and self.path.is_dir():
-            folder = rundir.output_folder(self.path, rundir.EXPLAIN)
+        if folder is not None:
             for name, figure in figures.items():
                 fsio.write_bytes(folder / f"{name}.png", plots.to_png(figure))
         return figures
@@ -229,15 +230,16 @@ class Run:
         from cifarlab import robustness as robust
 
         preset = robust.PRESETS["quick" if quick else "full"]
+        folder = (rundir.output_folder(self.path, rundir.ROBUSTNESS) if save and self.path.is_dir()
+                  else None)  # checked before the work: never a link to a folder of the user's
         part = self._split(data, split)
         chosen, labels = robust.take(part.images, part.labels,
                                      images if images is not None else preset.images, seed=seed)
         result = robust.measure(self.load_model(weights), chosen, labels, pick_device(device),
                                 corruptions=corruptions, severities=tuple(severities or preset.severities),
                                 seed=seed, quiet=quiet)
-        if save and self.path.is_dir():
-            result.write(rundir.output_folder(self.path, rundir.ROBUSTNESS),
-                         title=f"{self._files.label}: accuracy under corruption")
+        if folder is not None:
+            result.write(folder, title=f"{self._files.label}: accuracy under corruption")
         return result
 
     # ------------------------------------------------------------------------------------------

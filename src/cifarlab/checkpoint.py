@@ -108,8 +108,8 @@ def check_model_record(record: dict[str, Any], path: object) -> None:
     missing = [key for key in ("model", "classes", "mean", "std", "state_dict") if key not in record]
     if missing:
         raise UserError(f"{path} is damaged: it has no {', '.join(missing)}")
-    plaindata.check_fields(record.get("config", {}), rundir.config_fields(), f"{path} (its config)")
-    plaindata.check_fields(record.get("metrics", {}), MODEL_METRICS, f"{path} (its metrics)")
+    plaindata.check_fields(record.get("config", {}), rundir.config_fields(), str(path), "config")
+    plaindata.check_fields(record.get("metrics", {}), MODEL_METRICS, str(path), "metrics")
     if not record["classes"] or len(set(record["classes"])) != len(record["classes"]):
         raise UserError(f"{path} is damaged: its classes are empty or repeat a name")
     for key in ("mean", "std"):
@@ -151,17 +151,17 @@ def check_checkpoint_record(saved: dict[str, Any], path: object) -> None:
     if epoch < 0 or len(history) != epoch:
         raise UserError(f"{path} is damaged: {len(history)} rows of history for {epoch} epochs")
     for number, row in enumerate(history, 1):
-        plaindata.check_fields(row, dict.fromkeys(rundir.METRIC_COLUMNS, float),
-                               f"{path} (history row {number})")
+        plaindata.check_fields(row, dict.fromkeys(rundir.METRIC_COLUMNS, float), where,
+                               f"history[{number - 1}]")
         if any(key not in row for key in rundir.METRIC_COLUMNS) or row["epoch"] != number:
             raise UserError(f"{path} is damaged: history row {number} is not epoch {number}'s")
     best = saved.get("best") or {}
-    plaindata.check_fields(best, {"epoch": int, "value": float | None}, f"{path} (its best)")
+    plaindata.check_fields(best, {"epoch": int, "value": float | None}, where, "best")
     value = best.get("value")
     if not 0 <= best.get("epoch", 0) <= epoch or (value is not None and not math.isfinite(value)):
         raise UserError(f"{path} is damaged: its best epoch {best.get('epoch')} (value {value}) is "
                         f"not one of its {epoch} epochs")
-    state = plaindata.check_fields(saved["epoch_state"], EPOCH_STATE_FIELDS, f"{path} (its epoch state)")
+    state = plaindata.check_fields(saved["epoch_state"], EPOCH_STATE_FIELDS, where, "epoch_state")
     if not (all(key in state for key in EPOCH_STATE_FIELDS) and state["step"] >= 0
             and 0 <= state["correct"] <= state["seen"] and math.isfinite(state["loss_sum"])
             and math.isfinite(state["seconds"]) and state["seconds"] >= 0):

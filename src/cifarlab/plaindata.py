@@ -38,7 +38,7 @@ from cifarlab.errors import UserError
 # read by pure Python (so that aliases can be refused), ~7 s a MB on a busy core: 256 KB, ~2 s.
 MAX_BYTES = 1 << 20
 MAX_YAML_BYTES = 256 << 10
-MAX_DEPTH = 32  # settings nest 2 levels (augment.flip, model_kwargs.x), records 4
+MAX_DEPTH = 32  # lists and mappings in each other: settings nest 3 (model_kwargs: {x: [..]})
 
 
 def read(path: str | os.PathLike[str], what: str = "file") -> Any:
@@ -120,14 +120,15 @@ def _loader() -> Any:
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
                 raise ComposerError(None, None, "anchors and aliases (&name, *name) are not read "
                                     "by cifarlab: write the values out", event.start_mark)
-            if self.depth >= MAX_DEPTH:
+            opens = isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent)
+            if opens and self.depth >= MAX_DEPTH:
                 raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
                                     event.start_mark)
-            self.depth += 1
+            self.depth += opens
             try:
                 return super().compose_node(parent, index)
             finally:
-                self.depth -= 1
+                self.depth -= opens
 
     _LOADER = PlainLoader
     return _LOADER
@@ -137,12 +138,13 @@ PLAIN = (str, int, float, bool, type(None))
 
 
 def check(value: Any, where: str) -> Any:
-    """`value` if it is plain data (text keys; no dates, bytes or sets; at most MAX_DEPTH deep),
-    else a UserError that names the first odd part. Walked without recursion."""
+    """`value` if it is plain data (text keys; no dates, bytes or sets; lists and mappings at most
+    MAX_DEPTH levels deep), else a UserError that names the first odd part. Walked without
+    recursion. `depth` below: the lists and mappings around an item."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         item, at, depth = stack.pop()
-        if depth > MAX_DEPTH:
+        if isinstance(item, dict | list) and depth >= MAX_DEPTH:
             raise UserError(f"{where} is nested more than {MAX_DEPTH} levels deep")
         if isinstance(item, dict):
             for key, inner in item.items():
@@ -170,18 +172,21 @@ def _at(path: str, noun: str = "") -> str:
 # Typed fields of a record
 
 
-def check_fields(record: Any, fields: dict[str, Any], where: str) -> dict[str, Any]:
+def check_fields(record: Any, fields: dict[str, Any], where: str, within: str = "") -> dict[str, Any]:
     """`record` if it is a mapping whose fields named in `fields` have their types, else a
-    UserError naming the first that does not. A missing field is fine (older files lack some).
+    UserError naming the first that does not ("{where} is damaged: 'within.key' should be ...").
+    A missing field is fine (older files lack some).
 
     Types: bool, int (not bool), float (any int or float, nan and inf too), str, dict (text
-    keys), list[X], X | None, typing.Any. `fields` may be a dataclass's type hints.
+    keys), dict[str, X], list[X], X | None, typing.Any. `fields` may be a dataclass's type hints.
     """
     if not isinstance(record, dict):
-        raise UserError(f"{where} is damaged: it holds a {type(record).__name__}, not a mapping")
+        what = f"'{within}'" if within else "it"
+        raise UserError(f"{where} is damaged: {what} holds a {type(record).__name__}, not a mapping")
     for key, kind in fields.items():
         if key in record and not has_type(record[key], kind):
-            raise UserError(f"{where} is damaged: '{key}' should be {describe(kind)}, not "
+            name = f"{within}.{key}" if within else key
+            raise UserError(f"{where} is damaged: '{name}' should be {describe(kind)}, not "
                             f"{_short(record[key])}")
     return record
 

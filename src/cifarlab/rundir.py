@@ -348,7 +348,7 @@ def read_record(file: Path) -> dict[str, Any]:
     """config.json, checked: the fields readers use have the types cifarlab writes."""
     record = read_json(file) or {}
     plaindata.check_fields(record, RECORD_FIELDS, str(file))
-    plaindata.check_fields(record.get("config", {}), config_fields(), f"{file} (its config)")
+    plaindata.check_fields(record.get("config", {}), config_fields(), str(file), "config")
     return record
 
 

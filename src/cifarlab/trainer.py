@@ -368,7 +368,7 @@ class Trainer:
                             f"({first_line})") from exc
         state = self.epoch_state
         if not 0 <= state.step < self.steps_per_epoch:
-            raise UserError(f"the checkpoint in {self.path} is damaged: it stopped at step "
+            raise UserError(f"{self.path / rundir.CHECKPOINT} is damaged: it stopped at step "
                             f"{state.step} of an epoch of {self.steps_per_epoch} steps")
         self.last_saved = (f"epoch {self.start_epoch + 1}, step {state.step}" if state.step
                            else f"end of epoch {self.start_epoch}")
