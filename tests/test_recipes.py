@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 
 from cifarlab.config import RECIPES, TrainConfig, make_config
@@ -58,3 +61,22 @@ def test_onecycle_with_floor_and_start() -> None:
     assert lr_at(config, 0.25) == pytest.approx(2.0)
     assert lr_at(config, 1.0) == pytest.approx(0.2)
     assert lr_at(config, 0.625) == pytest.approx(1.1)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"split_seed": -1}, "split_seed must be in 0.."),
+    ({"seed": 2**64}, "--seed must be in 0.."),
+    ({"augment.translate": 40}, "augment.translate must be at most 16"),
+    ({"clean_train_size": 0}, "clean_train_size must be at least 1"),
+    ({"optimizer": "sgd", "momentum": 0.0}, "Nesterov's, which needs momentum above 0"),
+    ({"lr": math.inf}, "'lr' must be a finite number"),
+    ({"augment.rotation": math.inf}, "'augment.rotation' must be a finite number"),
+    ({"muon_momentum": 5.0}, "muon_momentum must be in"),
+    ({"lr_start": -5.0}, "lr_start and lr_end must not be negative"),
+    ({"whiten_bias_epochs": -1}, "whiten_bias_epochs must be 0"),
+])
+def test_settings_that_cannot_train_are_refused_up_front(changes: dict[str, object], message: str) -> None:
+    """Issue 22, item 11: each passed validation, then failed as a traceback once training
+    started (split_seed=-1, translate=40) or after a whole epoch (clean_train_size=0)."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        make_config("base", **changes)
