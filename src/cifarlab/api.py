@@ -74,7 +74,8 @@ class Run:
         if math.isnan(self.history[-1]["val_acc"]):  # --val-fraction 0
             return (f"Run('{self.path}': {self._files.model_recipe}, {len(self.history)} epochs, "
                     f"no validation, clean train_acc {self.history[-1]['train_acc_clean']:.4f})")
-        best = f", best {s['best_val_acc']:.4f} at epoch {s['best_epoch']}" if s else ""
+        found = s.get("best_val_acc")  # None: a summary without it (older, or partly written)
+        best = f", best {found:.4f} at epoch {s.get('best_epoch')}" if found is not None else ""
         return (f"Run('{self.path}': {self._files.model_recipe}, {len(self.history)} epochs, "
                 f"val_acc {self.history[-1]['val_acc']:.4f}{best})")
 
