@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cifarlab.augment import augment_batch, random_flip, random_rotate_zoom, random_translate
+from cifarlab.augment import augment_batch, flip_where, random_flip, random_rotate_zoom, random_translate
 from cifarlab.config import Augment
 
 
@@ -55,3 +55,9 @@ def test_translate_shifts_within_pad() -> None:
 
 def test_inactive_augment() -> None:
     assert not Augment().active and Augment(flip=True).active
+
+
+def test_flip_where_mirrors_only_the_masked_images() -> None:
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    out = flip_where(x, torch.tensor([True, False]))
+    assert torch.equal(out[0], x[0].flip(2)) and torch.equal(out[1], x[1])

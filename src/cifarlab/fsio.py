@@ -108,44 +108,44 @@ def write_outputs(folder: str | os.PathLike[str], files: dict[str, bytes], owned
     cifarlab wrote there itself and nobody changed since.
 
     What cifarlab writes is recorded in the folder's OUTPUTS_FILE with each file's SHA-256, so a
-    file of the same name that is not recorded, or no longer matches its record, is the user's:
+    file of the same name that is not recorded, or no longer matches its ledger entry, is the user's:
     then nothing is written and the error names it. `owned` is for folders that belong to
     cifarlab anyway (RUN/report/, RUN/export/): there, files are replaced as before.
     """
     folder = Path(folder)
-    record = check_outputs(folder, list(files), owned)
+    ledger = check_outputs(folder, list(files), owned)
     for name, data in files.items():
         write_bytes(folder / name, data)
-        record[name] = hashlib.sha256(data).hexdigest()
-        write_json(folder / OUTPUTS_FILE, {"format": OUTPUTS_FORMAT, "files": record})
+        ledger[name] = hashlib.sha256(data).hexdigest()
+        write_json(folder / OUTPUTS_FILE, {"format": OUTPUTS_FORMAT, "files": ledger})
 
 
 def check_outputs(folder: str | os.PathLike[str], names: list[str],
                   owned: bool = False) -> dict[str, str]:
-    """The folder's record of what cifarlab wrote there ({name: sha256}); a UserError if a file
+    """The folder's ledger of what cifarlab wrote there ({name: sha256}); a UserError if a file
     of one of `names` is there and is not on it (unless `owned`). Commands that take long call it
     before their work, so that a refusal does not come at the end."""
     folder = Path(folder)
-    record_file = folder / OUTPUTS_FILE
-    record: dict[str, str] = {}
-    if os.path.lexists(record_file):
+    ledger_file = folder / OUTPUTS_FILE
+    ledger: dict[str, str] = {}
+    if os.path.lexists(ledger_file):
         try:
             from cifarlab import plaindata
 
-            saved = plaindata.read(record_file, "record")
+            saved = plaindata.read(ledger_file, "ledger")
             if not isinstance(saved, dict) or saved.get("format") != OUTPUTS_FORMAT:
                 raise ValueError(OUTPUTS_FORMAT)
-            record = {str(k): str(v) for k, v in saved["files"].items()}
+            ledger = {str(k): str(v) for k, v in saved["files"].items()}
         except (UserError, ValueError, TypeError, KeyError, AttributeError) as exc:
             if not owned:
-                raise UserError(f"{record_file} is not cifarlab's record of the files it wrote; "
+                raise UserError(f"{ledger_file} is not cifarlab's ledger of the files it wrote; "
                                 "choose another output folder") from exc
     if not owned:
         for name in names:
-            if _changed_since_written(folder / name, record.get(name)):
+            if _changed_since_written(folder / name, ledger.get(name)):
                 raise UserError(f"{folder / name} exists and was not written by cifarlab (or was "
                                 "changed since): move it away or choose another output folder")
-    return record
+    return ledger
 
 
 def _changed_since_written(path: Path, digest: str | None) -> bool:

@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +33,7 @@ from typing import Any
 
 from cifarlab import fsio, plaindata
 from cifarlab.errors import UserError
+from cifarlab.history import History
 
 MARKER = ".cifarlab-run"
 CONFIG = "config.json"
@@ -94,11 +96,16 @@ def create(out: str | os.PathLike[str] | None, recipe: str, root: Path = DEFAULT
     raise UserError(f"cannot find a free run folder name in {root}")
 
 
-def stem(recipe: str, model: str) -> str:
-    """What a new run folder is named after: the recipe, or the model when it is not the recipe's
-    own ("SmallVGG" for "__main__:SmallVGG" or "nets.py:SmallVGG"), which says more than "base"."""
+def stem(recipe: str, model: str, name: str | None = None) -> str:
+    """What a new run folder is named after: the run's name (letters, digits, '.', '_' and '-'
+    kept, the rest '-'), else the recipe, or the model when it is not the recipe's own
+    ("SmallVGG" for "__main__:SmallVGG" or "nets.py:SmallVGG"), which says more than "base"."""
     from cifarlab.config import RECIPES
 
+    if name:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+        if slug:
+            return slug[:60]
     if ":" in model:
         return model.rsplit(":", 1)[-1]
     own = RECIPES[recipe].settings.get("model") if recipe in RECIPES else None
@@ -251,10 +258,10 @@ MAX_METRICS_BYTES = 4 << 20
 MAX_EPOCHS = 20_000
 
 
-def read_history(file: Path) -> list[dict[str, float]]:
+def read_history(file: Path) -> History:
     """metrics.csv, checked: numbers in every column, whole epoch numbers, within the bounds."""
     text = plaindata.read_text(file, "metrics file", MAX_METRICS_BYTES)
-    history: list[dict[str, float]] = []
+    history = History()
     try:
         for row in csv.DictReader(io.StringIO(text, newline="")):
             if len(history) == MAX_EPOCHS:
@@ -265,6 +272,7 @@ def read_history(file: Path) -> list[dict[str, float]]:
             if not (math.isfinite(epoch) and epoch >= 1 and epoch == int(epoch)):
                 raise UserError(f"{file}: row {len(history) + 1} has the epoch {row['epoch']!r}, "
                                 "not an epoch number")
+            values["epoch"] = int(epoch)  # a whole number of epochs
             history.append(values)
     except KeyError as exc:
         raise UserError(f"{file} has no column {exc}; is it from an older cifarlab?") from exc
@@ -281,10 +289,10 @@ def _number(text: str | None) -> float:
     return float(text) if text != "" else math.nan
 
 
-# The fields of config.json and summary.json that readers (compare, report, evaluate, Run) use,
+# The fields of config.json (`info`) and summary.json that readers (compare, report, Run) use,
 # with the types cifarlab writes: a run folder from someone else is checked before it is used.
-RECORD_FIELDS = {"config": dict, "classes": list[str], "versions": dict, "train_images": int,
-                 "val_images": int, "device": str, "threads": int, "command": str}
+INFO_FIELDS = {"config": dict, "classes": list[str], "versions": dict, "train_images": int,
+              "val_images": int, "device": str, "threads": int, "command": str}
 SUMMARY_FIELDS: dict[str, Any] = {
     "recipe": str, "model": str, "monitor": str, "device": str, "stopped_early": bool,
     "epochs": int, "final_epoch": int, "best_epoch": int | None, "best_weights_epoch": int | None,
@@ -305,11 +313,11 @@ def config_fields() -> dict[str, Any]:
 
 @dataclass
 class RunFiles:
-    """What a run directory holds on disk: config.json's record and metrics.csv's history."""
+    """What a run directory holds on disk: config.json (`info`) and metrics.csv (`history`)."""
 
     path: Path
-    record: dict[str, Any]  # config.json: {"config": {...}, "classes": [...], ...}
-    history: list[dict[str, float]]  # metrics.csv, one row per epoch
+    info: dict[str, Any]  # config.json: {"config": {...}, "classes": [...], "versions": ...}
+    history: History  # metrics.csv, one row per epoch
 
     @property
     def name(self) -> str:
@@ -317,17 +325,26 @@ class RunFiles:
 
     @property
     def config(self) -> dict[str, Any]:
-        return dict(self.record.get("config", {}))
+        return dict(self.info.get("config", {}))
 
     @property
     def model_recipe(self) -> str:
-        """"base" where model and recipe share a name, else "model/recipe" ("base_dropout/robust")."""
-        recipe, model = self.config.get("recipe", "?"), self.config.get("model", "?")
+        """"base" where model and recipe share a name, "model/recipe" ("base_dropout/robust") for
+        a recipe's model, and your model's class name ("MyNet") for your own."""
+        recipe, model = str(self.config.get("recipe", "?")), str(self.config.get("model", "?"))
+        if ":" in model:
+            return model.rsplit(":", 1)[-1]
         return recipe if recipe == model else f"{model}/{recipe}"
 
     @property
+    def run_name(self) -> str | None:
+        """The name the run was given (`name=`, --name), if any."""
+        name = self.config.get("name")
+        return name if isinstance(name, str) and name else None
+
+    @property
     def label(self) -> str:
-        return f"{self.name} ({self.model_recipe})"
+        return f"{self.run_name or self.name} ({self.model_recipe})"
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -336,7 +353,7 @@ class RunFiles:
 
 
 def read_json(file: Path) -> dict[str, Any] | None:
-    """A JSON record of a run or search folder (plaindata: bounded, plain data), None if there is
+    """A JSON file of a run or search folder (plaindata: bounded, plain data), None if there is
     none or it holds no mapping."""
     if not file.is_file():
         return None
@@ -344,12 +361,12 @@ def read_json(file: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def read_record(file: Path) -> dict[str, Any]:
+def read_info(file: Path) -> dict[str, Any]:
     """config.json, checked: the fields readers use have the types cifarlab writes."""
-    record = read_json(file) or {}
-    plaindata.check_fields(record, RECORD_FIELDS, str(file))
-    plaindata.check_fields(record.get("config", {}), config_fields(), str(file), "config")
-    return record
+    info = read_json(file) or {}
+    plaindata.check_fields(info, INFO_FIELDS, str(file))
+    plaindata.check_fields(info.get("config", {}), config_fields(), str(file), "config")
+    return info
 
 
 def read(path: str | os.PathLike[str]) -> RunFiles:
@@ -360,4 +377,4 @@ def read(path: str | os.PathLike[str]) -> RunFiles:
     if not (path / METRICS).is_file():
         raise UserError(f"{path} is not a cifarlab run: it has no {METRICS} "
                         "(run directories are written by cifarlab train)")
-    return RunFiles(path, read_record(path / CONFIG), read_history(path / METRICS))
+    return RunFiles(path, read_info(path / CONFIG), read_history(path / METRICS))

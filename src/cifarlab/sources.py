@@ -370,10 +370,10 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:
         raise
     except Exception as exc:  # image parsers raise many types on damaged input; all mean "bad file"
         raise UserError(f"cannot decode image {name}: {_reason(exc)}") from exc
-    resized = rgb.size != (IMAGE_SIZE, IMAGE_SIZE)
-    if resized:
+    if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
         rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return np.asarray(rgb, dtype=np.uint8), resized
+    # the size it was stored at: a 64 x 64 JPEG decodes at 32 x 32 by itself (draft), resized all the same
+    return np.asarray(rgb, dtype=np.uint8), (width, height) != (IMAGE_SIZE, IMAGE_SIZE)
 
 
 def _upright(img: Image.Image) -> None:
