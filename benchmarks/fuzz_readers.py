@@ -558,7 +558,7 @@ class Fuzzer:
     def modelmeta(self) -> None:
         """A model file whose metadata fields hold anything: loaded as predict and export load
         it; one that loads must give finite probabilities."""
-        from cifarlab.export import describe
+        from cifarlab.export import sidecar_contents
 
         record = copy.deepcopy(self.model_record)
         for _ in range(self.rng.randint(1, 3)):
@@ -579,7 +579,7 @@ class Fuzzer:
         model, saved = checkpoint.load_model(path)
         probs = model(torch.zeros(1, 3, 32, 32)).softmax(1)
         assert bool(torch.isfinite(probs).all()), "a loaded model gave non-finite probabilities"
-        describe(saved, "onnx", "model.onnx")
+        sidecar_contents(saved, "onnx", "model.onnx")
         json.dumps({"model": saved["model"], "config": saved.get("config"),
                     "metrics": saved.get("metrics")}, allow_nan=True)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
@@ -95,12 +94,10 @@ def test_keras_names_get_a_did_you_mean(keras: str, ours: str) -> None:
 
 @pytest.mark.parametrize("changes, message", [
     ({"split_seed": -1}, "split_seed must be in 0.."),
-    ({"seed": 2**64}, "--seed must be in 0.."),
+    ({"seed": 2**64}, "seed must be in 0.."),
     ({"augment.translate": 40}, "augment.translate must be at most 16"),
     ({"clean_train_size": 0}, "clean_train_size must be at least 1"),
     ({"optimizer": "sgd", "momentum": 0.0}, "Nesterov's, which needs momentum above 0"),
-    ({"lr": math.inf}, "'lr' must be a finite number"),
-    ({"augment.rotation": math.inf}, "'augment.rotation' must be a finite number"),
     ({"muon_momentum": 5.0}, "muon_momentum must be in"),
     ({"lr_start": -5.0}, "lr_start and lr_end must not be negative"),
     ({"whiten_bias_epochs": -1}, "whiten_bias_epochs must be 0"),

@@ -762,7 +762,7 @@ def test_model_file_metadata_loads_or_is_one_line(edits: dict[str, Any], model_r
     one line when the file is loaded, and a file that loads serves /health and /predict."""
     import copy
 
-    from cifarlab.export import describe
+    from cifarlab.export import sidecar_contents
 
     record = copy.deepcopy(model_record)
     for field, value in edits.items():
@@ -783,7 +783,7 @@ def test_model_file_metadata_loads_or_is_one_line(edits: dict[str, Any], model_r
     model, saved = loaded
     probs = model(torch.zeros(1, 3, 32, 32)).softmax(1)
     assert torch.isfinite(probs).all()  # a temperature of nan or 0 never loads
-    describe(saved, "onnx", "model.onnx")
+    sidecar_contents(saved, "onnx", "model.onnx")
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab import plaindata
 from cifarlab.cli import main
 from cifarlab.errors import UserError
 from crafted import ODD_SETTINGS, alias_bomb
@@ -64,6 +63,8 @@ def test_alias_bomb_is_refused_at_once(command: str, tmp_path: Path) -> None:
 
 
 def test_files_are_bounded_before_they_are_parsed(tmp_path: Path) -> None:
+    from cifarlab import plaindata
+
     big = tmp_path / "big.yaml"
     big.write_text("epochs: 1\n" + "#" * plaindata.MAX_YAML_BYTES)
     with pytest.raises(UserError, match="larger than 256 KB"):
@@ -78,6 +79,8 @@ def test_files_are_bounded_before_they_are_parsed(tmp_path: Path) -> None:
 
 
 def test_plain_documents_read_as_before() -> None:
+    from cifarlab import plaindata
+
     text = "lr: 1e-3\naugment: {flip: true, translate: 2}\nmodel_kwargs: {widths: [8, 16]}\n"
     assert plaindata.parse_yaml(text, "x") == {"lr": "1e-3", "augment": {"flip": True, "translate": 2},
                                                 "model_kwargs": {"widths": [8, 16]}}
@@ -92,6 +95,8 @@ def test_plain_documents_read_as_before() -> None:
 
 
 def test_check_fields_names_the_field() -> None:
+    from cifarlab import plaindata
+
     fields = {"classes": list[str], "epoch": int | None, "val_acc": float, "config": dict}
     record = {"classes": ["a"], "epoch": None, "val_acc": 1, "config": {}, "other": object()}
     assert plaindata.check_fields(record, fields, "f") is record  # an int is a fine float

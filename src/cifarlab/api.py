@@ -480,9 +480,9 @@ def train_seeds(recipe: str | None = None, n: int = 3, *, out: PathLike | None =
         raise UserError("the number of seeds must be at least 1")
     if distributed.from_env().enabled or kwargs.get("nproc", 1) != 1:
         raise UserError("training over seeds runs one process; leave out nproc/torchrun")
-    model = kwargs.get("model")
-    name = make_config(recipe, kwargs.get("config_file"), model=model if model is None or isinstance(
-        model, str) else spec_of(model)).recipe
+    model = kwargs.get("model")  # named here too: a file names a model only with the user
+    named = {} if model is None else {"model": model if isinstance(model, str) else spec_of(model)}
+    name = make_config(recipe, kwargs.get("config_file"), **named).recipe
     parent = rundir.create(out, name)
     runs = []
     for index in range(n):

@@ -186,7 +186,7 @@ def check_fields(record: Any, fields: dict[str, Any], where: str, within: str = 
     for key, kind in fields.items():
         if key in record and not has_type(record[key], kind):
             name = f"{within}.{key}" if within else key
-            raise UserError(f"{where} is damaged: '{name}' should be {describe(kind)}, not "
+            raise UserError(f"{where} is damaged: '{name}' should be {type_words(kind)}, not "
                             f"{_short(record[key])}")
     return record
 
@@ -217,12 +217,12 @@ def has_type(value: Any, kind: Any) -> bool:
     return isinstance(value, kind)
 
 
-def describe(kind: Any) -> str:
+def type_words(kind: Any) -> str:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(describe(arg) for arg in args)
+        return " or ".join(type_words(arg) for arg in args)
     if origin is list:
-        return f"a list of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {type_words(args[0]).removeprefix('a ').removeprefix('an ')}s"
     names = {bool: "true or false", int: "a whole number", float: "a number", str: "a text",
              dict: "a mapping", list: "a list", type(None): "null"}
     return names.get(origin or kind, f"a {getattr(kind, '__name__', kind)}")
