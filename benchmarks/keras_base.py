@@ -1,9 +1,9 @@
-"""The seed's base CNN in Keras against cifarlab's `base`, epoch for epoch, in one run.
+"""The classic Keras tutorial's base CNN in Keras against cifarlab's `base`, epoch for epoch, in one run.
 
 The two trainers alternate: cifarlab trains an epoch, then Keras trains one, and so on, so that
 both see the same state of a shared, noisy machine (the same epoch can take 41 s or 90 s here).
 Both train on the same 45,000 images of the real data and are judged on the same 5,000 held-out
-ones (cifarlab's split, `--val-fraction 0.1`); the seed's settings on both sides: Adam 1e-3,
+ones (cifarlab's split, `--val-fraction 0.1`); the tutorial's settings on both sides: Adam 1e-3,
 batch 64, 3 x [Conv3x3 + ReLU + MaxPool] with 32/64/128 filters, Flatten, Dense 10.
 
 TensorFlow is not a cifarlab dependency, so Keras runs in a worker process from its own
@@ -39,7 +39,7 @@ def keras_worker(arrays: str) -> None:
     import numpy as np
     import tensorflow as tf  # type: ignore[import-not-found]
 
-    with np.load(arrays) as data:  # scaled to 0..1 as the seed notebook did
+    with np.load(arrays) as data:  # scaled to 0..1 as the Keras tutorial did
         x, y = data["x_train"].astype("float32") / 255, data["y_train"]
         x_val, y_val = data["x_val"].astype("float32") / 255, data["y_val"]
     layers = tf.keras.layers
@@ -88,7 +88,7 @@ class Keras:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--data", default=str(DATA), help="(default: the shared JPEG split)")
-    parser.add_argument("--epochs", type=int, default=15, help="(default: 15, the seed's)")
+    parser.add_argument("--epochs", type=int, default=15, help="(default: 15, the Keras tutorial's)")
     parser.add_argument("--tf-python", default="/tmp/tfvenv/bin/python",
                         help="a Python with tensorflow (default: /tmp/tfvenv/bin/python)")
     parser.add_argument("--recipe", default="base", help="(default: base)")

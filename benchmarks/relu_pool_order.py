@@ -1,8 +1,8 @@
-"""ReLU then MaxPool (the seed's Keras order) against MaxPool then ReLU (cifarlab's), side by side.
+"""ReLU then MaxPool (the Keras tutorial's order) against MaxPool then ReLU (cifarlab's), side by side.
 
 The two orders compute the same outputs and gradients (max and ReLU commute; tests/test_models.py
 checks it), but the second applies the ReLU, and its backward, to a quarter of the values. Times
-a training step of the seed's `base` CNN (Adam, batch 64, channels_last) in both orders,
+a training step of the Keras tutorial's `base` CNN (Adam, batch 64, channels_last) in both orders,
 alternating rounds so that both see the same state of a noisy machine:
 
     .venv/bin/python benchmarks/relu_pool_order.py --rounds 9

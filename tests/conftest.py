@@ -87,6 +87,65 @@ def write_official_dir(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
     return folder
 
 
+# CIFAR-100's label names, in the order of its meta file.
+CIFAR100_FINE = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
+    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
+    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
+    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm"
+]
+CIFAR100_COARSE = [
+    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
+    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
+    "large_man-made_outdoor_things", "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates", "people",
+    "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2"
+]
+
+
+def cifar100_batch(fine: np.ndarray, seed: int = 0) -> dict[bytes, Any]:
+    """One CIFAR-100 pickle's dict for these fine labels: toy images, each fine class its own mean
+    colour (so the 5 fine classes of a coarse one, fine // 5 here, are told apart too)."""
+    rng = np.random.default_rng(seed)
+    palette = np.random.default_rng(100).integers(20, 236, size=(100, 3))
+    noise = rng.normal(0, 20, size=(len(fine), 32, 32, 3))
+    images = np.clip(palette[fine][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+    return {b"filenames": [f"image_{i}.png".encode() for i in range(len(fine))],
+            b"batch_label": b"toy", b"fine_labels": fine.tolist(),
+            b"coarse_labels": (fine // 5).tolist(),
+            b"data": images.transpose(0, 3, 1, 2).reshape(len(fine), -1)}
+
+
+def write_cifar100_dir(root: Path, train_per_class: int = 3, test_per_class: int = 1,
+                       seed: int = 0) -> Path:
+    """A tiny cifar-100-python folder in the official format: meta, train and test pickles (as
+    Python 3 writes protocol 2: bytes through _codecs.encode), every class in every split."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i, (split, per_class) in enumerate((("train", train_per_class), ("test", test_per_class))):
+        fine = rng.permutation(np.repeat(np.arange(100), per_class))
+        (folder / split).write_bytes(pickle.dumps(cifar100_batch(fine, seed + i), protocol=2))
+    meta = {b"fine_label_names": [n.encode() for n in CIFAR100_FINE],
+            b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def cifar100_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny cifar-100-python.tar.gz: 3 train and 1 test image of each of the 100 classes."""
+    root = tmp_path_factory.mktemp("cifar100")
+    return write_tar(write_cifar100_dir(root / "src"), root / "cifar-100-python.tar.gz")
+
+
 def write_tar(source: Path, archive: Path) -> Path:
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(source, arcname=source.name)
@@ -271,6 +330,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
         train(make_config("base", data=str(data), epochs=1, val_fraction=0.2), out=run, quiet=True)
+    return run
+
+
+def cifar100_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RUN: `base` trained 1 epoch on a tiny official-format cifar-100-python.tar.gz (fine labels:
+    200 train images, 100 val, 100 test, one of each class), the 100-class path of every command.
+    Built once per session, in the session's base temp folder, for every module that needs it."""
+    root = tmp_path_factory.getbasetemp() / "cifar100-run"
+    run = root / "run"
+    if (run / "model.pt").exists():
+        return run
+    archive = write_tar(write_cifar100_dir(root / "data"), root / "cifar-100-python.tar.gz")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+        train(make_config("base", data=str(archive), epochs=1, val_fraction=0.34, batch_size=32),
+              out=run, quiet=True)
     return run
 
 

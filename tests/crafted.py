@@ -249,24 +249,27 @@ def tamper_study(folder: Path, edit: Callable[[dict[str, Any]], None]) -> None:
 
 
 def write_run(path: Path, recipe: str = "base", model: str = "base",
-              clean: Iterable[float] = (0.6, 0.7), val: Iterable[float | None] = (0.6, 0.65),
-              seconds: float = 30.0, summary: dict[str, object] | None = None) -> Path:
+              clean: Iterable[float | None] = (0.6, 0.7), val: Iterable[float | None] = (0.6, 0.65),
+              seconds: float = 30.0, summary: dict[str, object] | None = None,
+              val_loss: list[float] | None = None) -> Path:
     """A run directory as `cifarlab train` leaves it, minus the model files. A val of None is an
-    empty cell, as a run with --val-fraction 0 writes it."""
+    empty cell, as a run with --val-fraction 0 (or an epoch without evaluation) writes it."""
     clean, val = list(clean), list(val)
     path.mkdir(parents=True)
     config = {"recipe": recipe, "model": model, "epochs": len(val), "seed": 0}
     if summary is not None:
         (path / "summary.json").write_text(json.dumps(summary))
-    (path / "config.json").write_text(json.dumps({"config": config, "classes": ["a", "b"]}))
+    (path / "config.json").write_text(json.dumps({"config": config, "classes": list("abcdefghij"),
+                                                  "train_images": 45000, "val_images": 5000}))
+    losses = val_loss or [1.0] * len(val)
     with (path / "metrics.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         for i, (c, v) in enumerate(zip(clean, val, strict=True)):
-            writer.writerow({"epoch": i + 1, "train_loss": 1.0, "train_acc": c - 0.04,
-                             "train_acc_clean": c, "val_loss": "" if v is None else 1.0,
-                             "val_acc": "" if v is None else v, "lr": 1e-3, "seconds": seconds,
-                             "train_seconds": seconds - 2})
+            writer.writerow({"epoch": i + 1, "train_loss": 1.0, "train_acc": (c or 0.5) - 0.04,
+                             "train_acc_clean": "" if c is None else c,
+                             "val_loss": "" if v is None else losses[i], "val_acc": "" if v is None else v,
+                             "lr": 1e-3, "seconds": seconds, "train_seconds": seconds - 2})
     return path
 
 

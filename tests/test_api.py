@@ -309,7 +309,8 @@ def test_explain_from_python_and_the_command_line(base_run: cl.Run, toy_data: Pa
     assert main(["explain", str(base_run.path), str(toy_data / "test" / "a"), "--layer", "body.3"]) == 0
     assert "gradcam.png" in capsys.readouterr().out
     assert main(["explain", str(base_run.path), "--layer", "body.99"]) == 2
-    assert "its conv layers: body.0, body.3, body.6" in capsys.readouterr().err
+    assert "its conv layers: body.0 (block 1 conv), body.3 (block 2 conv), body.6 (block 3 conv)" in (
+        capsys.readouterr().err)
 
 
 def test_robustness_from_python_and_the_command_line(base_run: cl.Run,
@@ -326,6 +327,14 @@ def test_robustness_from_python_and_the_command_line(base_run: cl.Run,
                  "--severities", "2", "--json"]) == 0
     saved = json.loads(capsys.readouterr().out)
     assert saved["severities"] == [2] and list(saved["table"]) == ["fog"]
+    assert main(["robustness", str(base_run.path), "--images", "40", "--corruptions",
+                 "fog,brightness", "--severities", "1,3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("accuracy under corruption of the best weights (epoch ")
+    assert lines[0].endswith("on 40 images of the val split:")
+    assert lines[1].split() == ["corruption", "group", "severity", "1", "severity", "3", "mean"]
+    assert lines[1].index("mean") + len("mean") == len(lines[3])  # numbers end in one column
+    assert "," not in "".join(lines[1:5])  # a table, not CSV
     assert main(["robustness", str(base_run.path), "--severities", "1,x"]) == 2
     assert "--severities takes numbers" in capsys.readouterr().err
 
@@ -372,3 +381,12 @@ def test_a_model_named_by_a_file_is_imported_only_when_the_user_names_it(
     assert main(["train", "--config", str(tmp_path / "r3" / "config.json"), "--out",
                  str(tmp_path / "r4"), "--quiet"]) == 2
     assert f"--model {spec}" in capsys.readouterr().err and not marker.exists()
+
+
+def test_a_cifar100_dataset_trains_with_its_labels(cifar100_archive: Path, tmp_path: Path) -> None:
+    """cl.load_data's label_mode travels with the Dataset into cl.train, and into the run."""
+    coarse = cl.load_data(cifar100_archive, val_fraction=0.34, label_mode="coarse", quiet=True)
+    assert coarse.label_mode == "coarse" and len(coarse.classes) == 20
+    run = cl.train("base", data=coarse, epochs=1, batch_size=32, out=tmp_path / "run", quiet=True)
+    assert run.config.label_mode == "coarse" and run.classes == coarse.classes
+    assert len(run.evaluate()["per_class"]) == 20

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cifarlab as cl
-from cifarlab.calibrate import ece, fit_temperature
+from cifarlab.calibrate import describe, ece, fit_temperature, temperature_scaling
 from cifarlab.networks import create_model
 
 
@@ -30,6 +30,29 @@ def test_temperature_recovers_the_distortion(scale: float) -> None:
         assert ece(logits * scale, labels) > 0.05
 
 
+def test_a_temperature_that_raises_the_ece_is_not_kept() -> None:
+    """Already calibrated logits: the NLL's best temperature (near 1) can leave the binned ECE
+    slightly worse; then the model keeps temperature 1 and the line says why."""
+    logits, labels = calibrated_logits(n=2000)
+    fitted = fit_temperature(logits, labels)
+    assert ece(logits / fitted, labels) > ece(logits, labels)  # the case this test is about
+    result = temperature_scaling(logits, labels)
+    assert result["temperature"] == 1.0 and result["temperature_kept"] is False
+    assert result["ece_calibrated"] == result["ece"] and result["ece_fitted"] > result["ece"]
+    line = describe("final", result)
+    assert "none is applied" in line and "points off how often they are right" in line
+
+
+def test_a_temperature_that_helps_is_kept_and_explained() -> None:
+    logits, labels = calibrated_logits()
+    result = temperature_scaling(logits * 3, labels)
+    assert result["temperature_kept"] and result["temperature"] == pytest.approx(3, rel=0.15)
+    assert result["ece_calibrated"] < result["ece"]
+    line = describe("best", result)
+    assert line.startswith("calibrated the best weights: their confidence was ")
+    assert f"{result['ece'] * 100:.1f} points" in line and "dividing the logits by" in line
+
+
 @pytest.mark.slow
 def test_training_stores_the_temperature_and_keeps_accuracy(toy_data: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,9 +60,8 @@ def test_training_stores_the_temperature_and_keeps_accuracy(toy_data: Path, tmp_
                    val_fraction=0.2, lr=0.02, quiet=True)
     summary = run.results
     assert summary["temperature"] > 0 and {"ece", "ece_calibrated"} <= set(summary)
-    for weights in ("best", "final"):
-        model = run.load_model(weights)
-        assert float(model.temperature) != 1.0
+    assert float(run.load_model("final").temperature) == pytest.approx(summary["temperature"])
+    assert summary["ece_calibrated"] <= summary["ece"]  # a temperature that does not help is not kept
     assert run.evaluate(weights="final")["accuracy"] == pytest.approx(summary["val_acc"], abs=1e-6)
     uncalibrated = cl.train("base", data=toy_data, out=tmp_path / "raw", epochs=2, batch_size=32,
                             val_fraction=0.2, lr=0.02, quiet=True, calibrate=False)

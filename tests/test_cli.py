@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cifarlab.cli import main
-from conftest import png_bytes
+from conftest import cifar100_run, png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,9 @@ def test_data_command(toy_data: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["data", "--data", str(toy_data), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "image-folder" in out and "val" in out and "test" in out
+    assert main(["data", "--data", str(toy_data), "--val-fraction", "0.5", "--quiet"]) == 0
+    out = capsys.readouterr().out  # 120 images a class: 60 carved for val, as the fraction says
+    assert "carved from train" in out and "  train     240 images" in out and "  val       240" in out
 
 
 def test_evaluate_json(trained_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,7 +97,11 @@ def test_predict(trained_run: Path, toy_data: Path, tmp_path: Path,
     Image.new("RGB", (300, 200), (200, 10, 10)).save(big)
     assert main(["predict", str(trained_run), str(big), str(toy_data / "test" / "a")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 21 and lines[0].startswith(str(big))
+    best_epoch = json.loads((trained_run / "summary.json").read_text())["best_weights_epoch"]
+    assert lines[0] == f"{trained_run}: the best weights (epoch {best_epoch}, best.pt)"
+    assert len(lines) == 22 and lines[1].startswith(str(big))
+    assert main(["predict", str(trained_run), str(big), "--weights", "final"]) == 0
+    assert "the final weights (epoch " in capsys.readouterr().out
 
 
 def test_predict_rejects_bad_image(trained_run: Path, tmp_path: Path,
@@ -276,3 +283,27 @@ def test_unsafe_checkpoint_is_refused_in_our_words(tmp_path: Path,
     assert main(["evaluate", str(hostile)]) == 2
     err = one_line_error(capsys)
     assert "refused" in err and "weights_only" not in err and "0x" not in err
+
+
+def test_evaluate_lists_the_ends_of_100_classes(tmp_path_factory: pytest.TempPathFactory,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run = cifar100_run(tmp_path_factory)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    per_class = json.loads(capsys.readouterr().out)["per_class"]
+    assert main(["evaluate", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "the 10 weakest and 5 strongest of 100 classes by F1" in lines[1]
+    rows = [line.split()[0] for line in lines[3:] if line.strip() != "..."]
+    by_f1 = sorted(per_class, key=lambda name: per_class[name]["f1"])
+    assert rows == by_f1[:10] + by_f1[-5:] and len(lines) == 19
+
+
+def test_a_mistyped_set_name_and_a_coarse_cifar10(official_dir: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "--data", "cifar-100"]) == 2
+    assert "(did you mean cifar100, the official set?)" in one_line_error(capsys)
+    assert main(["train", "--data", str(official_dir), "--label-mode", "coarse", "--quiet"]) == 2
+    assert "is not CIFAR-100: it has one set of labels" in one_line_error(capsys)

@@ -22,13 +22,14 @@ from crafted import ODD_RUN_FILES, big_metrics, write_run
 @pytest.fixture
 def runs(tmp_path: Path) -> list[Path]:
     return [
-        write_run(tmp_path / "seed-base", "base", "base", [0.6, 0.7, 0.8], [0.6, 0.66, 0.69]),
+        write_run(tmp_path / "seed-base", "base", "base", [0.6, 0.7, 0.8], [0.6, 0.66, 0.69],
+                  val_loss=[1.0, 0.9, 1.1]),
         write_run(tmp_path / "seed-robust", "robust", "base_dropout", [0.5, 0.6, 0.7], [0.5, 0.6, 0.68],
                   seconds=40.0),
     ]
 
 
-def test_rows_hold_the_seed_table(runs: list[Path]) -> None:
+def test_rows_hold_the_comparison_table(runs: list[Path]) -> None:
     rows = compare_rows([read_run(p) for p in runs])
     base, robust = rows
     assert base["run"] == "seed-base" and base["model_recipe"] == "base"
@@ -132,6 +133,19 @@ def test_runs_are_named_by_the_shortest_distinct_path(tmp_path: Path,
     assert [r["seed"] for r in rows] == [0, 0, 0] and rows[1]["model_recipe"] == "bn"
 
 
+def test_epochs_without_evaluation_leave_empty_cells(tmp_path: Path) -> None:
+    """eval_every: skipped epochs have empty val and clean cells; the row reads the last evaluated."""
+    run = write_run(tmp_path / "sparse", "base", "base", [None, 0.7, None, 0.72, None],
+                    [None, 0.66, None, 0.70, None])
+    [row] = compare_rows([read_run(run)])
+    assert row["epochs"] == 5 and row["val_acc"] == pytest.approx(0.70)
+    assert row["train_acc_clean"] == pytest.approx(0.72) and row["best_epoch"] == 4
+    assert row["gap"] == pytest.approx(0.02)
+    assert json.loads(format_rows([row], "json"))[0]["val_acc"] == pytest.approx(0.70)
+    assert "nan" not in format_rows([row], "table").lower()
+    write_chart([read_run(run)], tmp_path)  # the chart draws the evaluated epochs
+
+
 def test_a_run_without_validation_compares(tmp_path: Path) -> None:
     final = write_run(tmp_path / "final-fit", "base", "base", [0.8, 0.9], [None, None])
     [row] = compare_rows([read_run(final)])
@@ -184,3 +198,41 @@ def test_odd_run_folder_values_are_one_line(name: str, tmp_path: Path,
     assert code == (0 if name.startswith("summary") else 2), err
     if code == 2:
         assert len(err.splitlines()) == 1 and err.startswith("cifarlab: error:"), err
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 120])
+def test_the_text_table_fits_the_width_and_names_what_it_hides(runs: list[Path], width: int) -> None:
+    rows = compare_rows([read_run(p) for p in runs])
+    full = format_rows(rows, "table")
+    assert max(map(len, full.splitlines())) > 120  # every column does not fit any of these widths
+    fitted = format_rows(rows, "table", width)
+    assert max(map(len, fitted.splitlines())) <= width
+    for always in ("run", "gap", "diagnosis", "seed-base", "overfitting"):
+        assert always in fitted
+    assert "more columns with --wide: " in " ".join(fitted.splitlines())
+    assert format_rows(rows, "table", 1000) == full  # wide enough: unchanged
+
+
+def test_the_api_comparison_fits_too_and_wide_shows_all(runs: list[Path]) -> None:
+    import cifarlab as cl
+
+    comparison = cl.compare(runs)
+    narrow = comparison.format("table", width=80)
+    assert max(map(len, narrow.splitlines())) <= 80 and "wide=True" in narrow
+    assert comparison.format("table", wide=True) == format_rows(comparison.rows, "table")
+
+
+def test_cli_wide_prints_every_column(runs: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", *map(str, runs), "--wide"]) == 0
+    out = capsys.readouterr().out
+    assert "train acc (Keras)" in out and "s/epoch" in out and "more columns" not in out
+
+
+def test_chart_leaves_its_ledger_beside_the_chart_not_here(runs: list[Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["compare", *map(str, runs), "--chart", str(tmp_path / "charts" / "val.png")]) == 0
+    assert list(here.iterdir()) == []
+    assert (tmp_path / "charts" / ".cifarlab-outputs.json").is_file()

@@ -66,7 +66,7 @@ def test_renamed_recipes_still_read() -> None:
 def test_sgd_lr_follows_the_batch_size_unless_given() -> None:
     assert make_config("fast", batch_size=512).lr == pytest.approx(0.75)
     assert make_config("fast", batch_size=512, lr=0.1).lr == 0.1
-    assert make_config("base", batch_size=128).lr == 1e-3  # Adam: the seed's lr stays
+    assert make_config("base", batch_size=128).lr == 1e-3  # Adam: the Keras tutorial's lr stays
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600),
@@ -79,6 +79,14 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(UserError, match="budget"):
         parse_duration(text)
+
+
+def test_label_mode_is_fine_or_coarse() -> None:
+    assert make_config("base").label_mode == "fine"  # old config files, without it, read as fine
+    assert TrainConfig.from_dict({"epochs": 2}).label_mode == "fine"
+    assert make_config("fast", label_mode="coarse").label_mode == "coarse"
+    with pytest.raises(UserError, match="unknown label_mode 'corse' .*\\(did you mean 'coarse'\\?\\)"):
+        make_config("base", label_mode="corse")
 
 
 @pytest.mark.parametrize(("keras", "ours"), [("validation_split", "val_fraction"), ("learning_rate", "lr"),

@@ -19,7 +19,7 @@ from PIL import Image
 from cifarlab import data, download, sources
 from cifarlab.errors import UserError
 from cifarlab.evaluate import image_files
-from conftest import write_official_dir, write_tar
+from conftest import CIFAR100_COARSE, CIFAR100_FINE, write_cifar100_dir, write_official_dir, write_tar
 
 
 def test_second_load_uses_cache(image_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,3 +294,100 @@ def test_a_fraction_too_small_for_the_data_names_the_fraction(tmp_path: Path) ->
         data.make_splits(dataset, 0.1)
     assert "val" not in data.make_splits(dataset, 0.0)
     assert len(data.make_splits(dataset, 0.5)["val"]) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-100: asked for by name, downloaded (faked), fine and coarse cached apart
+
+
+def fake_cifar100_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The official CIFAR-100 archive served by a fake urlopen; returns the URLs asked for."""
+    archive = write_tar(write_cifar100_dir(tmp_path / "served"), tmp_path / "served.tgz")
+    payload = archive.read_bytes()
+    asked: list[str] = []
+
+    def serve(url: str, timeout: float) -> FakeResponse:
+        asked.append(url)
+        return FakeResponse(payload)
+
+    monkeypatch.setattr(download, "CIFAR100_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(sources, "CIFAR100_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(download, "urlopen", serve)
+    return asked
+
+
+def test_cifar100_by_name_is_downloaded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = fake_cifar100_download(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    fine = data.load_dataset("cifar100", quiet=True)
+    assert asked == ["https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"]
+    assert fine.source == data.cache_dir() / "cifar-100-python"
+    assert fine.kind == "cifar100-python" and len(fine.classes) == 100
+    monkeypatch.setenv("CIFARLAB_DATA", "CIFAR100")  # the environment names it too, in any case
+    coarse = data.load_dataset(None, quiet=True, label_mode="coarse")
+    assert asked == ["https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"]  # once
+    assert coarse.source == fine.source and coarse.classes == CIFAR100_COARSE
+    assert not list(data.cache_dir().glob(".download-*"))
+
+
+def test_cifar100_download_checks_the_official_md5(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(download, "urlopen", lambda url, timeout: FakeResponse(b"tampered"))
+    with pytest.raises(UserError, match="expected eb9058c3a382ffc7106e4002c42a8d85"):
+        data.load_dataset("cifar100", quiet=True)
+    assert not (data.cache_dir() / "cifar-100-python").exists()
+
+
+def test_a_path_named_like_a_set_is_that_path(image_folder: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(url: str, timeout: float) -> None:
+        raise AssertionError("a path that exists must never be downloaded")
+
+    monkeypatch.setattr(download, "urlopen", offline)
+    image_folder.rename(tmp_path / "cifar100")
+    monkeypatch.chdir(tmp_path)
+    assert data.load_dataset("cifar100", quiet=True).classes == ["cat", "dog", "frog"]
+
+
+def test_a_near_miss_of_a_set_name_says_which(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"not found: .*cifar-100 \(did you mean cifar100"):
+        data.load_dataset("cifar-100", quiet=True)
+
+
+def test_fine_and_coarse_are_cached_apart(cifar100_archive: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    fine = data.load_dataset(cifar100_archive, quiet=True)
+    coarse = data.load_dataset(cifar100_archive, quiet=True, label_mode="coarse")
+    assert fine.cache_file and coarse.cache_file and fine.cache_file != coarse.cache_file
+    assert fine.cache_file.exists()  # the coarse entry did not prune the fine one
+
+    def no_decoding(path: Path, label_mode: str = "fine") -> None:
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(data, "read_source", no_decoding)
+    for mode, expected in (("fine", fine), ("coarse", coarse)):
+        again = data.load_dataset(cifar100_archive, quiet=True, label_mode=mode)
+        assert again.classes == expected.classes and again.label_mode == mode
+        assert np.array_equal(again.splits["train"].labels, expected.splits["train"].labels)
+    assert repr(coarse).startswith("Dataset(cifar100-python, coarse labels at ")
+    assert ": 20 classes (aquatic_mammals, " in repr(coarse)
+
+
+def test_many_classes_are_described_in_a_few_lines(cifar100_archive: Path) -> None:
+    dataset = data.load_dataset(cifar100_archive, quiet=True)
+    text = dataset.describe(val_fraction=1 / 3)
+    assert "kind:        cifar100-python, fine labels" in text
+    assert "  train     200 images; per class 2 each" in text
+    assert "  test      100 images; per class 1 each" in text
+    assert len(text.splitlines()) < 15
+    assert "100 classes (apple, aquarium_fish," in repr(dataset) and "..., worm)" in repr(dataset)
+    with pytest.raises(UserError, match="label_mode must be 'fine' or 'coarse'"):
+        data.load_dataset(cifar100_archive, quiet=True, label_mode="medium")
+
+
+def test_classes_that_differ_are_named_in_one_short_line() -> None:
+    fine = data.classes_differ(CIFAR100_FINE, CIFAR100_COARSE)
+    assert "the data has 100 classes (apple," in str(fine) and "the model 20 classes" in str(fine)
+    assert len(str(fine)) < 400
+    renamed = data.classes_differ(["a", "b", "c"], ["a", "x", "c"])
+    assert str(renamed).endswith("class 1 is 'b' in the data and 'x' in the model")

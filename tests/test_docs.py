@@ -1,9 +1,10 @@
 """The Python examples of README.md, docs/api.md and docs/from-keras.md run, so the docs cannot rot.
 
 Each file's ```python blocks run in order in one namespace, as a reader would paste them, in a
-fresh folder, with two substitutions: the shared archive's path becomes a tiny generated image
-folder (10 classes like CIFAR-10, 40 training and 5 test images each), and every `epochs=N`
-becomes `epochs=1`. The folder also holds the `my_cat.jpg` the examples classify. Blocks fenced
+fresh folder, with three substitutions: the shared archive's path becomes a tiny generated image
+folder (10 classes like CIFAR-10, 40 training and 5 test images each), the official set named
+"cifar100" a tiny archive in its format (never downloaded), and every `epochs=N` becomes
+`epochs=1`. The folder also holds the `my_cat.jpg` the examples classify. Blocks fenced
 as ```python keras (the Keras side of from-keras.md) are for reading and do not run. The docs must
 also name every page in docs/ (README) and every public name of the API (docs/api.md).
 """
@@ -20,7 +21,7 @@ from PIL import Image
 
 import cifarlab as cl
 from cifarlab.networks import MODELS
-from conftest import write_image_folder
+from conftest import write_cifar100_dir, write_image_folder, write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = "../shared/data/cifar10-train-jpeg.tgz"
@@ -37,6 +38,13 @@ def ten_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("docs") / "ten", names, n_train=40, n_test=5)
 
 
+@pytest.fixture(scope="module")
+def cifar100(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("docs100")
+    return write_tar(write_cifar100_dir(root / "src", train_per_class=10),  # 1 a class for val
+                     root / "cifar-100-python.tar.gz")
+
+
 @pytest.fixture
 def sandbox(tmp_path: Path, ten_classes: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
@@ -49,12 +57,13 @@ def sandbox(tmp_path: Path, ten_classes: Path, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", ["README.md", "docs/api.md", "docs/from-keras.md"])
-def test_python_examples_run(page: str, sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_python_examples_run(page: str, sandbox: Path, cifar100: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
     blocks = python_blocks(ROOT / page)
     assert blocks, f"{page} has no python examples"
     namespace: dict[str, object] = {"__name__": "docs_example"}
     for number, block in enumerate(blocks, 1):
-        code = block.replace(SHARED, str(sandbox))
+        code = block.replace(SHARED, str(sandbox)).replace('"cifar100"', f'"{cifar100}"')
         code = re.sub(r"\bepochs=\d+", "epochs=1", code)
         try:
             exec(compile(code, f"{page}, python block {number}", "exec"), namespace)

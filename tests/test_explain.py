@@ -10,12 +10,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from torch import nn
 
 from cifarlab.errors import UserError
-from cifarlab.explain import cam_figure, explain, feature_maps, find_last_conv, first_layer_filters, grad_cam
+from cifarlab.explain import (
+    cam_figure,
+    describe_layer,
+    explain,
+    explain_images,
+    feature_maps,
+    find_last_conv,
+    first_layer_filters,
+    grad_cam,
+    layer_labels,
+)
 from cifarlab.networks import Classifier, FastNet, create_model, list_models
-from conftest import class_images
+from cifarlab.plots import NEUTRAL, RIGHT, WRONG
+from conftest import cifar100_run, class_images
 
 CLASSES = [f"class{i}" for i in range(10)]
 LAST_CONV = {"base": "body.6", "base_dropout": "body.6", "bn": "body.19",
@@ -49,7 +61,8 @@ def test_find_last_conv(name: str) -> None:
 
 
 def test_an_unknown_layer_lists_the_conv_layers() -> None:
-    listing = r"no layer 'body.99' in the model \(its conv layers: body.0, body.3, body.6\)"
+    listing = (r"no layer 'body.99' in the model \(its conv layers: body.0 \(block 1 conv\), "
+               r"body.3 \(block 2 conv\), body.6 \(block 3 conv\)\)")
     with pytest.raises(UserError, match=listing):
         find_last_conv(registered("base"), "body.99")
     with pytest.raises(UserError, match="has no nn.Conv2d"):
@@ -206,7 +219,68 @@ def test_explain_draws_at_most_32_of_your_images(tmp_path: Path,
     with Image.open(run / "explain" / "gradcam.png") as drawn:
         assert drawn.width * drawn.height < 5_000_000, drawn.size  # 32 images: ~2.8 MP
     figure = cl.load(run).explain(images=folder, save=False)["gradcam"]
-    assert "the first 32 of 100 images" in figure.texts[0].get_text()
+    assert any("the first 32 of 100 images" in text.get_text() for text in figure.texts)
     capsys.readouterr()
     assert main(["explain", str(run), "--count", "1000"]) == 2
     assert "--count must be in 1..32" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("base", {"body.0": "block 1 conv", "body.3": "block 2 conv", "body.6": "block 3 conv"}),
+    ("bn", {"body.0": "block 1 conv 1", "body.3": "block 1 conv 2", "body.8": "block 2 conv 1",
+            "body.19": "block 3 conv 2"}),
+    ("fastnet", {"body.whiten": "stem conv", "body.groups.0.conv1": "block 1 conv 1",
+                 "body.groups.2.conv2": "block 3 conv 2"}),
+])
+def test_layers_are_named_by_what_they_are(name: str, expected: dict[str, str]) -> None:
+    labels = layer_labels(registered(name))
+    assert {k: labels[k] for k in expected} == expected
+    last = LAST_CONV[name]
+    assert describe_layer(registered(name), last) == f"{labels[last]} ({last})"
+
+
+def test_an_own_model_is_split_into_blocks_by_its_containers() -> None:
+    model = Classifier(OwnNet(), (128.0,) * 3, (64.0,) * 3)
+    assert layer_labels(model) == {"body.stem": "stem conv", "body.block.conv": "block 1 conv"}
+    flat = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3))  # a strided conv starts a block
+    assert layer_labels(flat) == {"0": "block 1 conv", "2": "block 2 conv 1", "4": "block 2 conv 2"}
+    assert describe_layer(flat, "3") == "after block 2 conv 1 (3)"
+
+
+def test_your_own_images_get_neutral_captions_and_a_colour_key(images: np.ndarray) -> None:
+    """Their true class is unknown: green would say "right", as it does in the other figures."""
+    model = registered("base")
+    figures = explain_images(model, images[:3], ["a.jpg", "b.jpg", "c.jpg"], CLASSES,
+                             torch.device("cpu"))
+    fig = figures["gradcam"]
+    captions = [t for t in fig.findobj(Text) if t.get_text().endswith(("%)",)) and ".jpg" in t.get_text()]
+    assert len(captions) == 3
+    assert all(t.get_color() == NEUTRAL and t.get_text().split("\n")[1].startswith("predicted: ")
+               for t in captions)
+    assert NEUTRAL not in (RIGHT, WRONG)
+    assert "the true class is unknown" in fig.get_suptitle() and "block 3 conv (body.6)" in fig.get_suptitle()
+    assert any("Grad-CAM heat" in ax.get_title() for ax in fig.axes)  # the colour key
+    maps = figures["feature_maps"]
+    assert any("activation" in ax.get_xlabel() for ax in maps.axes)  # its colour key
+
+
+def test_explain_a_100_class_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """CIFAR-100's classes in the captions; the figures saved in the run (a private copy)."""
+    import shutil
+
+    import cifarlab as cl
+
+    source = cifar100_run(tmp_path_factory)
+    run_dir = tmp_path_factory.mktemp("explain100") / "run"
+    shutil.copytree(source, run_dir)
+    run = cl.load(run_dir)
+    figures = run.explain(count=4, device="cpu")
+    assert list(figures) == ["filters", "feature_maps", "gradcam_correct", "gradcam_wrong"]
+    captions = [t for f in (figures["gradcam_correct"], figures["gradcam_wrong"])
+                for ax in f.axes for t in (ax.get_title(), ax.get_title("left"))
+                if t.startswith(("✓", "✗"))]  # an image's caption, not the colour bar's title
+    assert captions and all(any(name in c for name in run.classes) for c in captions)
+    assert len(run.classes) == 100
+    assert sorted(p.name for p in (run_dir / "explain").iterdir()) == [
+        "feature_maps.png", "filters.png", "gradcam_correct.png", "gradcam_wrong.png"]

@@ -21,7 +21,7 @@ from cifarlab.cli import main
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_logits
 from cifarlab.sources import decode_image
-from conftest import CLASSES, held_out_files, tiny_run
+from conftest import CIFAR100_FINE, CLASSES, cifar100_run, held_out_files, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,8 @@ def test_torchscript_matches_pytorch_for_uint8_and_float(run: Path, reference: t
     images, probs, logits = reference
     out = tmp_path / "ts.pt"
     assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
-    assert str(out) in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert str(out) in said and "from the best weights (epoch " in said and "best.pt)" in said
     extra = {"cifarlab.json": ""}
     loaded = torch.jit.load(str(out), _extra_files=extra)
     sidecar = json.loads(export.sidecar_path(out).read_text())
@@ -143,3 +144,19 @@ def test_missing_onnx_packages_say_what_to_install(run: Path, monkeypatch: pytes
                         lambda name, *rest: None if name == "onnxscript" else real(name))
     with pytest.raises(UserError, match="pip install onnx onnxscript"):
         export.export_model(run, "onnx")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_a_100_class_model_exports_with_its_class_names(tmp_path_factory: pytest.TempPathFactory,
+                                                       tmp_path: Path) -> None:
+    run = cifar100_run(tmp_path_factory)
+    model, record = load_model(run)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    expected = predict_logits(model, images, torch.device("cpu")).softmax(1)
+    out, _ = export.export_model(run, "torchscript", tmp_path / "model.torchscript.pt")
+    probs, _ = torch.jit.load(str(out))(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    assert probs.shape == (3, 100)
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
+    sidecar = json.loads(export.sidecar_path(out).read_text())
+    assert sidecar["classes"] == record["classes"] == CIFAR100_FINE
+    assert [o["shape"] for o in sidecar["outputs"]] == [["batch", 100], ["batch", 100]]

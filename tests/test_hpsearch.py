@@ -145,6 +145,26 @@ def test_one_finished_trial_has_no_importance_yet(toy_data: Path, tmp_path: Path
 
     assert to_png(search.plot_importance()).startswith(b"\x89PNG")
     assert (tmp_path / "s" / "importance.png").is_file()
+    # a 1-epoch trial is one point per trial: drawn with a marker, or the chart is empty
+    [line] = [line for line in search.plot_curves().axes[0].get_lines() if len(line.get_xdata()) == 1]
+    assert line.get_marker() not in ("None", None, "")
+
+
+def test_the_importance_of_few_trials_comes_with_a_caveat(toy_search: dict[str, Any]) -> None:
+    from cifarlab.hpsearch.results import FEW_TRIALS, importance_caveat
+
+    assert "only 3 finished trials" in importance_caveat(3).lower()
+    assert "a hint, not a measurement" in importance_caveat(3)
+    assert importance_caveat(FEW_TRIALS) == ""
+    search = cl.Search(toy_search["out"])
+    fig = search.plot_importance()
+    assert any("a hint, not a measurement" in t.get_text() for t in fig.texts)
+    assert "a hint, not a measurement" in (toy_search["out"] / "search.html").read_text()
+
+
+def test_the_history_legend_sits_outside_the_axes(toy_search: dict[str, Any]) -> None:
+    fig = cl.Search(toy_search["out"]).plot_history()
+    assert fig.axes[0].get_legend() is None and fig.legends  # a figure legend, below the axes
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:

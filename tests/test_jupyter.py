@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from conftest import write_cifar100_dir, write_tar
+
 pytestmark = pytest.mark.notebook
 
 nbformat = pytest.importorskip("nbformat")
@@ -48,12 +50,21 @@ other = cl.train("base", data=(x, y), val_fraction=0.2, epochs=1, batch_size=32,
 cl.compare([run, other])
 """,
     "error": 'cl.train("base", data=(x, y), validation_split=0.2)',
+    # Keras: (x, y), (x_t, y_t) = keras.datasets.cifar100.load_data(label_mode="coarse"). Here
+    # "cifar100" is a tiny official-format archive of that name in the notebook's folder (a path
+    # that exists is read; the name alone would download the official set once).
+    "cifar100": """
+c100 = cl.load_data("cifar100", val_fraction=0.34, label_mode="coarse")
+run100 = cl.train("base", data=c100, epochs=1, batch_size=32, out="runs/c100", live_plot=False)
+print(len(run100.classes), run100.classes[:2], run100.config.label_mode)
+""",
 }
 
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("keras-notebook")
+    write_tar(write_cifar100_dir(tmp_path_factory.mktemp("c100")), folder / "cifar100")
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(source.strip(), metadata={"name": name})
                       for name, source in CELLS.items()]
@@ -100,3 +111,9 @@ def test_a_user_error_shows_as_one_line(executed: dict[str, Any]) -> None:
     assert error["ename"] == "UserError"
     assert error["traceback"] == ["UserError: unknown setting 'validation_split' (did you mean "
                                   "'val_fraction'?); help(cl.TrainConfig) lists them all"]
+
+
+def test_a_cifar100_run_on_the_official_format(executed: dict[str, Any]) -> None:
+    assert not [o for o in executed["cifar100"] if o.output_type == "error"]
+    printed = "".join(o.get("text", "") for o in executed["cifar100"] if o.output_type == "stream")
+    assert "20 ['aquatic_mammals', 'fish'] coarse" in printed

@@ -78,6 +78,25 @@ def test_lr_find_on_your_own_model_trains_a_copy(toy_data: Path) -> None:
     found = cl.lr_find(model=net, data=toy_data, steps=30, optimizer="sgd", quiet=True, **QUICK)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert found.config["optimizer"] == "sgd" and 1e-7 < found.suggestion < 10
+    assert found.subject == "TinyNet, trained as base"
+
+
+def test_the_figure_labels_powers_of_ten_in_plain_text() -> None:
+    """mathtext is off in our figures: matplotlib's own log labels printed "$\\mathdefault{10^{-7}}$"
+    and labelled every minor tick. The figure is built from a made-up curve: instant."""
+    lrs = [1e-7 * 10 ** (i / 11) for i in range(100)]
+    losses = [2.3 - 0.01 * i for i in range(100)]
+    found = cl.LRFind(lrs, losses, losses, 1e-3, 1e-2, 1e-4, "reached lr 10",
+                      {"recipe": "base", "model": "nets.py:SmallVGG", "optimizer": "adam",
+                       "batch_size": 64})
+    fig = found.plot()
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and not any("$" in text or "mathdefault" in text for text in labels)
+    assert "10⁻⁷" in labels and "10⁻³" in labels and "1" in labels
+    assert all(t.get_text() == "" for t in ax.get_xticklabels(minor=True))
+    assert ax.get_title().startswith("Learning-rate range test: SmallVGG, trained as base")
 
 
 @pytest.mark.parametrize("argv, message", [

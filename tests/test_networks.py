@@ -18,7 +18,7 @@ def test_models_map_pixels_to_logits(name: str) -> None:
     assert out.shape == (5, 10) and torch.isfinite(out).all()
 
 
-def test_base_matches_the_seed_architecture() -> None:
+def test_base_matches_the_keras_tutorials_architecture() -> None:
     model = create_model("base", 10)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 64, 128]
@@ -28,8 +28,8 @@ def test_base_matches_the_seed_architecture() -> None:
 
 
 @pytest.mark.parametrize("name", ["base", "base_dropout", "bn"])
-def test_pool_before_relu_is_the_seed_order(name: str) -> None:
-    """The seed models run MaxPool before ReLU (cheaper); outputs and gradients must equal the
+def test_pool_before_relu_is_the_keras_tutorials_order(name: str) -> None:
+    """The Keras tutorial's models run MaxPool before ReLU (cheaper); outputs and gradients must equal the
     Keras order, ReLU then MaxPool, with the same weights."""
     torch.manual_seed(0)
     model = create_model(name, 10).body.train()
@@ -37,11 +37,11 @@ def test_pool_before_relu_is_the_seed_order(name: str) -> None:
     for i in range(len(layers) - 1):
         if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
             layers[i], layers[i + 1] = layers[i + 1], layers[i]
-    seed_order = torch.nn.Sequential(*layers)
-    assert [type(m) for m in seed_order] != [type(m) for m in model]
+    keras_order = torch.nn.Sequential(*layers)
+    assert [type(m) for m in keras_order] != [type(m) for m in model]
     x = torch.randn(8, 3, 32, 32)
     outputs, grads = [], []
-    for net in (model, seed_order):
+    for net in (model, keras_order):
         net.zero_grad()
         torch.manual_seed(1)  # the same dropout masks
         out = net(x)

@@ -7,6 +7,7 @@ live in pytest's temporary folder, so these tests need neither the CIFAR archive
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from cifarlab.evaluate import (
 )
 from cifarlab.report import read_run, write_report
 from cifarlab.rundir import FINAL as MODEL_FILE
-from conftest import make_run
+from conftest import cifar100_run, make_run
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FIGURES = ["curves.png", "confusion_matrix.png", "reliability.png", "samples.png", "mistakes.png"]
@@ -233,3 +234,113 @@ def test_calibration_error() -> None:
     over = calibration(np.array([0.9, 0.9, 0.9, 0.9]), np.array([True, False, False, True]), bins=10)
     assert over["ece"] == pytest.approx(0.4)
     assert sum(over["count"]) == 4 and over["count"][8] == 4  # 0.9 falls in (0.8, 0.9]
+
+
+def test_epochs_without_evaluation_leave_no_nan_on_the_page(run: Path, tmp_path: Path) -> None:
+    """eval_every: the skipped epochs' val and clean cells are empty; the page reads the last
+    evaluated epoch and says so, and the diagnosis counts only evaluated epochs."""
+    sparse = Path(shutil.copytree(run, tmp_path / "sparse"))
+    (sparse / MODEL_FILE).unlink()  # curves and diagnosis only: quick
+    rows = (sparse / "metrics.csv").read_text().splitlines()
+    header, first, second = rows[0], rows[1].split(","), rows[2].split(",")
+    columns = header.split(",")
+    skipped = [cell if columns[i] not in ("train_acc_clean", "val_loss", "val_acc") else ""
+               for i, cell in enumerate(second)]
+    third = [str(3) if columns[i] == "epoch" else cell for i, cell in enumerate(skipped)]
+    (sparse / "metrics.csv").write_text("\n".join([header, ",".join(first), ",".join(second),
+                                                   ",".join(third)]) + "\n")
+    report = write_report(sparse)
+    assert report.diagnosis.evaluated_epochs == 2 and report.diagnosis.epochs == 3
+    page = (report.out / "report.html").read_text()
+    assert not re.search(r"[>+\-]nan\b|\bnan%", page, re.I)
+    assert "val accuracy (epoch 2)" in page and "3 (2 evaluated)" in page
+
+
+@pytest.mark.slow
+def test_a_real_short_run_still_rising_is_not_called_overfitting(shared_archive: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21's case on real images: base on 2,000 CIFAR-10 images for 3 epochs. Whatever
+    the numbers, a val curve that still rises with val loss at its lowest is "still learning"
+    or better, never overfitting; the sizes come from config.json."""
+    import cifarlab as cl
+
+    monkeypatch.setenv("CIFARLAB_THREADS", "1")
+    run = cl.train("base", data=shared_archive, subset=2000, val_fraction=0.02, epochs=3,
+                   out=tmp_path / "run", quiet=True, calibrate=False)
+    d = run.diagnosis()
+    assert (d.val_images, d.clean_images, d.num_classes) == (1000, 2000, 10)
+    assert d.verdict in VERDICTS and d.evaluated_epochs == 3
+    if d.still_rising and not d.val_loss_turned:
+        assert d.verdict in ("still learning", "good generalization")
+    assert d.verdict != "overfitting" or d.val_loss_turned or not d.still_rising
+
+
+# ---------------------------------------------------------------------------------------------
+# Many classes (CIFAR-100): the confusions summarised, the matrix of mistakes, captions that fit
+
+
+@pytest.mark.slow
+def test_a_100_class_report_summarises_what_it_confuses(tmp_path_factory: pytest.TempPathFactory,
+                                                        tmp_path: Path) -> None:
+    run = cifar100_run(tmp_path_factory)
+    report = write_report(run, tmp_path / "report", device="cpu")
+    assert report.evaluation is not None and len(report.evaluation["per_class"]) == 100
+    assert "confusion_summary.png" in report.files
+    for name in ("confusion_summary.png", "confusion_matrix.png"):
+        with Image.open(tmp_path / "report" / name) as image:
+            # the summary reads at page width (1100 px); the matrix opens at full size
+            assert image.width <= 2200 and image.height <= 2200, (name, image.size)
+    confused = report.evaluation["most_confused"]
+    wrong = report.evaluation["images"] - round(report.evaluation["accuracy"] * 100)
+    assert len(confused) == min(20, wrong)  # a fifth of the classes: 20 pairs, where there are
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "What the model confuses (val)" in page and "Confusion matrix (val, 100 classes)" in page
+    assert '<a href="confusion_matrix.png">' in page and "aquarium_fish" in page
+
+
+def test_the_matrix_of_many_classes_shows_the_mistakes() -> None:
+    names = [f"class{i:02d}" for i in range(30)]
+    counts = np.diag(np.full(30, 8))
+    counts[3, 7] = 2  # one confusion: 2 of class03's 10 images taken for class07
+    counts[3, 3] = 8
+    fig = plots.confusion(counts, names, "30 classes")
+    plots.to_png(fig)
+    heat = next(ax for ax in fig.axes if ax.get_images())
+    assert len(fig.axes) == 2  # one map and its colour bar, not two maps
+    assert [t.get_text() for t in heat.get_xticklabels()] == names
+    mistakes = heat.get_images()[-1].get_array()
+    assert mistakes[3, 7] == pytest.approx(20.0) and mistakes.mask[3, 3] and mistakes.mask[0, 1]
+    summary = plots.confusion_summary(counts, names, "30 classes")
+    plots.to_png(summary)
+    pairs, hardest = summary.axes
+    assert [t.get_text() for t in pairs.get_yticklabels()] == ["class03 → class07"]
+    assert hardest.get_yticklabels()[0].get_text() == "class03"  # 80%: the hardest
+
+
+def test_long_class_names_shrink_captions_to_fit() -> None:
+    cifar10 = ["✗ pred: automobile (100%)\ntrue: airplane"]
+    assert plots.caption_size(cifar10) == 9
+    coarse = [f"✗ pred: {plots.short('household_electrical_devices', 18)} (27%)\ntrue: fish"]
+    assert "household_electri…" in coarse[0] and 6 <= plots.caption_size(coarse) < 8
+
+
+def test_many_classes_are_drawn_as_strips_on_one_canvas() -> None:
+    names = [f"c{i}" for i in range(100)]
+    labels = np.repeat(np.arange(100), 3)
+    fig = plots.class_grid(np.zeros((300, 32, 32, 3), np.uint8), labels, names, 3, "100 classes")
+    assert len(fig.axes) == 1 and len(fig.axes[0].get_images()) == 1
+    assert {t.get_text() for t in fig.axes[0].texts} == set(names)
+    assert max(fig.get_size_inches()) < 20
+
+
+def test_many_class_figures_draw_names_as_plain_text() -> None:
+    from matplotlib.text import Text
+
+    names = ["$\\foo$", *(f"a$b$c{i}" for i in range(24))]
+    counts = np.eye(25, dtype=int) * 3 + np.roll(np.eye(25, dtype=int), 1, axis=1)
+    for fig in (plots.confusion(counts, names, "m"), plots.confusion_summary(counts, names, "s"),
+                plots.class_grid(np.zeros((25, 32, 32, 3), np.uint8), np.arange(25), names, 1, "g")):
+        plots.to_png(fig)
+        drawn = [t for t in fig.findobj(Text) if t.get_text()]
+        assert any("$\\foo$" in t.get_text() for t in drawn)
+        assert not [t.get_text() for t in drawn if t.get_parse_math() or t.get_usetex()]

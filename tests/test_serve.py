@@ -30,7 +30,7 @@ from cifarlab import checkpoint
 from cifarlab.cli import main
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_files
-from conftest import held_out_files, tiny_run
+from conftest import cifar100_run, held_out_files, tiny_run
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -86,6 +86,8 @@ def test_health_and_openapi(client: TestClient, run: Path) -> None:
     assert health["status"] == "ok"
     assert health["model"]["name"] == "base" and health["model"]["classes"] == record["classes"]
     assert health["model"]["val_acc"] == pytest.approx(record["metrics"]["val_acc"])
+    assert health["model"]["weights"] == record.get("weights", "final")
+    assert health["model"]["epoch"] == record.get("epoch")
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "image/*"} <= set(body)
@@ -487,3 +489,16 @@ def test_report_folder_that_is_a_link_is_not_served(run: Path, tmp_path: Path) -
     client = local(create_app(folder))
     assert client.get("/report/report.html").status_code == 404
     assert "/report/" not in client.get("/").text
+
+
+def test_a_100_class_model_is_served(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = cifar100_run(tmp_path_factory)
+    client = local(create_app(run))
+    _, record = checkpoint.load_model(run)
+    assert client.get("/health").json()["model"]["classes"] == record["classes"]
+    assert "100 classes" in client.get("/").text
+    image = png(np.full((40, 40, 3), 90, np.uint8))
+    top = client.post("/predict", content=image, headers={"Content-Type": "image/png"}).json()["top"]
+    assert len(top) == 5 and {t["label"] for t in top} <= set(record["classes"])
+    every = client.post("/predict?top_k=1000", content=image).json()["top"]
+    assert len(every) == 100 and sum(t["prob"] for t in every) == pytest.approx(1.0, abs=1e-4)

@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import tarfile
+import tracemalloc
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cifarlab import sources
 from cifarlab.errors import UserError
 from cifarlab.sources import decode_image, load_batch, read_source
-from conftest import CLASSES, png_bytes, write_image_folder, write_official_dir, write_tar
+from conftest import (
+    CIFAR100_COARSE,
+    CIFAR100_FINE,
+    CLASSES,
+    cifar100_batch,
+    png_bytes,
+    write_cifar100_dir,
+    write_image_folder,
+    write_official_dir,
+    write_tar,
+)
 
 
 def test_official_folder(official_dir: Path) -> None:
@@ -261,3 +275,169 @@ def test_damaged_exif_keeps_the_pixels() -> None:
     data[at + 6:at + 14] = b"\xff" * 8  # the TIFF header of the EXIF block
     image, _ = decode_image(bytes(data), "odd.jpg")
     assert image.shape == (32, 32, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-100: the official python set, fine and coarse labels
+
+
+@pytest.fixture
+def cifar100_dir(tmp_path: Path) -> Path:
+    return write_cifar100_dir(tmp_path / "c100")
+
+
+def test_cifar100_folder_archive_and_zip_read_alike(cifar100_dir: Path, tmp_path: Path) -> None:
+    tgz = write_tar(cifar100_dir, tmp_path / "cifar-100-python.tar.gz")
+    zipped = tmp_path / "cifar100.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for file in cifar100_dir.iterdir():
+            archive.write(file, f"cifar-100-python/{file.name}")
+    expected = read_source(cifar100_dir)
+    assert expected.kind == "cifar100-python" and expected.classes == CIFAR100_FINE
+    assert expected.images["train"].shape == (300, 32, 32, 3)
+    assert expected.images["test"].shape == (100, 32, 32, 3)
+    assert np.bincount(expected.labels["train"]).tolist() == [3] * 100
+    for path in (cifar100_dir.parent, tgz, zipped):
+        raw = read_source(path)
+        assert raw.classes == expected.classes
+        assert np.array_equal(raw.images["train"], expected.images["train"])
+        assert np.array_equal(raw.labels["test"], expected.labels["test"])
+
+
+def test_cifar100_coarse_labels_are_the_superclasses_of_the_same_images(cifar100_dir: Path) -> None:
+    fine, coarse = read_source(cifar100_dir), read_source(cifar100_dir, "coarse")
+    assert coarse.classes == CIFAR100_COARSE
+    batch = pickle.loads((cifar100_dir / "train").read_bytes(), encoding="bytes")
+    for split in ("train", "test"):
+        assert np.array_equal(coarse.images[split], fine.images[split])
+        assert np.array_equal(coarse.labels[split], fine.labels[split] // 5)  # the builder's rule
+    assert coarse.labels["train"].tolist() == batch[b"coarse_labels"]
+    red_plane = batch[b"data"][0, :1024].reshape(32, 32)  # channel order, as for CIFAR-10
+    assert np.array_equal(fine.images["train"][0, :, :, 0], red_plane)
+
+
+def test_cifar100_archive_warns_on_md5_mismatch(cifar100_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    read_source(write_tar(cifar100_dir, tmp_path / "cifar-100-python.tar.gz"))
+    assert "does not match the official CIFAR-100 MD5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing", ["meta", "train", "test"])
+def test_cifar100_incomplete(cifar100_dir: Path, missing: str) -> None:
+    (cifar100_dir / missing).unlink()
+    with pytest.raises(UserError, match=f"not a complete CIFAR-100 python set, missing {missing}"):
+        read_source(cifar100_dir)
+
+
+def test_coarse_labels_need_cifar100(official_dir: Path, image_folder: Path, tmp_path: Path) -> None:
+    for source in (official_dir, image_folder, write_tar(image_folder, tmp_path / "images.tgz")):
+        with pytest.raises(UserError, match="is not CIFAR-100: it has one set of labels"):
+            read_source(source, "coarse")
+    with pytest.raises(UserError, match="label_mode must be 'fine' or 'coarse'"):
+        read_source(official_dir, "super")
+
+
+def test_a_folder_with_both_official_sets_asks_which(official_dir: Path) -> None:
+    write_cifar100_dir(official_dir.parent)
+    with pytest.raises(UserError, match="holds both cifar-10-batches-py/ and cifar-100-python/"):
+        read_source(official_dir.parent)
+
+
+class HugeArray:
+    """Pickles as numpy pickles an array, claiming 10,000 x 3072 bytes and holding 16."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from numpy._core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, (0,), b"b"), (1, (10_000, 3072), np.dtype("u1"), False,
+                                                         b"\0" * 16)
+
+
+def meta_with(**changes: Any) -> bytes:
+    meta = {b"fine_label_names": [n.encode() for n in CIFAR100_FINE],
+            b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE]}
+    meta.update({key.encode(): value for key, value in changes.items()})
+    return pickle.dumps(meta, protocol=2)
+
+
+def batch_with(**changes: Any) -> bytes:
+    batch = cifar100_batch(np.arange(100))
+    batch.update({key.encode(): value for key, value in changes.items()})
+    return pickle.dumps(batch, protocol=2)
+
+
+CRAFTED = {  # (file, its bytes, what the one-line error says)
+    "label-out-of-range": ("train", lambda: batch_with(fine_labels=[100] * 100),
+                           r"train: labels must lie in 0..99"),
+    "labels-missing": ("test", lambda: batch_with(fine_labels=None), "'fine_labels' must be a list"),
+    "labels-not-numbers": ("train", lambda: batch_with(fine_labels=["x"] * 100),
+                           "'fine_labels' must be a list of integers"),
+    "data-not-3072": ("train", lambda: batch_with(data=np.zeros((100, 100), np.uint8)),
+                      r"shape \(N, 3072\)"),
+    "data-float": ("train", lambda: batch_with(data=np.zeros((100, 3072), np.float32)),
+                   "must be uint8"),
+    "names-too-few": ("meta", lambda: meta_with(fine_label_names=[b"a", b"b"]),
+                      "meta must list 100 fine_label_names"),
+    "names-repeated": ("meta", lambda: meta_with(fine_label_names=[b"same"] * 100),
+                       "100 distinct names"),
+    "name-too-long": ("meta", lambda: meta_with(fine_label_names=[b"x" * 300 + bytes([i])
+                                                                  for i in range(100)]),
+                      "distinct names of 1 to 255 characters"),
+    "names-not-text": ("meta", lambda: meta_with(fine_label_names=list(range(100))),
+                       "meta must list 100 fine_label_names"),
+    "not-a-dict": ("meta", lambda: pickle.dumps([1, 2, 3], protocol=2), r"not a dict"),
+    "runs-code": ("train", lambda: pickle.dumps({b"data": Evil()}, protocol=2),
+                  "refusing to load __builtin__.print"),
+    "huge-array": ("test", lambda: pickle.dumps({b"data": HugeArray(), b"fine_labels": [0]}, 2),
+                   "does not fit 16 bytes"),
+    "opcode-flood": ("meta", lambda: b"\x80\x02" + b"]" * 600_000 + b".",
+                     "more than 500,000 pickle operations"),
+    "not-a-pickle": ("train", lambda: b"\x1f\x8b garbage", "not a valid CIFAR-100 file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_cifar100_files_fail_in_one_line_with_bounded_memory(case: str, cifar100_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    """Each file of the set replaced by a hostile or damaged one, read as a folder and as an
+    archive: one line of UserError, no code run, and memory in proportion to the file."""
+    name, make, message = CRAFTED[case]
+    (cifar100_dir / name).write_bytes(make())
+    for source in (cifar100_dir, write_tar(cifar100_dir, tmp_path / "crafted.tgz")):
+        tracemalloc.start()
+        try:
+            with pytest.raises(UserError, match=message) as caught:
+                read_source(source)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert "\n" not in str(caught.value)
+        assert peak < 64 << 20, f"{case}: peak allocation {peak >> 20} MB"
+
+
+def test_the_train_file_has_a_budget_of_its_own(cifar100_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The train file's larger opcode budget applies to it and only to it."""
+    monkeypatch.setattr(sources, "CIFAR100_TRAIN_PICKLE_OPS", 1000)
+    with pytest.raises(UserError, match="train is not a valid CIFAR-100 file: more than 1,000 pickle"):
+        read_source(cifar100_dir)
+
+
+def test_a_full_size_train_file_fits_its_budget_and_not_a_batch_budget() -> None:
+    """50,000 file names (bytes, as Python 3 writes them at protocol 2: ~7 operations each) and
+    two label lists: more operations than a CIFAR-10 batch may take, fewer than the train file's
+    budget. Counted without unpickling (the image data plays no part: one operation)."""
+    labels = list(range(100)) * 500
+    blob = pickle.dumps({b"filenames": [f"image_{i:05d}.png".encode() for i in range(50_000)],
+                         b"fine_labels": labels, b"coarse_labels": [x // 5 for x in labels],
+                         b"data": np.zeros((1, 3072), np.uint8)}, protocol=2)
+    operations = sum(1 for _ in pickletools.genops(blob))
+    assert sources.MAX_PICKLE_OPS < operations < sources.CIFAR100_TRAIN_PICKLE_OPS / 4
+
+
+def test_label_names_that_are_not_utf8_are_escaped_not_a_crash(official_dir: Path) -> None:
+    """batches.meta's names were decoded as strict UTF-8 outside the reader's error handling:
+    one byte like Latin-1's é raised UnicodeDecodeError. They are escaped as folder names are."""
+    names = [b"caf\xe9", *(f"c{i}".encode() for i in range(9))]
+    (official_dir / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+    assert read_source(official_dir).classes[0] == "caf\\udce9"

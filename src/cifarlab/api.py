@@ -19,8 +19,8 @@ images to N x classes logits (cifarlab wraps the normalisation around it).
 from __future__ import annotations
 
 import copy
-import math
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +37,7 @@ from cifarlab import trainer as training
 from cifarlab.arrays import is_memory, to_dataset
 from cifarlab.config import Recipe, TrainConfig, list_recipes, resolve
 from cifarlab.data import Dataset
-from cifarlab.diagnose import Diagnosis, diagnose
+from cifarlab.diagnose import Diagnosis, evaluated
 from cifarlab.errors import UserError
 from cifarlab.evaluate import as_images, predict_logits
 from cifarlab.evaluate import top_k as top_k_of
@@ -45,6 +45,7 @@ from cifarlab.history import History
 from cifarlab.modelsummary import ModelSummary, summarize
 from cifarlab.networks import Classifier, create_model, describe_models, register_model, spec_of
 from cifarlab.runtime import pick_device
+from cifarlab.text import plural
 
 __all__ = ["Comparison", "Run", "compare", "load", "load_data", "make_config", "models",
            "plot_data", "recipes", "register_model", "resume", "summary", "train", "train_seeds",
@@ -71,6 +72,7 @@ class Run:
         self._model_arg = model
         self._dataset = dataset  # the images in memory it trained on, if any (arrays.py)
         self._models: dict[str, Classifier] = {}
+        self._records: dict[str, dict[str, Any]] = {}  # what each loaded model file said of itself
         self._predictions: dict[tuple[Any, ...], evaluating.Predictions] = {}
 
     def __repr__(self) -> str:
@@ -79,20 +81,22 @@ class Run:
             what = f"{self._files.run_name!r}, {what}"
         if not self.history:
             return f"Run('{self.path}': a model file of {what})"
-        epochs = f"{len(self.history)} epoch{'s' if len(self.history) != 1 else ''}"
-        if math.isnan(self.history[-1]["val_acc"]):  # --val-fraction 0
+        epochs = plural(len(self.history), "epoch")
+        scored = evaluated(self.history)  # epochs that were evaluated
+        if not scored:  # --val-fraction 0
             return (f"Run('{self.path}': {what}, {epochs}, no validation, clean train_acc "
                     f"{self.history[-1]['train_acc_clean']:.4f})")
         found = s.get("best_val_acc")  # None: a summary without it (older, or partly written)
         best = f", best {found:.4f} at epoch {s.get('best_epoch')}" if found is not None else ""
-        return f"Run('{self.path}': {what}, {epochs}, val_acc {self.history[-1]['val_acc']:.4f}{best})"
+        return f"Run('{self.path}': {what}, {epochs}, val_acc {scored[-1]['val_acc']:.4f}{best})"
 
     def _repr_html_(self) -> str:
         rows = [("folder", str(self.path)), ("model", self._files.model_recipe)]
         if self._files.run_name:
             rows.insert(0, ("name", self._files.run_name))
         if self.history:
-            last, r = self.history[-1], self.results
+            scored = evaluated(self.history)
+            last, r = scored[-1] if scored else self.history[-1], self.results
             rows += [("epochs", str(len(self.history))),
                      ("val accuracy", display.number(last["val_acc"])),
                      ("clean train accuracy", display.number(last["train_acc_clean"]))]
@@ -141,9 +145,17 @@ class Run:
     def load_model(self, weights: str = "best") -> Classifier:
         """`best` (by the monitored metric) or `final` weights, in eval mode on the CPU."""
         if weights not in self._models:
-            self._models[weights], _ = checkpoint.load_model(self.path, self._model_factory(),
-                                                             weights)
+            self._models[weights], self._records[weights] = checkpoint.load_model(
+                self.path, self._model_factory(), weights)
         return self._models[weights]
+
+    def weights_used(self, weights: str = "best") -> str:
+        """Which weights `weights` loads, in words: "the best weights (epoch 11, best.pt)"
+        (`best` is the final weights for a run without validation images)."""
+        self.load_model(weights)
+        return checkpoint.describe_weights(self._records[weights],
+                                           rundir.weights_file(self.path, weights)
+                                           if self.path.is_dir() else self.path)
 
     def _model_factory(self) -> checkpoint.ModelArg:
         # A module instance is copied: loading the best weights must not overwrite the user's
@@ -155,12 +167,13 @@ class Run:
         """Read the run directory again (after it trained on)."""
         self._files = _read(self.path)
         self._models.clear()
+        self._records.clear()
         self._predictions.clear()
         return self
 
     def diagnosis(self) -> Diagnosis:
         """Overfitting, underfitting or good generalisation, with the reason (docs/diagnosis.md)."""
-        return diagnose(self.history)
+        return self._files.diagnosis()
 
     # ------------------------------------------------------------------------------------------
     # Using the model
@@ -495,7 +508,7 @@ def train_seeds(recipe: str | None = None, n: int = 3, *, out: PathLike | None =
     table = comparing.mean_std_table(summaries)
     fsio.write_json(parent / SEEDS_FILE, {"summaries": summaries, "mean_std": table})
     for key, (mean, std) in table.items():  # the result, printed even when quiet
-        print(f"{key}: {mean:.4f} +- {std:.4f} over {n} seeds")
+        print(f"{key}: {mean:.4f} +- {std:.4f} over {plural(n, 'seed')}")
     return runs
 
 
@@ -568,11 +581,17 @@ class Comparison:
         self.skipped = skipped  # paths that are not runs
         self.rows = comparing.compare_rows(runs, tta)
 
-    def format(self, fmt: str = "table") -> str:
-        """"table" (aligned text), "markdown", "csv" or "json"."""
+    def format(self, fmt: str = "table", width: int | None = None, wide: bool = False) -> str:
+        """"table" (aligned text), "markdown", "csv" or "json".
+
+        The text table fits `width` characters (default: the terminal's, else 80) by splitting
+        its headers and leaving out the less needed columns, which a last line names;
+        `wide=True` shows every column however wide.
+        """
         if fmt not in comparing.FORMATS:
             raise UserError(f"unknown format '{fmt}' (choose from: {', '.join(comparing.FORMATS)})")
-        return comparing.format_rows(self.rows, fmt)
+        limit = None if wide else width or shutil.get_terminal_size().columns
+        return comparing.format_rows(self.rows, fmt, limit, wide_hint="wide=True")
 
     def chart(self) -> Figure:
         """The val accuracy per epoch of every run, one line each."""
@@ -626,7 +645,7 @@ def _tta_of(run: rundir.RunFiles, device: str) -> float | None:
     val images or no model.pt (unfinished); a model that cannot be loaded here is a note."""
     from cifarlab.errors import warn
 
-    if "val_acc_tta" in run.summary or not math.isfinite(run.history[-1]["val_acc"]):
+    if "val_acc_tta" in run.summary or not evaluated(run.history):
         return None
     if not (run.path / rundir.FINAL).is_file():
         warn(f"{run.path} has no {rundir.FINAL} yet: no TTA figure")
@@ -639,27 +658,34 @@ def _tta_of(run: rundir.RunFiles, device: str) -> float | None:
 
 
 def load_data(data: PathLike | None = None, val_fraction: float = 0.1, split_seed: int = 0,
-              quiet: bool = False) -> Dataset:
+              quiet: bool = False, label_mode: str = "fine") -> Dataset:
     """Read a data source (decoded once, then cached) as a run sees it: its classes and its
     splits "train", "val" (the last `val_fraction` of each class of train after a shuffle by
     `split_seed`, as a run with those settings holds out; none with 0, or the source's own val/)
     and "test" where the source has one. Each split has `images` (N x 32 x 32 x 3 uint8, as
     stored) and `labels` (N integers, indices into `classes`).
 
-    `data` as for `train`: an archive, a folder, or None for $CIFARLAB_DATA, else the official
-    set. `cl.train(data=dataset)` trains from the same source with the same split.
+    `data` as for `train`: an archive, a folder, "cifar10" or "cifar100" (the official sets,
+    downloaded once), or None for $CIFARLAB_DATA, else CIFAR-10. `label_mode` is CIFAR-100's
+    label set, as in Keras' cifar100.load_data: "fine" (100 classes) or "coarse" (20).
+    `cl.train(data=dataset)` trains from the same source with the same split and labels.
 
         >>> import cifarlab as cl
         >>> data = cl.load_data("../shared/data/cifar10-train-jpeg.tgz")    # doctest: +SKIP
         >>> data.classes[:3], data.splits["val"].images.shape              # doctest: +SKIP
         (['airplane', 'automobile', 'bird'], (5000, 32, 32, 3))
+        >>> len(cl.load_data("cifar100", label_mode="coarse").classes)     # doctest: +SKIP
+        20
     """
     from cifarlab.data import load_dataset, make_splits
 
-    dataset = load_dataset(os.fspath(data) if data is not None else None, quiet=quiet)
+    dataset = load_dataset(os.fspath(data) if data is not None else None, quiet=quiet,
+                           label_mode=label_mode)
     splits = make_splits(dataset, val_fraction, split_seed)
-    origin = {"data": str(dataset.source), "val_fraction": val_fraction, "split_seed": split_seed}
-    return Dataset(dataset.source, dataset.kind, dataset.classes, splits, dataset.cache_file, origin)
+    origin = {"data": str(dataset.source), "val_fraction": val_fraction, "split_seed": split_seed,
+              "label_mode": label_mode}
+    return Dataset(dataset.source, dataset.kind, dataset.classes, splits, dataset.cache_file, origin,
+                   label_mode)
 
 
 def plot_data(data: Dataset | PathLike | None = None, per_class: int = 8, split: str = "train",

@@ -231,6 +231,18 @@ def build_model(record: dict[str, Any], model: ModelArg = None, where: object = 
     return built
 
 
+def describe_weights(record: dict[str, Any], path: str | Path | None = None) -> str:
+    """Which weights a model record holds, in words: "the best weights (epoch 11, best.pt)".
+
+        >>> describe_weights({"weights": "final", "epoch": 15}, "runs/base/model.pt")
+        'the final weights (epoch 15, model.pt)'
+    """
+    epoch = record.get("epoch")
+    where = [f"epoch {epoch}" if epoch else "", Path(path).name if path is not None else ""]
+    detail = ", ".join(part for part in where if part)
+    return f"the {record.get('weights', 'final')} weights" + (f" ({detail})" if detail else "")
+
+
 def load_model(run_or_ckpt: str | Path, model: ModelArg = None,
                weights: str = "best") -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model from a run directory or model file; returns (model in eval mode, record)."""

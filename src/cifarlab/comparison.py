@@ -1,4 +1,4 @@
-"""`cifarlab compare`: the seed's comparison table for any set of runs, and one chart of their curves.
+"""`cifarlab compare`: one comparison table for any set of runs, and one chart of their curves.
 
     cifarlab compare runs/seed-base runs/seed-robust runs/seed-bn
     cifarlab compare runs/* --format markdown --chart val.png
@@ -14,6 +14,7 @@ import io
 import json
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifarlab import fsio, plots, rundir
-from cifarlab.diagnose import diagnose
+from cifarlab.diagnose import evaluated
 from cifarlab.rundir import RunFiles
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -63,23 +64,30 @@ def compare_rows(runs: list[RunFiles], tta: list[float | None] | None = None) ->
     rows = []
     for run, name, measured in zip(runs, distinct_names([r.path for r in runs]),
                                    tta or [None] * len(runs), strict=True):
-        last, verdict, summary = run.history[-1], diagnose(run.history), run.summary
-        has_val = math.isfinite(last["val_acc"])
-        best = max(run.history, key=lambda r: r["val_acc"]) if has_val else None
+        last, verdict, summary = run.history[-1], run.diagnosis(), run.summary
+        scored = evaluated(run.history)  # epochs without evaluation have empty val cells
+        measured_last = scored[-1] if scored else None
+        best = max(scored, key=lambda r: r["val_acc"]) if scored else None
+        clean = measured_last["train_acc_clean"] if measured_last else last["train_acc_clean"]
         rows.append({
             "run": run.run_name or name, "path": str(run.path), "model_recipe": run.model_recipe,
             "seed": run.config.get("seed"), "epochs": len(run.history),
-            "train_acc": last["train_acc"], "train_acc_clean": last["train_acc_clean"],
-            "val_acc": last["val_acc"] if has_val else None,
+            "train_acc": _number(last["train_acc"]), "train_acc_clean": _number(clean),
+            "val_acc": measured_last["val_acc"] if measured_last else None,
             "best_val_acc": best["val_acc"] if best else None,
             "best_epoch": int(best["epoch"]) if best else None,
             "best_weights_epoch": summary.get("best_weights_epoch"),
             "val_acc_tta": summary.get("val_acc_tta", measured),
-            "gap": round(verdict.gap, 6) if has_val else None, "diagnosis": verdict.verdict,
+            "gap": _number(round(verdict.gap, 6)), "diagnosis": verdict.verdict,
             "seconds_per_epoch": round(float(np.mean([row["seconds"] for row in run.history])), 3),
             "robust_acc": _robust_acc(run),
         })
     return rows
+
+
+def _number(value: float) -> float | None:
+    """None for a number that was not measured (NaN in the history): JSON has no NaN."""
+    return value if math.isfinite(value) else None
 
 
 def _robust_acc(run: RunFiles) -> float | None:
@@ -90,8 +98,20 @@ def _robust_acc(run: RunFiles) -> float | None:
     return None if result is None else round(result.mean_acc, 6)
 
 
-def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
-    """The rows as an aligned text table, a Markdown table, or CSV / JSON with the numbers as measured."""
+# Dropped first when a text table is wider than the terminal: what a first look can do without.
+# run, val acc, gap and diagnosis always stay.
+DROP_ORDER = ("best_weights_epoch", "train_acc", "seed", "seconds_per_epoch", "best_epoch",
+              "robust_acc", "val_acc_tta", "best_val_acc", "epochs", "model_recipe", "train_acc_clean")
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str, width: int | None = None,
+                wide_hint: str = "--wide") -> str:
+    """The rows as an aligned text table, a Markdown table, or CSV / JSON with the numbers as measured.
+
+    `width`: the text table's limit in characters (a terminal's width). A wider table first puts
+    its headers on two lines, then leaves out columns in DROP_ORDER until it fits, and says which
+    in a last line that names `wide_hint`, the way to see them all. None: no limit.
+    """
     if fmt == "json":
         return json.dumps(rows, indent=2)
     columns = [c for c in COLUMNS
@@ -109,10 +129,55 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "markdown":
         lines = [headers, ["---:" if n else "---" for n in numeric], *cells]
         return "\n".join("| " + " | ".join(line) + " |" for line in lines)
-    widths = [max(len(text) for text in column) for column in zip(headers, *cells, strict=True)]
+    keys = [key for key, _, _ in columns]
+    text = _text_table(headers, cells, numeric, two_lines=False)
+    if width is None or _widest(text) <= width:
+        return text
+    hidden: list[str] = []
+    shown = list(range(len(keys)))
+    text = _text_table(headers, cells, numeric, two_lines=True)
+    empty = [key for i, key in enumerate(keys) if all(row[i] == "-" for row in cells)]
+    for key in [*empty, *DROP_ORDER]:  # columns with nothing in them go first
+        if _widest(text) <= width:
+            break
+        if key not in keys or keys.index(key) not in shown:
+            continue
+        shown.remove(keys.index(key))
+        hidden.append(headers[keys.index(key)])
+        text = _text_table([headers[i] for i in shown], [[row[i] for i in shown] for row in cells],
+                           [numeric[i] for i in shown], two_lines=True)
+    if hidden:
+        names = ", ".join(name.replace(" ", "\xa0") for name in hidden)  # a name stays on one line
+        note = textwrap.fill(f"({len(hidden)} more columns with {wide_hint}: {names})", width)
+        text += "\n" + note.replace("\xa0", " ")
+    return text
+
+
+def _text_table(headers: list[str], cells: list[list[str]], numeric: list[bool],
+                two_lines: bool) -> str:
+    """Aligned columns, numbers to the right; headers split over two lines where that narrows them."""
+    head = [_split_header(h) if two_lines else (h, "") for h in headers]
+    widths = [max(len(a), len(b), *(len(row[i]) for row in cells)) for i, (a, b) in enumerate(head)]
+    head_lines = [[pair[0] for pair in head]]
+    if any(b for _, b in head):
+        head_lines = [[a if b else "" for a, b in head], [b or a for a, b in head]]
     lines = [[text.rjust(w) if n else text.ljust(w) for text, w, n in zip(line, widths, numeric, strict=True)]
-             for line in [headers, *cells]]
+             for line in [*head_lines, *cells]]
     return "\n".join("  ".join(line).rstrip() for line in lines)
+
+
+def _split_header(header: str) -> tuple[str, str]:
+    """A header on two lines at the space that makes its longer half shortest ("clean" /
+    "train acc"); ("", header) stands for one line."""
+    spaces = [i for i, c in enumerate(header) if c == " "]
+    if not spaces:
+        return header, ""
+    cut = min(spaces, key=lambda i: max(i, len(header) - i - 1))
+    return header[:cut], header[cut + 1:]
+
+
+def _widest(text: str) -> int:
+    return max(len(line) for line in text.splitlines())
 
 
 def _cell(key: str, value: Any) -> str:

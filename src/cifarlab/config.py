@@ -34,7 +34,7 @@ from cifarlab.errors import UserError
 class Augment:
     """Which augmentations a run uses during training (never at evaluation).
 
-    The defaults are the Keras layers of the seed's robust model when switched on:
+    The defaults are the Keras layers of the classic Keras tutorial's robust model when switched on:
     RandomFlip("horizontal"), RandomRotation(0.1), RandomZoom(0.1).
     """
 
@@ -88,6 +88,9 @@ class TrainConfig:
     budget: float | None = None  # seconds ("10m" reads as 600): `epochs` is sized to fit it
     max_epochs: int | None = None  # with a budget: at most this many epochs (a given `epochs`)
     data: str | None = None  # data source path, str or Path (resolved when the run starts)
+    # CIFAR-100's labels, as Keras' cifar100.load_data(label_mode=...): "fine" (100 classes) or
+    # "coarse" (20 superclasses); other sources have one set, "fine"
+    label_mode: str = "fine"
     val_fraction: float = 0.1
     split_seed: int = 0  # fixes the validation images; independent of `seed`
     seed: int = 0  # fixes initialisation, shuffling, augmentation and dropout
@@ -108,6 +111,7 @@ class TrainConfig:
 
 
 MONITORS = ("val_acc", "val_loss")
+LABEL_MODES = ("fine", "coarse")  # sources.LABEL_MODES names their classes; this module stays light
 OPTIMIZERS = ("adam", "sgd", "muon")
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 AUGMENT_FIELDS = {f.name: f for f in dataclasses.fields(Augment)}
@@ -365,6 +369,8 @@ def validate(config: TrainConfig) -> None:
         (config.schedule in ("constant", "onecycle"),
          f"unknown schedule '{config.schedule}' (constant or onecycle)"),
         (config.monitor in MONITORS, f"unknown monitor '{config.monitor}' ({' or '.join(MONITORS)})"),
+        (config.label_mode in LABEL_MODES, f"unknown label_mode '{config.label_mode}' (fine or "
+         f"coarse: CIFAR-100's 100 classes or 20 superclasses){suggest(config.label_mode, LABEL_MODES)}"),
         (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
          f"unknown device '{config.device}' (auto, cpu or cuda)"),
     ]
@@ -467,12 +473,12 @@ QUICK_SETTINGS: dict[str, Any] = {
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        Recipe("base", "the seed's base CNN (3 conv blocks, no regularisation); overfits",
+        Recipe("base", "the classic Keras tutorial's base CNN (3 conv blocks, no regularisation); overfits",
                {"model": "base", **SEED_SETTINGS}),
         Recipe("robust", "base + flip/rotation 0.1/zoom 0.1 augmentation + Dropout(0.5)",
                {"model": "base_dropout", **SEED_SETTINGS,
                 "augment": Augment(flip=True, rotation=0.1, zoom=0.1)}),
-        Recipe("bn", "the seed's BatchNorm + Dropout CNN (2 convs per block, MLP head)",
+        Recipe("bn", "the Keras tutorial's BatchNorm + Dropout CNN (2 convs per block, MLP head)",
                {"model": "bn", **SEED_SETTINGS}),
         Recipe("fast", "airbench-style whitened VGG, Muon, TTA: 0.91 val in 8 epochs (26 min "
                "on 2 cores)", FAST_SETTINGS),
@@ -481,7 +487,7 @@ RECIPES: dict[str, Recipe] = {
                {**FAST_SETTINGS, "model": "fastnet_small", "label_smoothing": 0.2}),
         Recipe("fast_sgd", "fast with airbench94's Nesterov SGD + lookahead: 10 epochs to fast's "
                "accuracy in 8", FAST_SGD_SETTINGS),
-        Recipe("quick", "the seed's best accuracy (0.73 val) in about 30 s on 2 CPU cores",
+        Recipe("quick", "the Keras tutorial models' best accuracy (0.73 val) in about 30 s on 2 CPU cores",
                QUICK_SETTINGS),
     ]
 }

@@ -1,14 +1,16 @@
 """Find the data, decode it once, cache it as uint8 arrays, and carve the splits.
 
 Where the data comes from: `--data SRC`, else `$CIFARLAB_DATA`, else the official archive cached
-in `~/.cache/cifarlab` (`$XDG_CACHE_HOME/cifarlab`), else a download of it.
+in `~/.cache/cifarlab` (`$XDG_CACHE_HOME/cifarlab`), else a download of it. A source named
+`cifar10` or `cifar100`, where no such path exists, is that official set: cached, else downloaded.
 
 Decoding 50,000 JPEGs takes many seconds, so the decoded arrays are cached in one uncompressed
 .npz keyed by the source's path and, for it or each file in it, size, modification and change
 times and inode (a file replaced by one of the same size and the same mtime, as `cp -p`, `rsync -a`
 and tar extraction leave it, still gets a new inode or ctime); loading that takes a fraction of a
 second. A new entry replaces the older ones of the same path (each is ~180 MB for CIFAR-10). A
-cache file that cannot be read, whatever the reason, is decoded again and overwritten.
+cache file that cannot be read, whatever the reason, is decoded again and overwritten. CIFAR-100's
+coarse labels (`label_mode="coarse"`) are another data set: another key, and an entry of their own.
 
 The validation split is the source's val/ folder when it has one; otherwise it is carved from the
 end of a seeded, per-class shuffle of train, so every run with the same `val_fraction` and
@@ -18,6 +20,7 @@ end of a seeded, per-class shuffle of train, so every run with the same `val_fra
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import os
@@ -31,14 +34,15 @@ from typing import Any
 import numpy as np
 
 from cifarlab import fsio
-from cifarlab.download import download_official
+from cifarlab.download import NAMES, download_official
 from cifarlab.errors import UserError, warn
-from cifarlab.sources import OFFICIAL_DIRNAME, RawData, list_files, read_source
+from cifarlab.sources import LABEL_MODES, RawData, inner_folder, list_files, read_source
 
 CACHE_VERSION = 2  # 2: the key holds inodes and ctimes, the name the path's own hash; val splits
 STALE_TMP_SECONDS = 3600  # a .tmp this old in the cache is from a write that died (one takes seconds)
 OLD_CACHE_NAME = re.compile(r"[0-9a-f]{20}\.npz")  # version 1's names, which nothing reads any more
 NOTICE_AFTER = 0.5  # seconds of decoding before saying so
+LIST_CLASSES = 12  # class names a one-line description lists: CIFAR-100's 100 would fill a screen
 MEMORY_PREFIX = "memory:"  # the `data` of a run trained on arrays: "memory:<fingerprint>"
 
 
@@ -63,11 +67,16 @@ class Dataset:
     splits: dict[str, Split]
     cache_file: Path | None = None
     origin: dict[str, Any] | None = None
+    label_mode: str = "fine"  # CIFAR-100: its 100 classes, or "coarse": its 20 superclasses
 
     def __repr__(self) -> str:  # the arrays are far too long to print
         sizes = ", ".join(f"{name} {len(split):,}" for name, split in self.splits.items())
-        return (f"Dataset({self.kind} at {self.source}: {len(self.classes)} classes "
-                f"({', '.join(self.classes)}); {sizes} images)")
+        return f"Dataset({self.what} at {self.source}: {name_classes(self.classes)}; {sizes} images)"
+
+    @property
+    def what(self) -> str:
+        """The kind, and the label set where there are two."""
+        return f"{self.kind}, {self.label_mode} labels" if self.kind == "cifar100-python" else self.kind
 
     def class_counts(self, val_fraction: float = 0.1, split_seed: int = 0) -> dict[str, list[int]]:
         """Images per class in each split, with val carved as a run with `val_fraction` carves it."""
@@ -77,7 +86,12 @@ class Dataset:
     def describe(self, val_fraction: float = 0.1, split_seed: int = 0) -> str:
         """What the source holds, for `cifarlab data`: kind, classes, cache, and images per class
         in each split (val carved as a run with `val_fraction` carves it)."""
-        if "val" in self.splits:
+        if self.origin is not None:  # cl.load_data carved it already, as a run would
+            carved = self.origin.get("val_fraction", val_fraction)
+            val_from = (f"carved from train: {carved:g} of each class after a seeded shuffle "
+                        f"(--val-fraction {carved:g})" if "val" in self.splits else "none")
+            val_fraction = 0.0  # no second carve below
+        elif "val" in self.splits:
             val_from = "the source's val/ folder (--val-fraction is not used)"
         elif val_fraction > 0:
             val_from = "carved from train: a seeded per-class shuffle (--val-fraction)"
@@ -85,7 +99,7 @@ class Dataset:
             val_from = "none"
         lines = [
             f"source:      {self.source}",
-            f"kind:        {self.kind}",
+            f"kind:        {self.what}",
             f"classes:     {len(self.classes)} ({', '.join(self.classes)})",
             "image shape: 32x32x3 uint8",
             f"cache:       {self.cache_file or '(not cached)'}",
@@ -93,11 +107,44 @@ class Dataset:
             "splits:",
         ]
         width = max(len(c) for c in self.classes)
+        many = len(self.classes) > 20  # a line per class would fill screens (CIFAR-100: 300)
         for name, counts in self.class_counts(val_fraction, split_seed).items():
-            lines.append(f"  {name:<5} {sum(counts):>7} images")
+            lines.append(f"  {name:<5} {sum(counts):>7} images"
+                         + (f"; per class {_spread(self.classes, counts)}" if many else ""))
             for cls, count in zip(self.classes, counts, strict=True):
-                lines.append(f"      {cls:<{width}} {count:>6}")
+                if not many:
+                    lines.append(f"      {cls:<{width}} {count:>6}")
+        if many:
+            lines.append("  (--json lists every class's count)")
         return "\n".join(lines)
+
+
+def _spread(classes: list[str], counts: list[int]) -> str:
+    """'500 each', or 'from 3 (cat) to 9 (dog)'."""
+    low, high = int(np.argmin(counts)), int(np.argmax(counts))
+    if counts[low] == counts[high]:
+        return f"{counts[low]} each"
+    return f"from {counts[low]} ({classes[low]}) to {counts[high]} ({classes[high]})"
+
+
+def name_classes(classes: list[str], limit: int = LIST_CLASSES) -> str:
+    """'3 classes (a, b, c)'; past `limit` names, the first ones, '...' and the last."""
+    shown = classes if len(classes) <= limit else [*classes[:limit - 1], "...", classes[-1]]
+    return f"{len(classes)} classes ({', '.join(shown)})"
+
+
+def classes_differ(data_classes: list[str], model_classes: list[str], hint: str = "",
+                   whose: str = "model") -> UserError:
+    """The data's classes are not the model's (or the run's): one line, readable at 100 classes."""
+    if len(data_classes) == len(model_classes):
+        first = next(i for i, (a, b) in enumerate(zip(data_classes, model_classes, strict=True))
+                     if a != b)
+        detail = (f"class {first} is '{data_classes[first]}' in the data and "
+                  f"'{model_classes[first]}' in the {whose}")
+    else:
+        detail = (f"the data has {name_classes(data_classes, 6)}, the {whose} "
+                  f"{name_classes(model_classes, 6)}")
+    return UserError(f"the data's classes differ from the {whose}'s: {detail}{hint}")
 
 
 def cache_dir() -> Path:
@@ -106,18 +153,24 @@ def cache_dir() -> Path:
 
 
 def resolve_source(data: str | os.PathLike[str] | None, quiet: bool = False) -> Path:
-    """Where to read from: the argument, $CIFARLAB_DATA, the cached official set, or a download."""
-    if data is not None and str(data) != "":
-        return Path(data).expanduser().resolve()
-    env = os.environ.get("CIFARLAB_DATA")
-    if env:
-        return Path(env).expanduser().resolve()
-    return download_official(cache_dir(), quiet=quiet)
+    """Where to read from: the argument, $CIFARLAB_DATA, the cached official set, or a download.
+    A path that exists is always that path; `cifar10` or `cifar100` where none exists is the
+    official set of that name (Keras' names: keras.datasets.cifar100)."""
+    text = os.fspath(data) if data is not None else ""
+    text = text or os.environ.get("CIFARLAB_DATA", "")
+    if not text:
+        return download_official(cache_dir(), quiet=quiet)
+    path = Path(text).expanduser()
+    if not path.exists() and text.lower() in NAMES:
+        return download_official(cache_dir(), quiet=quiet, name=text.lower())
+    return path.resolve()
 
 
-def _fingerprint(path: Path) -> tuple[str, str]:
+def _fingerprint(path: Path, label_mode: str = "fine") -> tuple[str, str]:
     """(hash of the path, hash of the path and its contents' stat): the cache file's name is both,
-    so that newer entries for a path can replace the older ones."""
+    so that newer entries for a path can replace the older ones. CIFAR-100's coarse labels make
+    another data set of the same files: both hashes hold the label mode (fine keeps the keys that
+    every source had before there were two)."""
     try:
         if path.is_dir():
             entries = []
@@ -130,8 +183,9 @@ def _fingerprint(path: Path) -> tuple[str, str]:
             detail = _stat_key(path.stat())
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    where = hashlib.sha1(str(path).encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    what = hashlib.sha1(f"v{CACHE_VERSION}|{path}|{detail}".encode("utf-8", "surrogatepass"))
+    place = str(path) if label_mode == "fine" else f"{path}|{label_mode}"
+    where = hashlib.sha1(place.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    what = hashlib.sha1(f"v{CACHE_VERSION}|{place}|{detail}".encode("utf-8", "surrogatepass"))
     return where, what.hexdigest()[:20]
 
 
@@ -206,9 +260,12 @@ def _check_arrays(raw: RawData) -> None:
 
 
 def load_dataset(data: str | os.PathLike[str] | Dataset | None = None, quiet: bool = False,
-                 use_cache: bool = True) -> Dataset:
+                 use_cache: bool = True, label_mode: str = "fine") -> Dataset:
     """Read a source (or its cached arrays) into a Dataset with `train` and, if any, `val`, `test`.
-    A Dataset already in memory (arrays.py) is returned as it is."""
+    A Dataset already in memory (arrays.py) is returned as it is. `label_mode` is CIFAR-100's
+    label set: "fine" (100 classes) or "coarse" (20 superclasses)."""
+    if label_mode not in LABEL_MODES:
+        raise UserError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
     if isinstance(data, Dataset):
         return data
     if isinstance(data, str) and data.startswith(MEMORY_PREFIX):
@@ -216,10 +273,10 @@ def load_dataset(data: str | os.PathLike[str] | Dataset | None = None, quiet: bo
                         "not keep: pass them again, data=(x, y)")
     source = resolve_source(data, quiet=quiet)
     if not source.exists():
-        raise UserError(f"data source not found: {source}")
-    if source.is_dir() and (source / OFFICIAL_DIRNAME).is_dir():
-        source = source / OFFICIAL_DIRNAME
-    where, what = _fingerprint(source)
+        raise UserError(f"data source not found: {source}{_name_hint(source.name)}")
+    if source.is_dir():
+        source = inner_folder(source)
+    where, what = _fingerprint(source, label_mode)
     file = cache_dir() / "arrays" / f"{where}-{what}.npz"
     raw = _load_cache(file) if use_cache and file.exists() else None
     if raw is None:
@@ -230,7 +287,7 @@ def load_dataset(data: str | os.PathLike[str] | Dataset | None = None, quiet: bo
         if not quiet:
             notice.start()
         try:
-            raw = read_source(source)
+            raw = read_source(source, label_mode)
         finally:
             notice.cancel()
         if use_cache:
@@ -241,7 +298,13 @@ def load_dataset(data: str | os.PathLike[str] | Dataset | None = None, quiet: bo
                 warn(f"could not cache decoded data: {exc}")
     splits = {name: Split(raw.images[name], raw.labels[name]) for name in raw.images}
     return Dataset(source=source, kind=raw.kind, classes=raw.classes, splits=splits,
-                   cache_file=file if use_cache and file.exists() else None)
+                   cache_file=file if use_cache and file.exists() else None, label_mode=label_mode)
+
+
+def _name_hint(name: str) -> str:
+    """' (did you mean cifar100, the official set?)' for a near miss of an official set's name."""
+    near = difflib.get_close_matches(name.lower(), NAMES, n=1, cutoff=0.75)
+    return f" (did you mean {near[0]}, the official set?)" if near else ""
 
 
 def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:

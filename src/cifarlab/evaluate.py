@@ -21,7 +21,7 @@ from torch import nn
 
 from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import ModelArg, load_model
-from cifarlab.data import Dataset, Split, load_dataset, make_splits
+from cifarlab.data import Dataset, Split, classes_differ, load_dataset, make_splits
 from cifarlab.display import MAX_TEXT_ROWS, fields, table, text_table
 from cifarlab.errors import UserError
 from cifarlab.runtime import pick_device
@@ -34,7 +34,9 @@ from cifarlab.sources import IMAGE_SUFFIXES, decode_image, list_files
 EVAL_BATCH = 256  # images per forward pass when evaluating: large enough to keep the cores busy,
 # small enough that a fast net's activations stay in cache (and under 1 GB on a GPU)
 TTA_VIEWS = 6  # tta_logits: the image, its mirror, and both shifted one pixel two ways
-CONFUSED_PAIRS = 5  # (true, predicted) pairs listed as most confused
+CONFUSED_PAIRS = 5  # (true, predicted) pairs listed as most confused; more with many classes:
+CONFUSED_PAIRS_PER_CLASS = 0.2  # 100 classes (CIFAR-100) -> 20 pairs
+MANY_CLASSES = 20  # above this, per-class listings put the weakest classes first
 
 
 def tta_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -222,8 +224,12 @@ class Evaluation(dict[str, Any]):
                 f"{', TTA' if self.get('tta') else ''}")
 
     def _class_rows(self) -> list[list[str]]:
+        """One row per class; past MANY_CLASSES (CIFAR-100), lowest F1 first: the ones to read."""
+        items = list(self["per_class"].items())
+        if len(items) > MANY_CLASSES:
+            items.sort(key=lambda item: item[1]["f1"])
         return [[name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
-                 str(s["support"])] for name, s in self["per_class"].items()]
+                 str(s["support"])] for name, s in items]
 
     def __repr__(self) -> str:
         per_class = sorted(self["per_class"].items(), key=lambda item: item[1]["f1"])
@@ -241,9 +247,13 @@ class Evaluation(dict[str, Any]):
             ("accuracy", f"{self['accuracy']:.4f}"), ("loss", f"{self['loss']:.4f}"),
             ("macro F1", f"{self['macro_avg']['f1']:.4f}"), ("ECE", f"{self['ece']:.4f}"),
             ("most confused", ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})"
-                                        for p in self["most_confused"]) or "none")])
+                                        for p in self["most_confused"][:CONFUSED_PAIRS])
+             + (f", ... ({len(self['most_confused'])} in most_confused)"
+                if len(self["most_confused"]) > CONFUSED_PAIRS else "") or "none")])
+        many = len(self["per_class"]) > MANY_CLASSES
         return summary + table(["class", "precision", "recall", "F1", "support"],
-                               self._class_rows(), "tnnnn")
+                               self._class_rows(), "tnnnn",
+                               f"{len(self['per_class'])} classes, lowest F1 first" if many else None)
 
 
 def top_k(logits: torch.Tensor, classes: list[str], names: list[str], k: int) -> TopK:
@@ -277,10 +287,10 @@ def evaluation_split(record: dict[str, Any], data: str | Dataset | None, split: 
     otherwise. One rule for evaluate and report: the test split is used only when asked for.
     Images given in memory that are not the run's own are judged as a whole (their "test")."""
     config = record.get("config", {})
-    dataset = load_dataset(data if data is not None else config.get("data"), quiet=quiet)
+    dataset = load_dataset(data if data is not None else config.get("data"), quiet=quiet,
+                           label_mode=str(config.get("label_mode", "fine")))
     if dataset.classes != record["classes"]:
-        raise UserError(f"the data's classes {dataset.classes} differ from the model's "
-                        f"{record['classes']}")
+        raise classes_differ(dataset.classes, list(record["classes"]))
     splits = make_splits(dataset, float(config.get("val_fraction", 0.1)),
                          int(config.get("split_seed", 0)))
     name = split or ("test" if list(splits) == ["test"] else "val")
@@ -314,6 +324,11 @@ def class_scores(counts: np.ndarray, classes: list[str]) -> dict[str, dict[str, 
     f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(right), where=total > 0)
     return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                    "support": int(support[i])} for i, name in enumerate(classes)}
+
+
+def confused_pairs(num_classes: int) -> int:
+    """How many most-confused pairs to list: 5, or a fifth of the classes when that is more."""
+    return max(CONFUSED_PAIRS, round(num_classes * CONFUSED_PAIRS_PER_CLASS))
 
 
 def most_confused(counts: np.ndarray, classes: list[str], top: int = CONFUSED_PAIRS) -> list[dict[str, Any]]:
@@ -383,7 +398,8 @@ def scores(p: Predictions) -> Evaluation:
         "tta": p.tta, "accuracy": float(correct.mean()),
         "loss": float(F.cross_entropy(p.logits, torch.as_tensor(p.labels)).item()),
         "ece": calib["ece"], "macro_avg": macro, "per_class": per_class,
-        "most_confused": most_confused(counts, p.classes), "calibration": calib,
+        "most_confused": most_confused(counts, p.classes, confused_pairs(len(p.classes))),
+        "calibration": calib,
         "confusion": {"split": p.split, "classes": p.classes, "rows": "true class",
                       "columns": "predicted", "counts": counts.tolist(),
                       "row_normalized": (counts / np.maximum(counts.sum(1, keepdims=True), 1)).tolist()},

@@ -29,13 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import nn
 
 from cifarlab import plots
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_logits
-from cifarlab.plots import RIGHT, WRONG
+from cifarlab.plots import NEUTRAL, RIGHT, WRONG
 from cifarlab.runtime import to_batch
 
 STAGES = 4  # feature-map stages shown: the first, the last and evenly between (edges -> parts)
@@ -48,10 +50,64 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+
+
+def layer_labels(model: nn.Module) -> dict[str, str]:
+    """What each conv layer is, by position: {"body.6": "block 3 conv", "body.3": "block 1
+    conv 2", "body.whiten": "stem conv"}. Names are module paths, which say where a layer is,
+    not what it is.
+
+    Blocks are the containers that hold the convs ("groups.0", "groups.1": FastNet), a conv
+    outside them before the first block is the stem; where every conv sits in one container
+    (the Sequential of base and bn), a block ends at each pooling layer or strided conv.
+    In a block with one conv the label is "block N conv"; else "block N conv M".
+    """
+    convs = conv_layers(model)
+    parents = [name.rpartition(".")[0] for name, _ in convs]
+    distinct = list(dict.fromkeys(parents))
+    place: dict[str, tuple[int, int]] = {}  # name -> (block, conv in block); block 0: the stem
+    if len(distinct) > 1:
+        blocks = [p for p in distinct if not any(q.startswith(p + ".") for q in distinct if q != p)]
+        for name, parent in zip((n for n, _ in convs), parents, strict=True):
+            block = blocks.index(parent) + 1 if parent in blocks else 0
+            place[name] = (block, sum(1 for b, _ in place.values() if b == block) + 1)
+    else:
+        block, count, pooled = 1, 0, False
+        for name, module in model.named_modules():
+            if isinstance(module, POOLS):
+                pooled = count > 0
+            elif isinstance(module, nn.Conv2d):
+                stride = module.stride if isinstance(module.stride, tuple) else (module.stride,)
+                strided = max(stride) > 1 and count > 0
+                if pooled or strided:
+                    block, count, pooled = block + 1, 0, False
+                count += 1
+                place[name] = (block, count)
+    sizes = {b: sum(1 for bb, _ in place.values() if bb == b) for b, _ in place.values()}
+    return {name: ("stem conv" if b == 0 else f"block {b} conv" if sizes[b] == 1
+                   else f"block {b} conv {j}") for name, (b, j) in place.items()}
+
+
+def describe_layer(model: nn.Module, name: str) -> str:
+    """A layer by what it is and where: "block 3 conv (body.6)"; a layer after a conv (its
+    activation) as "after block 3 conv (body.7)"; else the module path alone."""
+    labels, last = layer_labels(model), None
+    for module_name, _ in model.named_modules():
+        if module_name in labels:
+            last = labels[module_name]
+        if module_name == name:
+            break
+    if name in labels:
+        return f"{labels[name]} ({name})"
+    return f"after {last} ({name})" if last else name
+
+
 def find_last_conv(model: nn.Module, layer: str | None = None) -> tuple[str, nn.Module]:
     """The layer Grad-CAM looks at: the last nn.Conv2d, or the module named `layer`."""
     convs = conv_layers(model)
-    names = ", ".join(name for name, _ in convs) or "none"
+    labels = layer_labels(model)
+    names = ", ".join(f"{name} ({labels[name]})" for name, _ in convs) or "none"
     if layer is not None:
         try:
             return layer, model.get_submodule(layer)
@@ -170,8 +226,8 @@ def first_layer_filters(model: nn.Module) -> Figure:
         kind = ("frozen patch-whitening filters (set from the data, not learned)"
                 if not conv.weight.requires_grad else "filters")
         size = "x".join(str(k) for k in conv.kernel_size)
-        panel.suptitle(f"{name}: {conv.out_channels} {kind}, {size}, each scaled to 0..1",
-                       fontsize=10)
+        panel.suptitle(f"{describe_layer(model, name)}: {conv.out_channels} {kind}, {size}, each "
+                       "scaled to 0..1", fontsize=10)
     return fig
 
 
@@ -249,17 +305,24 @@ def feature_maps(model: nn.Module, images: np.ndarray, max_images: int = 4, chan
         for row in range(len(images)):
             axes[row, col].imshow(_mosaic(maps[row], columns), cmap="magma", interpolation="nearest")
         c, h, w = output.shape[1:]
-        axes[0, col].set_title(f"{name}\n{c} ch, {h}x{w}: top {len(strongest)}", fontsize=9)
+        where = describe_layer(model, name).replace(" (", "\n(", 1)
+        axes[0, col].set_title(f"{where}\n{c} ch, {h}x{w}: top {len(strongest)}", fontsize=9)
     for ax in axes.ravel():
         ax.set_axis_off()
+    key = fig.colorbar(ScalarMappable(cmap="magma", norm=Normalize(0, 1)), ax=axes[:, 1:].ravel().tolist(),
+                       location="bottom", shrink=0.5, aspect=40, pad=0.02)
+    key.set_label("activation, each map scaled to 0..1: dark = quiet, bright = strongest", fontsize=9)
     fig.suptitle("Feature maps: the strongest channels, shallow (left) to deep (right)", fontsize=11)
     return fig
 
 
-def cam_figure(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], right: Sequence[bool],
+def cam_figure(images: np.ndarray, maps: np.ndarray, captions: Sequence[str],
+               right: Sequence[bool | None],
                title: str = "Grad-CAM: where the evidence for the predicted class lies",
                columns: int = 4) -> Figure:
-    """Each image beside itself with its heat map laid over; captions in green (right) or red."""
+    """Each image beside itself with its heat map laid over, and the heat's colour key below.
+    Captions in green (right), red (wrong), or a neutral colour where the truth is unknown
+    (None: your own images)."""
     count = len(images)
     if count == 0:
         fig = plots.LabFigure(figsize=(6, 1.2))
@@ -269,11 +332,11 @@ def cam_figure(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], ri
         return fig
     columns = min(columns, count)
     rows = math.ceil(count / columns)
-    head = 0.8  # inches for the title
-    height = rows * 2.0 + head
-    fig = plots.LabFigure(figsize=(columns * 3.6, height))
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - head / height, wspace=0.05,
-                        hspace=0.35)
+    head, foot = 0.8, 0.75  # inches for the title, and for the colour key
+    height = rows * 2.0 + head + foot
+    fig = plots.LabFigure(figsize=(max(columns, 2) * 3.6, height))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=foot / height, top=1 - head / height,
+                        wspace=0.05, hspace=0.35)
     axes = np.array(fig.subplots(rows, 2 * columns, squeeze=False))
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -283,7 +346,15 @@ def cam_figure(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], ri
         plain.imshow(image, interpolation="nearest")
         overlay.imshow(image, interpolation="nearest")
         overlay.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
-        plain.set_title(caption, fontsize=9, color=RIGHT if ok else WRONG, loc="left")
+        plain.set_title(caption, fontsize=9, color=NEUTRAL if ok is None else RIGHT if ok else WRONG,
+                        loc="left")
+    key = fig.add_axes((0.3, 0.3 * foot / height, 0.4, 0.15 / height))
+    bar = fig.colorbar(ScalarMappable(cmap="jet", norm=Normalize(0, 1)), cax=key,
+                       orientation="horizontal")
+    bar.set_ticks([0, 0.5, 1], labels=["0: no evidence", "0.5", "1: most evidence"])
+    bar.ax.tick_params(labelsize=8.5)
+    bar.ax.set_title("Grad-CAM heat: evidence for the predicted class (each map scaled to 0..1)",
+                     fontsize=9)
     fig.suptitle(title, fontsize=12, y=1 - 0.2 / height)
     return fig
 
@@ -331,8 +402,8 @@ def explain(model: nn.Module, images: np.ndarray, labels: np.ndarray, classes: S
             for i in picked]
         figures[key] = cam_figure(
             images[picked], heat, captions, correct[picked].tolist(),
-            title=f"Grad-CAM on {find_last_conv(model, layer)[0]}: the most confident {word} "
-                  f"predictions, heat on the predicted class")
+            title=f"Grad-CAM on {describe_layer(model, find_last_conv(model, layer)[0])}: the most "
+                  f"confident {word} predictions, heat on the predicted class")
     return figures
 
 
@@ -354,13 +425,13 @@ def explain_images(model: nn.Module, images: np.ndarray, names: Sequence[str], c
     probs = predict_logits(model, images, device).softmax(1).numpy()
     predicted, confidence = probs.argmax(1), probs.max(1)
     heat = grad_cam(model, images, layer=layer, target=predicted)
-    captions = [f"{Path(str(name)).name}\n{classes[predicted[i]]} {confidence[i]:.0%}"
+    captions = [f"{Path(str(name)).name}\npredicted: {classes[predicted[i]]} ({confidence[i]:.0%})"
                 for i, name in enumerate(names)]
     shown = f" (the first {len(images)} of {total:,} images)" if total > len(images) else ""
     return {
         "filters": first_layer_filters(model),
         "feature_maps": feature_maps(model, images[:4], max_images=4),
-        "gradcam": cam_figure(images, heat, captions, [True] * len(images),
-                              title=f"Grad-CAM on {find_last_conv(model, layer)[0]}: heat on the "
-                                    f"predicted class{shown}"),
+        "gradcam": cam_figure(images, heat, captions, [None] * len(images),  # truth unknown
+                              title=f"Grad-CAM on {describe_layer(model, find_last_conv(model, layer)[0])}: "
+                                    f"heat on the predicted class (the true class is unknown){shown}"),
     }

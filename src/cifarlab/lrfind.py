@@ -49,6 +49,7 @@ from cifarlab.networks import spec_of
 from cifarlab.prepare import Data, build_model, carve, read_dataset
 from cifarlab.runtime import available_cores, generator, pick_device, to_batch
 from cifarlab.step import train_step
+from cifarlab.text import plural
 
 FIGURE, TABLE, RESULT = "lr_find.png", "lr_find.csv", "lr_find.json"
 SKIP_START = 0.1  # the first 10% of steps: a fresh model's loss moves for reasons other than the lr
@@ -71,6 +72,16 @@ class LRFind:
         return (f"LRFind(suggestion {self.suggestion:.2g} = minimum {self.minimum:.2g} / 10; "
                 f"steepest {self.steepest:.2g}; {len(self.lrs)} steps, {self.stopped})")
 
+    @property
+    def subject(self) -> str:
+        """What was tested: the recipe, or your model by its class name with the recipe whose
+        training settings it used ("SmallVGG, trained as base")."""
+        from cifarlab.rundir import stem
+
+        recipe, model = str(self.config.get("recipe")), str(self.config.get("model"))
+        name = stem(recipe, model)
+        return recipe if name == recipe else f"{name}, trained as {recipe}"
+
     def to_dict(self) -> dict[str, Any]:
         return {"suggestion": self.suggestion, "minimum": self.minimum, "steepest": self.steepest,
                 "rule": "minimum / 10", "steps": len(self.lrs), "stopped": self.stopped,
@@ -79,9 +90,7 @@ class LRFind:
 
     def plot(self) -> Figure:
         """Loss against lr on a log axis: raw (faint), smoothed, and the three marked lrs."""
-        from matplotlib.ticker import LogLocator
-
-        from cifarlab.plots import LabFigure
+        from cifarlab.plots import LabFigure, log_axis
 
         fig = LabFigure(figsize=(8, 4.8), layout="constrained")
         ax = fig.subplots()
@@ -92,14 +101,15 @@ class LRFind:
                                 (self.minimum, "tab:red", "minimum")):
             ax.axvline(lr, color=color, linestyle="--", label=f"{text}: {lr:.2g}")
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10))
+        log_axis(ax)
         start = self.smoothed[0] if self.smoothed else 1.0
         low = min(self.smoothed) if self.smoothed else 0.0
         ax.set_ylim(low - 0.1 * (start - low + 1e-3), start + 0.6 * (start - low + 1e-3))
-        ax.set(title=f"Learning-rate range test: {self.config.get('recipe')} "
+        ax.set(title=f"Learning-rate range test: {self.subject} "
                      f"({self.config.get('optimizer')}, batch {self.config.get('batch_size')})",
                xlabel="learning rate (log scale)", ylabel="training loss")
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.08, which="minor")
         ax.legend(loc="upper left", fontsize=9)
         return fig
 
@@ -213,7 +223,7 @@ def _range_test(config: TrainConfig, data: Data, net: nn.Module, device: torch.d
             stopped = f"loss diverged (over {diverge:g}x its best) at lr {lr:.2g}"
             break
     if len(lrs) < 5:
-        raise UserError(f"the lr range test stopped after {len(lrs)} steps ({stopped}); "
+        raise UserError(f"the lr range test stopped after {plural(len(lrs), 'step')} ({stopped}); "
                         "lower --start")
     smoothed = _smooth(losses, window=max(5, steps // 12) | 1)
     minimum, steepest = _pick(lrs, smoothed)

@@ -197,7 +197,7 @@ def create_model(name: str | ModelFactory | nn.Module, num_classes: int,
 def keras_init(module: nn.Module) -> None:
     """Glorot-uniform weights and zero biases, as Keras initialises Conv2D and Dense.
 
-    The seed recipes reproduce Keras notebooks, so they start from the same initialisation.
+    base, robust and bn reproduce the classic Keras tutorial, so they start from the same initialisation.
     """
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
@@ -208,15 +208,15 @@ def keras_init(module: nn.Module) -> None:
 
 def _conv_relu_pool(c_in: int, c_out: int) -> list[nn.Module]:
     """Conv + ReLU + MaxPool, computed as Conv, MaxPool, ReLU: max and ReLU commute, so the
-    outputs and gradients are the same, and the ReLU touches a quarter of the values (the seed
-    models train ~10-25% faster a step on the CPU; BENCHMARKS.md). The parameter indices in the
+    outputs and gradients are the same, and the ReLU touches a quarter of the values (the Keras
+    tutorial's models train ~10-25% faster a step on the CPU; BENCHMARKS.md). The parameter indices in the
     Sequential are unchanged, so older checkpoints load."""
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
 
 
 @register_model("base")
 def base_cnn(num_classes: int = 10) -> nn.Module:
-    """The seed's base CNN: 3 x (Conv 3x3 + ReLU + MaxPool) with 32/64/128 filters, Linear."""
+    """The classic Keras tutorial's base CNN: 3 x (Conv 3x3 + ReLU + MaxPool), 32/64/128 filters, Linear."""
     net = nn.Sequential(
         *_conv_relu_pool(3, 32), *_conv_relu_pool(32, 64), *_conv_relu_pool(64, 128),
         nn.Flatten(), nn.Linear(128 * 4 * 4, num_classes),
@@ -227,7 +227,7 @@ def base_cnn(num_classes: int = 10) -> nn.Module:
 
 @register_model("base_dropout")
 def base_dropout_cnn(num_classes: int = 10) -> nn.Module:
-    """`base` with Dropout(0.5) before the last Linear (the seed's robust model)."""
+    """`base` with Dropout(0.5) before the last Linear (the Keras tutorial's robust model)."""
     net = nn.Sequential(
         *_conv_relu_pool(3, 32), *_conv_relu_pool(32, 64), *_conv_relu_pool(64, 128),
         nn.Flatten(), nn.Dropout(0.5), nn.Linear(128 * 4 * 4, num_classes),
@@ -246,7 +246,7 @@ def _bn_block(c_in: int, c_out: int) -> list[nn.Module]:
 
 @register_model("bn")
 def bn_cnn(num_classes: int = 10) -> nn.Module:
-    """The seed's BatchNorm + Dropout CNN: 3 x [Conv-BN-ReLU x2, MaxPool, Dropout 0.25], MLP head."""
+    """The Keras tutorial's BatchNorm + Dropout CNN: 3 x [Conv-BN-ReLU x2, MaxPool, Dropout .25], MLP head."""
     net = nn.Sequential(
         *_bn_block(3, 32), *_bn_block(32, 64), *_bn_block(64, 128),
         nn.Flatten(), nn.Linear(128 * 4 * 4, 128), nn.BatchNorm1d(128), nn.ReLU(inplace=True),

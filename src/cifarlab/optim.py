@@ -34,7 +34,7 @@ def build(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     taken = {id(p) for group in special for p in group["params"]}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     if config.optimizer == "adam":
-        # Keras' Adam defaults (eps=1e-7): the seed recipes reproduce Keras notebooks.
+        # Keras' Adam defaults (eps=1e-7): base, robust and bn reproduce the classic Keras tutorial.
         groups = [{"params": params, "lr_scale": 1.0}, *special]
         return torch.optim.Adam(groups, lr=config.lr, eps=1e-7, weight_decay=config.weight_decay)
     norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)

@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 DPI = 110  # sharp enough to zoom into on a phone, small enough to embed (~100 KB a figure)
 TRAIN, VAL, GAP = "tab:blue", "tab:orange", "tab:red"
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red, with a ✓ / ✗ for readers who can't tell them apart
+NEUTRAL = "#1f2328"  # a prediction whose truth is unknown (your own images): neither right nor wrong
 ANNOTATE_MAX_CLASSES = 20  # above this many classes, numbers in the confusion cells are unreadable
 
 
@@ -73,7 +74,44 @@ def _percent_axis(ax: Axes) -> None:
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if high - low >= 0.05 else None))
 
 
-def _epoch_axis(ax: Axes) -> None:
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def power_of_ten(value: float, _position: object = None) -> str:
+    """A tick label in plain text: "10⁻⁷" for a power of ten, "3×10⁻⁴" between (mathtext is
+    off in our figures, so matplotlib's own log labels would print as raw "$\\mathdefault..$").
+
+        >>> power_of_ten(1e-7), power_of_ten(1.0), power_of_ten(3e-4)
+        ('10⁻⁷', '1', '3×10⁻⁴')
+    """
+    if value <= 0:
+        return ""
+    exponent = int(np.floor(np.log10(value) + 1e-9))
+    mantissa = round(value / 10.0**exponent, 6)
+    power = "1" if exponent == 0 else "10" if exponent == 1 else "10" + str(exponent).translate(SUPERSCRIPT)
+    if mantissa == 1:
+        return power
+    return f"{mantissa:g}" + ("" if exponent == 0 else f"×{power}")
+
+
+def log_axis(ax: Axes) -> None:
+    """A readable log x axis: a plain-text label at each power of ten (every other one past 10
+    decades), unlabelled minor ticks between."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    decades = np.log10(high) - np.log10(low)
+    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+    if decades > 10:
+        ax.xaxis.set_major_locator(LogLocator(base=100, numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(power_of_ten))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10)), numticks=100))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def epoch_axis(ax: Axes) -> None:
+    """Whole-number epoch ticks, and a window of 3 around a single epoch."""
     ax.set_xlabel("epoch")
     low, high = ax.get_xlim()
     if high - low < 1:  # a single epoch: whole-number ticks around it, not 0.95 ... 1.05
@@ -85,22 +123,29 @@ def _epoch_axis(ax: Axes) -> None:
 
 @plain_text
 def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int) -> LabFigure:
-    """Loss and accuracy per epoch, train vs val, the gap shaded, running and clean train accuracy."""
+    """Loss and accuracy per epoch, train vs val, the gap shaded, running and clean train accuracy.
+
+    Epochs without evaluation (empty val cells) are left out of the val and clean curves, which
+    join the evaluated epochs."""
     epochs = [row["epoch"] for row in history]
     col = {key: [row[key] for row in history] for key in history[0]}
+    measured = [row for row in history if np.isfinite(row["val_acc"])]
+    clean_rows = [row for row in history if np.isfinite(row["train_acc_clean"])]
+    at = {key: [row[key] for row in measured] for key in ("epoch", "val_loss", "val_acc", "train_acc_clean")}
     fig = LabFigure(figsize=(12, 5.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    has_val = any(np.isfinite(col["val_acc"]))  # --val-fraction 0: train curves only
+    has_val = bool(measured)  # --val-fraction 0: train curves only
     loss_ax.plot(epochs, col["train_loss"], "o--", color=TRAIN, alpha=0.6)
     if has_val:
-        loss_ax.plot(epochs, col["val_loss"], "o-", color=VAL)
+        loss_ax.plot(at["epoch"], at["val_loss"], "o-", color=VAL)
     loss_ax.set(title="Cross-entropy loss per epoch", ylabel="loss")
     acc_ax.plot(epochs, col["train_acc"], "o--", color=TRAIN, alpha=0.6,
                 label="train, running (as Keras reports it: dropout + augmentation on, mid-epoch weights)")
-    acc_ax.plot(epochs, col["train_acc_clean"], "o-", color=TRAIN, label="train, clean: eval mode")
+    acc_ax.plot([r["epoch"] for r in clean_rows], [r["train_acc_clean"] for r in clean_rows], "o-",
+                color=TRAIN, label="train, clean: eval mode")
     if has_val:
-        acc_ax.plot(epochs, col["val_acc"], "o-", color=VAL, label="val")
-        acc_ax.fill_between(epochs, col["train_acc_clean"], col["val_acc"], color=GAP, alpha=0.15,
+        acc_ax.plot(at["epoch"], at["val_acc"], "o-", color=VAL, label="val")
+        acc_ax.fill_between(at["epoch"], at["train_acc_clean"], at["val_acc"], color=GAP, alpha=0.15,
                             label="gap: clean train − val")
     acc_ax.set(title="Accuracy per epoch" + ("" if has_val else " (no validation images)"),
                ylabel="accuracy")
@@ -109,16 +154,25 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
         if best_val_loss_epoch:
             ax.axvline(best_val_loss_epoch, color="gray", linestyle=":",
                        label=f"lowest val loss (epoch {best_val_loss_epoch})")
-        _epoch_axis(ax)
+        epoch_axis(ax)
     # One legend for both panels, below them, so it never hides a curve.
     fig.legend(*acc_ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9.5)
     fig.suptitle(title, fontsize=13)
     return fig
 
 
+def short(name: str, limit: int) -> str:
+    """A class name cut to `limit` characters with an ellipsis, for captions under 2-inch images
+    (CIFAR-100's superclasses run to 29: large_man-made_outdoor_things)."""
+    return name if len(name) <= limit else name[:limit - 1] + "…"
+
+
 @plain_text
 def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> LabFigure:
-    """Two heat maps side by side: raw counts, and each row as a share of its true class."""
+    """Two heat maps side by side: raw counts, and each row as a share of its true class. Above
+    ANNOTATE_MAX_CLASSES classes, one map of the mistakes alone (`confusion_many`)."""
+    if len(classes) > ANNOTATE_MAX_CLASSES:
+        return confusion_many(counts, classes, title)
     totals = counts.sum(1, keepdims=True)
     shares = counts / np.maximum(totals, 1)
     size = min(20.0, max(5.5, 0.55 * len(classes) + 2.5))  # inches a panel: 10 classes -> 8
@@ -140,6 +194,101 @@ def confusion(counts: np.ndarray, classes: Sequence[str], title: str) -> LabFigu
     return fig
 
 
+CLASS_INCHES = 0.14  # a row and column per class in confusion_many: 100 classes -> 14 inches
+THIN_LABELS = 6.0  # points: below the 10 points a row takes at CLASS_INCHES (0.14 in = 10 pt)
+
+
+@plain_text
+def confusion_many(counts: np.ndarray, classes: Sequence[str], title: str) -> LabFigure:
+    """The confusion matrix of many classes (CIFAR-100): one square map, each row's mistakes as a
+    share of its true class. The right answers (the diagonal) are left out of the colour scale and
+    drawn grey: with them in it, a 5% confusion would be a pale dot beside a dark diagonal. Every
+    class is labelled, in thin type; open the PNG at full size to read it (the report also draws
+    `confusion_summary`, readable at page width)."""
+    n = len(classes)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    diagonal = np.eye(n, dtype=bool)
+    wrong = np.ma.masked_array(shares * 100, mask=diagonal | (counts == 0))  # blank: none
+    side = CLASS_INCHES * n
+    fig = LabFigure(figsize=(side + 3.2, side + 2.4), layout="constrained")
+    ax = fig.subplots()
+    ax.set_facecolor("white")
+    # the diagonal in greys, darker where more of the class is right (an empty class: none)
+    ax.imshow(np.ma.masked_array(shares, mask=~diagonal | (counts.sum(1) == 0)[:, None]),
+              cmap="Greys", vmin=-0.3, vmax=1.3)
+    top = max(float(wrong.max()) if wrong.count() else 0.0, 1.0)
+    image = ax.imshow(wrong, cmap="Reds", vmin=0, vmax=top)
+    fig.colorbar(image, ax=ax, shrink=0.5, label="% of the true class taken for the predicted one")
+    ticks = np.arange(n)
+    ax.set_xticks(ticks, classes, rotation=90, fontsize=THIN_LABELS)
+    ax.set_yticks(ticks, classes, fontsize=THIN_LABELS)
+    ax.tick_params(length=2, width=0.5)
+    ax.set(xlabel="predicted class", ylabel="true class",
+           title=f"Mistakes: each row's wrong answers as a % of its true class ({n} classes; "
+                 "diagonal in grey: the right answers, darker for more)")
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+SUMMARY_ROWS = 15  # bars in each panel of confusion_summary: readable at page width
+
+
+@plain_text
+def confusion_summary(counts: np.ndarray, classes: Sequence[str], title: str,
+                      rows: int = SUMMARY_ROWS) -> LabFigure:
+    """What a confusion matrix of many classes says, at a size that reads: the most confused
+    (true, predicted) pairs, and the classes with the lowest accuracy (recall), as bars."""
+    support = counts.sum(1)
+    recall = np.diag(counts) / np.maximum(support, 1)
+    off = counts.astype(np.float64).copy()
+    np.fill_diagonal(off, 0)
+    share = off / np.maximum(support, 1)[:, None]
+    # pairs by count, then by share of the true class
+    order = np.lexsort((-share.ravel(), -off.ravel()))[:rows]
+    pairs = [divmod(int(k), len(classes)) for k in order if off.flat[int(k)] > 0]
+    present = np.flatnonzero(support > 0)
+    hardest = present[np.argsort(recall[present], kind="stable")[:rows]]
+    fig = LabFigure(figsize=(12, 0.32 * rows + 1.6), layout="constrained")
+    pair_ax, class_ax = fig.subplots(1, 2)
+    labels = [f"{short(classes[i], 24)} → {short(classes[j], 24)}" for i, j in pairs]
+    values = [share[i, j] for i, j in pairs]
+    pair_ax.barh(range(len(pairs)), values, color=GAP, alpha=0.8)
+    for y, (i, j) in enumerate(pairs):
+        pair_ax.text(share[i, j], y, f" {int(off[i, j])} of {int(support[i])}", va="center",
+                     fontsize=8.5)
+    pair_ax.set_yticks(range(len(pairs)), labels, fontsize=9)
+    pair_ax.set(title=f"The {len(pairs)} most confused pairs: true → predicted",
+                xlabel="share of the true class")
+    class_ax.barh(range(len(hardest)), recall[hardest], color=TRAIN)
+    for y, i in enumerate(hardest):
+        class_ax.text(recall[i], y, f" {recall[i]:.0%}", va="center", fontsize=8.5)
+    class_ax.set_yticks(range(len(hardest)), [short(classes[i], 30) for i in hardest], fontsize=9)
+    mean = float(recall[present].mean()) if len(present) else 0.0
+    class_ax.axvline(mean, color="gray", linestyle=":", label=f"mean over classes: {mean:.0%}")
+    class_ax.legend(loc="lower right", fontsize=8.5)
+    class_ax.set(title=f"The {len(hardest)} hardest of {len(present)} classes: accuracy (recall)",
+                 xlabel="right answers, share of the class", xlim=(0, 1.15))
+    for ax in (pair_ax, class_ax):
+        ax.invert_yaxis()  # the largest first, at the top
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.grid(axis="x", alpha=0.3)
+    if not pairs:
+        pair_ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=pair_ax.transAxes)
+    pair_ax.set_xlim(0, max([*values, 0.01]) * 1.3)
+    fig.suptitle(title, fontsize=13)
+    return fig
+
+
+CAPTION_CHARS = 25  # characters of a caption line that fit a 2-inch column at 9 points
+
+
+def caption_size(captions: Sequence[str], points: float = 9.0, chars: int = CAPTION_CHARS) -> float:
+    """The font size at which the longest caption line fits its column: `points` unless a line is
+    longer than `chars` (long class names: CIFAR-100's superclasses), then smaller, down to 6."""
+    longest = max((len(line) for caption in captions for line in caption.splitlines()), default=0)
+    return max(6.0, min(points, points * chars / max(longest, 1)))
+
+
 @plain_text
 def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool], title: str,
                columns: int = 6) -> LabFigure:
@@ -153,9 +302,10 @@ def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.set_axis_off()
+    size = caption_size(captions)
     for ax, image, caption, ok in zip(axes, images, captions, right, strict=False):
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(caption, fontsize=9, color=RIGHT if ok else WRONG)
+        ax.set_title(caption, fontsize=size, color=RIGHT if ok else WRONG)
     fig.suptitle(title, fontsize=12, y=1 - 0.15 / height)
     fig.tight = False  # fixed margins already
     return fig
@@ -164,7 +314,10 @@ def image_grid(images: np.ndarray, captions: Sequence[str], right: Sequence[bool
 @plain_text
 def class_grid(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], per_class: int,
                title: str, seed: int = 0) -> LabFigure:
-    """`per_class` random images of every class, one row per class, its name on the left."""
+    """`per_class` random images of every class, one row per class, its name on the left (past
+    ANNOTATE_MAX_CLASSES classes, several classes a row: `class_blocks`)."""
+    if len(classes) > ANNOTATE_MAX_CLASSES:
+        return class_blocks(images, labels, classes, per_class, title, seed)
     rng = np.random.default_rng(seed)
     fig = LabFigure(figsize=(per_class * 1.1 + 1.4, len(classes) * 1.1 + 0.6))
     fig.subplots_adjust(left=0.13, right=0.99, bottom=0.01, top=1 - 0.6 / (len(classes) * 1.1 + 0.6),
@@ -182,6 +335,42 @@ def class_grid(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], p
                 ax.imshow(images[chosen[col]], interpolation="nearest")
         axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=10)
     fig.suptitle(title, fontsize=12)
+    fig.tight = False  # fixed margins already
+    return fig
+
+
+THUMB_INCHES = 0.5  # an image in class_blocks: 32 pixels drawn at 2x on the page
+BLOCKS_WIDE_INCHES = 15.0  # class_blocks' width: as many classes a row as fit
+
+
+@plain_text
+def class_blocks(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], per_class: int,
+                 title: str, seed: int = 0) -> LabFigure:
+    """`per_class` random images of every class for many classes (CIFAR-100): each class a strip
+    of images under its name, as many strips a row as fit the width. One canvas and one imshow:
+    100 classes as 800 axes would take a minute to draw."""
+    rng = np.random.default_rng(seed)
+    gap, band, space = 2, 12, 14  # pixels: between images, for the name, between strips
+    strip = per_class * (32 + gap) - gap
+    across = max(1, int(BLOCKS_WIDE_INCHES * 32 / THUMB_INCHES) // (strip + space))
+    down = -(-len(classes) // across)
+    width, height = across * (strip + space) - space, down * (band + 32 + space) - space
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    inches = height * THUMB_INCHES / 32 + 0.6  # 0.6: the title
+    fig = LabFigure(figsize=(width * THUMB_INCHES / 32, inches))
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.6 / inches)
+    ax = fig.subplots()
+    ax.set_axis_off()
+    for row, name in enumerate(classes):
+        top = (row // across) * (band + 32 + space)
+        left = (row % across) * (strip + space)
+        chosen = rng.permutation(np.flatnonzero(labels == row))[:per_class]
+        for k, index in enumerate(chosen):
+            x = left + k * (32 + gap)
+            canvas[top + band:top + band + 32, x:x + 32] = images[index]
+        ax.text(left, top + band - 2, short(name, 2 * per_class + 4), fontsize=8, va="bottom")
+    ax.imshow(canvas, interpolation="nearest")
+    fig.suptitle(title, fontsize=12, y=1 - 0.15 / inches, va="top")
     fig.tight = False  # fixed margins already
     return fig
 
@@ -220,12 +409,13 @@ def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
     fig = LabFigure(figsize=(9, 5.2), layout="constrained")
     ax = fig.subplots()
     for label, history in runs:
-        if not np.isfinite(history[-1]["val_acc"]):  # --val-fraction 0: nothing to draw
+        measured = [r for r in history if np.isfinite(r["val_acc"])]  # epochs that were evaluated
+        if not measured:  # --val-fraction 0: nothing to draw
             continue
-        ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], "o-", markersize=3,
-                label=f"{label}: {history[-1]['val_acc']:.1%}")
+        ax.plot([r["epoch"] for r in measured], [r["val_acc"] for r in measured], "o-", markersize=3,
+                label=f"{label}: {measured[-1]['val_acc']:.1%}")
     ax.set(title="Validation accuracy per epoch (legend: final val accuracy)", ylabel="val accuracy")
     _percent_axis(ax)
-    _epoch_axis(ax)
+    epoch_axis(ax)
     ax.legend(loc="lower right", fontsize=9)  # curves rise from the lower left; this corner stays free
     return fig

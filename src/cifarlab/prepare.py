@@ -65,16 +65,16 @@ def read_dataset(config: TrainConfig, ctx: distributed.Context, device: torch.de
                             f"their fingerprint is {given.source}")
         return given
     if not ctx.enabled:
-        return load_dataset(config.data, quiet=quiet)
+        return load_dataset(config.data, quiet=quiet, label_mode=config.label_mode)
     dataset, error = None, None
     if ctx.local_rank == 0:
         try:
-            dataset = load_dataset(config.data, quiet=quiet)
+            dataset = load_dataset(config.data, quiet=quiet, label_mode=config.label_mode)
         except UserError as exc:
             error = exc
     if distributed.all_sum([error is not None], device)[0]:
         raise error or UserError("another process could not load the data")
-    return dataset or load_dataset(config.data, quiet=True)
+    return dataset or load_dataset(config.data, quiet=True, label_mode=config.label_mode)
 
 
 def train_split(dataset: Dataset, config: TrainConfig) -> tuple[Split, Split]:

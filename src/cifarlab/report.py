@@ -5,10 +5,11 @@
     cifarlab report runs/seed-base --out /tmp/base-report   # --split test: sources with a test split
 
 For each run: curves.png, confusion_matrix.png + confusion.json, samples.png, mistakes.png,
-reliability.png, metrics.json (per-class precision/recall/F1, most confused pairs, ECE, the
-diagnosis) and report.html, one self-contained page with all of it. Everything that needs the model
-(all but the curves and the diagnosis) needs `model.pt`; for an unfinished run without one those
-parts are skipped and the page says so.
+reliability.png (and, past 20 classes, confusion_summary.png: the most confused pairs and the
+hardest classes, which a 100 x 100 matrix cannot show at page width), metrics.json (per-class
+precision/recall/F1, most confused pairs, ECE, the diagnosis) and report.html, one self-contained
+page with all of it. Everything that needs the model (all but the curves and the diagnosis) needs
+`model.pt`; for an unfinished run without one those parts are skipped and the page says so.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from cifarlab.calibrate import BINS as CALIBRATION_BINS
 from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import ModelArg
 from cifarlab.data import Dataset
-from cifarlab.diagnose import Diagnosis, diagnose
+from cifarlab.diagnose import Diagnosis, evaluated
 from cifarlab.display import table
 from cifarlab.evaluate import Predictions, confusion_counts, predict_split, scores
 from cifarlab.rundir import RunFiles
 from cifarlab.rundir import read as read_run
+from cifarlab.text import plural
 
 REPORT_DIRNAME = rundir.REPORT
 SAMPLE_COUNT = 24  # random images in samples.png (4 rows of 6: readable captions on a phone)
@@ -48,6 +50,12 @@ MISTAKE_COUNT = 24  # most confident wrong predictions in mistakes.png
 def confusion_figure(p: Predictions) -> Figure:
     counts = confusion_counts(p.labels, p.probs.argmax(1), len(p.classes))
     return plots.confusion(counts, p.classes, f"Confusion matrix: {p.where}")
+
+
+def confusion_summary_figure(p: Predictions) -> Figure:
+    """The most confused pairs and the hardest classes: the confusion matrix of many classes, read."""
+    counts = confusion_counts(p.labels, p.probs.argmax(1), len(p.classes))
+    return plots.confusion_summary(counts, p.classes, f"What the model confuses: {p.where}")
 
 
 def reliability_figure(p: Predictions) -> Figure:
@@ -83,7 +91,7 @@ def mistakes_figure(p: Predictions, count: int = MISTAKE_COUNT) -> Figure:
 
 
 def curves_figure(run: RunFiles) -> Figure:
-    diagnosis = diagnose(run.history)
+    diagnosis = run.diagnosis()
     return plots.curves(run.history, f"Learning curves: {run.label}, diagnosis: {diagnosis.verdict}",
                         diagnosis.best_val_loss_epoch)
 
@@ -119,7 +127,7 @@ def write_report(run: RunFiles | str | Path, out: str | Path | None = None,
     owned = out is None  # RUN/report/ is cifarlab's; in a folder of the user's, see fsio.write_outputs
     # RUN/report: checked now, before the work, and never a link to a folder of the user's
     out = Path(out) if out is not None else rundir.output_folder(run.path, REPORT_DIRNAME)
-    diagnosis = diagnose(run.history)
+    diagnosis = run.diagnosis()
     figures: dict[str, Figure] = {"curves.png": curves_figure(run)}
     evaluation: dict[str, Any] | None = None
     skipped = None
@@ -132,6 +140,8 @@ def write_report(run: RunFiles | str | Path, out: str | Path | None = None,
     elif (run.path / rundir.FINAL).is_file():
         p = predict_split(run, data, split, device, weights, tta, model, quiet)
         evaluation = scores(p)
+        if len(p.classes) > plots.ANNOTATE_MAX_CLASSES:
+            figures["confusion_summary.png"] = confusion_summary_figure(p)
         figures.update({"confusion_matrix.png": confusion_figure(p),
                         "reliability.png": reliability_figure(p),
                         "samples.png": samples_figure(p), "mistakes.png": mistakes_figure(p)})
@@ -159,7 +169,8 @@ def _json_bytes(obj: Any) -> bytes:
 
 def _caption(classes: list[str], true: int, predicted: int, confidence: float) -> str:
     mark = "✓" if true == predicted else "✗"
-    return f"{mark} pred: {classes[predicted]} ({confidence:.0%})\ntrue: {classes[true]}"
+    return (f"{mark} pred: {plots.short(classes[predicted], 18)} ({confidence:.0%})\n"
+            f"true: {plots.short(classes[true], 18)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +188,8 @@ h2 { font-size: 1.25rem; margin: 2rem 0 .5rem; border-bottom: 1px solid #d0d7de;
            font-weight: 600; }
 .overfitting { background: #bc4c00; } .underfitting { background: #0969da; }
 .good-generalization { background: #1a7f37; } .no-validation { background: #57606a; }
+.still-learning { background: #8250df; } .not-enough-evidence { background: #57606a; }
+.diverged { background: #cf222e; }
 .diagnosis { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: .6rem 1rem; }
 .diagnosis ul { margin: .3rem 0; padding-left: 1.2rem; }
 .skipped { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: .6rem 1rem; }
@@ -203,8 +216,12 @@ def render_html(run: RunFiles, diagnosis: Diagnosis, evaluation: dict[str, Any] 
     """One self-contained page: images inline as base64, no script, nothing fetched from a network."""
     e = html.escape
     history, last = run.history, run.history[-1]
-    has_val = not np.isnan(last["val_acc"])  # --val-fraction 0: no val figures
-    best = max(history, key=lambda row: row["val_acc"]) if has_val else last
+    scored = evaluated(history)  # epochs with a val accuracy (all, unless evaluation was skipped)
+    has_val = bool(scored)  # --val-fraction 0: no val figures
+    measured = scored[-1] if scored else last
+    best = max(scored, key=lambda row: row["val_acc"]) if has_val else last
+    lowest = min(scored, key=lambda row: row["val_loss"]) if has_val else last
+    at = f" (epoch {measured['epoch']:.0f})" if measured is not last else ""
     config = run.config
 
     def figure(name: str, caption: str) -> str:
@@ -213,21 +230,24 @@ def render_html(run: RunFiles, diagnosis: Diagnosis, evaluation: dict[str, Any] 
                 f"<figcaption>{e(caption)}</figcaption></figure>")
 
     final = [
-        ("epochs", f"{len(history)}"),
-        ("train loss (running)", f"{last['train_loss']:.4f}"),
+        ("epochs", f"{len(history)}" + (f" ({len(scored)} evaluated)"
+                                         if has_val and len(scored) != len(history) else "")),
+        ("train loss (running)", f"{last['train_loss']:.4g}"),
         ("train accuracy (running, as Keras reports it)", f"{last['train_acc']:.2%}"),
-        ("train accuracy (clean, eval mode)", f"{last['train_acc_clean']:.2%}"),
-        ("val loss", f"{last['val_loss']:.4f}"),
-        ("val accuracy", f"{last['val_acc']:.2%}"),
-        ("gap (clean train − val)", f"{diagnosis.gap * 100:+.1f} points"),
+        (f"train accuracy (clean, eval mode){at}", f"{measured['train_acc_clean']:.2%}"),
+        (f"val loss{at}", f"{measured['val_loss']:.4f}"),
+        (f"val accuracy{at}", f"{measured['val_acc']:.2%}"),
+        ("gap (clean train − val)", f"{(measured['train_acc_clean'] - measured['val_acc']) * 100:+.1f} "
+                                    "points"),
         ("best val accuracy", f"{best['val_acc']:.2%} (epoch {best['epoch']:.0f})"),
-        ("lowest val loss", f"{diagnosis.best_val_loss:.4f} (epoch {diagnosis.best_val_loss_epoch})"),
+        ("lowest val loss", f"{lowest['val_loss']:.4f} (epoch {lowest['epoch']:.0f})"),
         ("seconds per epoch", f"{np.mean([r['seconds'] for r in history]):.1f}"),
     ]
     if not has_val:
         val_rows = {"val loss", "val accuracy", "gap (clean train − val)", "best val accuracy",
                     "lowest val loss"}
         final = [row for row in final if row[0] not in val_rows]
+        final[3] = ("train accuracy (clean, eval mode)", f"{last['train_acc_clean']:.2%}")
         final.insert(4, ("validation", "none: --val-fraction 0, the final fit on all training images"))
     if evaluation is not None:
         final += [
@@ -242,15 +262,19 @@ def render_html(run: RunFiles, diagnosis: Diagnosis, evaluation: dict[str, Any] 
     parts = [
         f"<h1>cifarlab report: {e(run.name)}</h1>",
         f'<p class="sub">recipe {e(str(config.get("recipe", "?")))}, model '
-        f'{e(str(config.get("model", "?")))}, {len(history)} epoch(s); run directory '
+        f'{e(str(config.get("model", "?")))}, {plural(len(history), "epoch")}; run directory '
         f"{e(str(run.path))}</p>",
         "<h2>Diagnosis</h2>",
         f'<div class="diagnosis"><p><span class="verdict {diagnosis.verdict.replace(" ", "-")}">'
         f"{e(diagnosis.verdict)}</span> {e(diagnosis.reason)}</p><ul>"
         + "".join(f"<li>{e(line.strip())}</li>" for line in diagnosis.lines()[1:])
-        + '</ul><p class="note">The rule: overfitting if clean train accuracy exceeds val accuracy by '
-        "more than the threshold; underfitting if both are below the low-accuracy threshold; good "
-        "generalization otherwise (docs/diagnosis.md).</p></div>",
+        + '</ul><p class="note">The rule, in order: diverged if the loss blew up; not enough evidence '
+        "if the val images are too few to measure the gap; still learning while val accuracy rises "
+        "beyond its noise and val loss is at its lowest; overfitting if the gap (clean train − val "
+        "accuracy) is beyond its noise and the val curve has turned; underfitting if the clean train "
+        "accuracy is less than halfway from chance to 100%; good generalization otherwise. "
+        "“Beyond its noise” means more than 2 standard errors for these sample sizes "
+        "(docs/diagnosis.md).</p></div>",
         "<h2>Final metrics</h2>",
         table(["metric", "value"], final, kinds="tn"),
         "<h2>Learning curves</h2>",
@@ -271,10 +295,29 @@ def render_html(run: RunFiles, diagnosis: Diagnosis, evaluation: dict[str, Any] 
                           f"{macro['f1']:.3f}", f"{evaluation['images']}"))
         pairs = [(p["true"], p["predicted"], f"{p['count']}", f"{p['share_of_true']:.1%}")
                  for p in evaluation["most_confused"]]
+        if "confusion_summary.png" in figures:  # many classes: the summary reads, the matrix zooms
+            count = len(evaluation["per_class"])
+            parts += [
+                f"<h2>What the model confuses ({e(split)})</h2>",
+                figure("confusion_summary.png", "Left: the (true, predicted) pairs the model mixes "
+                       "up most, as a share of the true class. Right: the classes it gets right "
+                       "least often; the dotted line is the mean over all classes."),
+                f"<h2>Confusion matrix ({e(split)}, {count} classes)</h2>",
+                '<a href="confusion_matrix.png">'
+                + figure("confusion_matrix.png", f"Rows are the true classes, columns the predicted "
+                         f"ones; each row's mistakes as a share of its class, the right answers "
+                         f"(the diagonal) grey. {count} classes are too many to read at page width: "
+                         "click the image (or open confusion_matrix.png) for the full size.")
+                + "</a>",
+            ]
+        else:
+            parts += [
+                f"<h2>Confusion matrix ({e(split)})</h2>",
+                figure("confusion_matrix.png", "Rows are the true classes, columns the predicted "
+                       "ones; the diagonal holds the right answers. Right: each row as a share of "
+                       "its class."),
+            ]
         parts += [
-            f"<h2>Confusion matrix ({e(split)})</h2>",
-            figure("confusion_matrix.png", "Rows are the true classes, columns the predicted ones; "
-                   "the diagonal holds the right answers. Right: each row as a share of its class."),
             "<h2>Per-class scores</h2>",
             table(["class", "precision", "recall", "F1", "images"], per_class, kinds="tnnnn"),
             "<h2>Most confused pairs</h2>",
@@ -314,7 +357,8 @@ EXPLAIN_CAPTIONS = {
                        "answers (red = most evidence for the predicted class).",
     "gradcam_wrong": "Grad-CAM for its most confident mistakes: what did it look at when it got "
                      "the class wrong?",
-    "gradcam": "Grad-CAM on your images, for the predicted class.",
+    "gradcam": "Grad-CAM on your images, for the predicted class (their true class is unknown, so the "
+               "captions are neither green nor red).",
 }
 
 

@@ -144,6 +144,26 @@ class Robustness:
             writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
         return buffer.getvalue()
 
+    def to_text(self) -> str:
+        """The table for a terminal: accuracy in % per corruption (rows, by group) and severity,
+        aligned, clean first and the mean last.
+
+            >>> print(Robustness(0.8, {"gaussian_noise": [0.7, 0.5]}, (1, 3), 100).to_text())
+            corruption      group  severity 1  severity 3   mean
+            clean                                          80.0%
+            gaussian_noise  noise       70.0%       50.0%  60.0%
+            mean                        70.0%       50.0%  60.0%
+        """
+        rows = self.to_rows()
+        header = ["corruption", "group", *(f"severity {s}" for s in self.severities), "mean"]
+        cells = [[str(row["corruption"]), str(row["group"]),
+                  *("" if row[f"severity_{s}"] is None else f"{row[f'severity_{s}']:.1%}"
+                    for s in self.severities), f"{row['mean']:.1%}"] for row in rows]
+        widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+        return "\n".join("  ".join(text.ljust(w) if i < 2 else text.rjust(w)
+                                   for i, (text, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+                         for line in [header, *cells])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT, "version": 1,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab import fsio, plaindata
+from cifarlab.diagnose import Diagnosis, diagnose, sizes_of
 from cifarlab.errors import UserError
 from cifarlab.history import History
 
@@ -350,6 +351,10 @@ class RunFiles:
     def summary(self) -> dict[str, Any]:
         summary = read_json(self.path / SUMMARY) or {}
         return plaindata.check_fields(summary, SUMMARY_FIELDS, str(self.path / SUMMARY))
+
+    def diagnosis(self) -> Diagnosis:
+        """The diagnosis of the history, judged with the sample sizes config.json records."""
+        return diagnose(self.history, **sizes_of(self.info))
 
 
 def read_json(file: Path) -> dict[str, Any] | None:

@@ -1,9 +1,11 @@
 """Readers for every supported data source, each returning uint8 image arrays.
 
-Supported: the official `cifar-10-python.tar.gz`, its extracted `cifar-10-batches-py/` folder, and
-an image-folder tree `ROOT/{train,val,test}/<class>/*.{png,jpg,jpeg}` (split folders in any case,
-val/ optional; or `ROOT/<class>/*`, train only) as a folder or a .tar/.tgz/.tar.gz/.zip archive of
-one. Images are HWC uint8, 32x32x3.
+Supported: the official `cifar-10-python.tar.gz` and `cifar-100-python.tar.gz`, their extracted
+`cifar-10-batches-py/` and `cifar-100-python/` folders, and an image-folder tree
+`ROOT/{train,val,test}/<class>/*.{png,jpg,jpeg}` (split folders in any case, val/ optional; or
+`ROOT/<class>/*`, train only) as a folder or a .tar/.tgz/.tar.gz/.zip archive of one. Images are
+HWC uint8, 32x32x3. CIFAR-100 has two label sets: its 100 classes ("fine", the default) or its 20
+superclasses ("coarse"), as Keras' `cifar100.load_data(label_mode=...)`.
 
 The official batches are pickles. Unpickling can run arbitrary code, so they are read with an
 unpickler that only accepts the handful of numpy names a CIFAR batch actually contains, and only in
@@ -45,6 +47,12 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 OFFICIAL_DIRNAME = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+CIFAR100_DIRNAME = "cifar-100-python"
+CIFAR100_FILES = ("meta", "train", "test")
+# CIFAR-100's label sets and their classes: label_mode "fine" (the default) or "coarse".
+LABEL_MODES = {"fine": 100, "coarse": 20}
+MAX_CLASS_NAME = 255  # characters in a label name: a folder name's limit on common file systems
 TAR_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 # Limits that bound memory on hostile input, far above anything real: an official batch file is
 # 31 MB, a CIFAR image 1-3 KB, and the whole official set decodes to 180 MB.
@@ -78,13 +86,17 @@ class RawData:
     resized: int = 0  # how many images were not 32x32 and were resized
 
 
-def read_source(path: Path) -> RawData:
-    """Detect the kind of `path` and read it."""
+def read_source(path: Path, label_mode: str = "fine") -> RawData:
+    """Detect the kind of `path` and read it; `label_mode` picks CIFAR-100's label set."""
+    if label_mode not in LABEL_MODES:
+        raise UserError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
     if not path.exists():
         raise UserError(f"data source not found: {path}")
     if path.is_dir():
-        if (path / OFFICIAL_DIRNAME).is_dir():
-            path = path / OFFICIAL_DIRNAME
+        path = inner_folder(path)
+        if _is_cifar100({name for name in CIFAR100_FILES if (path / name).is_file()}):
+            return read_cifar100_dir(path, label_mode)
+        one_label_set(label_mode, path)
         if (path / "batches.meta").exists() or (path / TRAIN_BATCHES[0]).exists():
             return read_official_dir(path)
         return read_image_folder(path)
@@ -93,19 +105,36 @@ def read_source(path: Path) -> RawData:
     name = path.name.lower()
     try:
         if name.endswith(".zip"):
-            return _read_zip(path)
+            return _read_zip(path, label_mode)
         if name.endswith(TAR_SUFFIXES) or tarfile.is_tarfile(path):
-            return _read_tar(path)
+            return _read_tar(path, label_mode)
         if zipfile.is_zipfile(path):
-            return _read_zip(path)
+            return _read_zip(path, label_mode)
     except ARCHIVE_ERRORS as exc:
         # first line only: tarfile's "could not be opened" lists every method it tried, one a line
         reason = str(exc).strip().splitlines()[0].rstrip(":") if str(exc).strip() else type(exc).__name__
         raise UserError(f"corrupt or truncated archive {path}: {reason}") from exc
     raise UserError(
-        f"unsupported data source {path}: expected cifar-10-python.tar.gz, a cifar-10-batches-py "
-        "folder, or an image folder (ROOT/train/<class>/*.png) or an archive of one"
+        f"unsupported data source {path}: expected cifar-10-python.tar.gz or "
+        "cifar-100-python.tar.gz, their extracted folder, or an image folder "
+        "(ROOT/train/<class>/*.png) or an archive of one"
     )
+
+
+def inner_folder(path: Path) -> Path:
+    """The official set's folder inside `path` (as the archives hold it), else `path` itself."""
+    inner = [path / name for name in (OFFICIAL_DIRNAME, CIFAR100_DIRNAME) if (path / name).is_dir()]
+    if len(inner) > 1:
+        raise UserError(f"{path} holds both {OFFICIAL_DIRNAME}/ and {CIFAR100_DIRNAME}/: pass the "
+                        "one you mean")
+    return inner[0] if inner else path
+
+
+def one_label_set(label_mode: str, origin: object) -> None:
+    """A source other than CIFAR-100 has one set of labels: "coarse" has no meaning there."""
+    if label_mode != "fine":
+        raise UserError(f"label_mode '{label_mode}' picks CIFAR-100's 20 superclasses, and {origin} "
+                        "is not CIFAR-100: it has one set of labels (leave label_mode 'fine')")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,13 +192,19 @@ def _encode(text: object, encoding: object = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+# CIFAR-100's train file is one pickle of 50,000 images: five CIFAR-10 batches' worth, with three
+# lists (file names, fine and coarse labels) where a batch has two. Written by Python 2 it takes
+# ~200,000 operations, rewritten by Python 3 with protocol 2 ~450,000; memory stays below ~175 MB.
+CIFAR100_TRAIN_PICKLE_OPS = 5 * MAX_PICKLE_OPS
+
+
 def _counted(op: Any) -> Callable[[Any], None]:
-    """`op`, counted against MAX_PICKLE_OPS."""
+    """`op`, counted against the unpickler's budget (MAX_PICKLE_OPS unless the file is larger)."""
     def run(self: _BatchUnpickler) -> None:
         self._ops += 1
-        if self._ops > MAX_PICKLE_OPS:
-            raise pickle.UnpicklingError(f"more than {MAX_PICKLE_OPS:,} pickle operations; a CIFAR "
-                                         "batch needs far fewer")
+        if self._ops > self._max_ops:
+            raise pickle.UnpicklingError(f"more than {self._max_ops:,} pickle operations; a CIFAR "
+                                         "file needs far fewer")
         op(self)
     return run
 
@@ -187,10 +222,10 @@ class _BatchUnpickler(pickle._Unpickler):
     list and, given too short a list, crash the process.
     """
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, max_ops: int = MAX_PICKLE_OPS):
         super().__init__(io.BytesIO(data), encoding="bytes")
         self._size = len(data)
-        self._ops = 0
+        self._ops, self._max_ops = 0, max_ops
         self._encoded = 0  # bytes made by _codecs.encode calls so far
         self._unbuilt: dict[int, np.ndarray] = {}  # arrays from _reconstruct not yet filled
 
@@ -263,22 +298,24 @@ class _BatchUnpickler(pickle._Unpickler):
         return data
 
 
-def load_batch(data: bytes, name: str) -> dict[str, object]:
-    """Unpickle one batch file safely; keys come back as str."""
+def load_batch(data: bytes, name: str, what: str = "CIFAR-10 batch",
+               max_ops: int = MAX_PICKLE_OPS) -> dict[str, object]:
+    """Unpickle one batch file (or CIFAR-100 file: `what`) safely; keys come back as str."""
     try:
         with warnings.catch_warnings():  # numpy deprecation notes about odd dtype arguments
             warnings.simplefilter("ignore")
-            obj = _BatchUnpickler(data).load()
+            obj = _BatchUnpickler(data, max_ops).load()
     except Exception as exc:  # any failure to unpickle is a bad file, never a crash
-        raise UserError(f"{name} is not a valid CIFAR-10 batch file: {exc}") from exc
+        raise UserError(f"{name} is not a valid {what} file: {exc}") from exc
     if not isinstance(obj, dict):
-        raise UserError(f"{name} is not a valid CIFAR-10 batch file (not a dict)")
+        raise UserError(f"{name} is not a valid {what} file (not a dict)")
     return {k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k): v
             for k, v in obj.items()}
 
 
-def _batch_arrays(batch: dict[str, object], name: str, num_classes: int) -> tuple[np.ndarray, ...]:
-    data, labels = batch.get("data"), batch.get("labels")
+def _batch_arrays(batch: dict[str, object], name: str, num_classes: int,
+                  label_key: str = "labels") -> tuple[np.ndarray, ...]:
+    data, labels = batch.get("data"), batch.get(label_key)
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise UserError(f"{name}: 'data' must be an array of shape (N, 3072)")
     if data.dtype != np.uint8:
@@ -286,7 +323,7 @@ def _batch_arrays(batch: dict[str, object], name: str, num_classes: int) -> tupl
     try:
         label_array = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise UserError(f"{name}: 'labels' must be a list of integers") from exc
+        raise UserError(f"{name}: '{label_key}' must be a list of integers") from exc
     if label_array.shape != (data.shape[0],):
         raise UserError(f"{name}: {data.shape[0]} images but {label_array.size} labels")
     if label_array.size and (label_array.min() < 0 or label_array.max() >= num_classes):
@@ -300,10 +337,7 @@ def _official_from_files(files: dict[str, bytes], origin: str) -> RawData:
     if missing:
         raise UserError(f"{origin}: not a complete CIFAR-10 python set, missing {', '.join(missing)}")
     meta = load_batch(files["batches.meta"], "batches.meta")
-    names = meta.get("label_names")
-    if not isinstance(names, list) or len(names) != 10:
-        raise UserError(f"{origin}: batches.meta must list 10 label_names")
-    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    classes = _label_names(meta, "label_names", 10, f"{origin}: batches.meta")
     raw = RawData(kind="cifar10-python", classes=classes)
     parts = [_batch_arrays(load_batch(files[n], n), n, 10) for n in TRAIN_BATCHES]
     raw.images["train"] = np.concatenate([p[0] for p in parts])
@@ -314,6 +348,20 @@ def _official_from_files(files: dict[str, bytes], origin: str) -> RawData:
     return raw
 
 
+def _label_names(meta: dict[str, object], key: str, count: int, where: str) -> list[str]:
+    """The `count` class names a meta pickle lists under `key`: distinct, printable, short."""
+    names = meta.get(key)
+    if (not isinstance(names, list) or len(names) != count
+            or not all(isinstance(n, (bytes, str)) for n in names)):
+        raise UserError(f"{where} must list {count} {key}")
+    classes = [_display(n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else n)
+               for n in names]
+    if len(set(classes)) != count or not all(0 < len(c) <= MAX_CLASS_NAME for c in classes):
+        raise UserError(f"{where}: its {key} must be {count} distinct names of 1 to "
+                        f"{MAX_CLASS_NAME} characters")
+    return classes
+
+
 def read_official_dir(path: Path) -> RawData:
     files = {}
     for name in ["batches.meta", *TRAIN_BATCHES, "test_batch"]:
@@ -322,11 +370,42 @@ def read_official_dir(path: Path) -> RawData:
     return _official_from_files(files, str(path))
 
 
+def _is_cifar100(names: set[str]) -> bool:
+    """A CIFAR-100 set, by its files: two of meta, train and test (files, not split folders) make
+    one, and the reader then names the third if it is missing."""
+    return len(set(CIFAR100_FILES) & names) >= 2
+
+
+def _cifar100_from_files(files: dict[str, bytes], origin: str, label_mode: str) -> RawData:
+    """CIFAR-100's train and test pickles with the classes of `label_mode` (fine: 100, coarse: 20)."""
+    missing = [n for n in CIFAR100_FILES if n not in files]
+    if missing:
+        raise UserError(f"{origin}: not a complete CIFAR-100 python set, missing {', '.join(missing)}")
+    what = "CIFAR-100"
+    meta = load_batch(files["meta"], "meta", what)
+    classes = _label_names(meta, f"{label_mode}_label_names", LABEL_MODES[label_mode],
+                           f"{origin}: meta")
+    raw = RawData(kind="cifar100-python", classes=classes)
+    for split, budget in (("train", CIFAR100_TRAIN_PICKLE_OPS), ("test", MAX_PICKLE_OPS)):
+        batch = load_batch(files[split], split, what, budget)
+        raw.images[split], raw.labels[split] = _batch_arrays(batch, split, len(classes),
+                                                             f"{label_mode}_labels")
+    return raw
+
+
+def read_cifar100_dir(path: Path, label_mode: str = "fine") -> RawData:
+    files = {name: read_file(path / name) for name in CIFAR100_FILES if (path / name).is_file()}
+    return _cifar100_from_files(files, str(path), label_mode)
+
+
 def read_file(path: Path) -> bytes:
     """The bytes of one input file, refusing anything larger than MAX_FILE_BYTES."""
     try:
         with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
+            # read(n) sets n bytes aside before reading: ask for what the file holds, at most one
+            # byte past the limit (so that a file over it is seen, even one that grew since)
+            size = os.fstat(handle.fileno()).st_size
+            data = handle.read(min(size, MAX_FILE_BYTES) + 1)
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
     _check_size(len(data), str(path))
@@ -542,9 +621,9 @@ def read_image_folder(root: Path) -> RawData:
     return _decode_layout(layout, lambda p: read_file(root / p), "image-folder")
 
 
-def _read_tar(path: Path) -> RawData:
+def _read_tar(path: Path, label_mode: str = "fine") -> RawData:
     """Read a tar archive in one forward pass (seeking back in a .tgz means decompressing again)."""
-    official = {"batches.meta", *TRAIN_BATCHES, "test_batch"}
+    official = {"batches.meta", *TRAIN_BATCHES, "test_batch", *CIFAR100_FILES}
     batch_files: dict[str, bytes] = {}
     images: dict[str, bytes] = {}
     total = 0
@@ -568,14 +647,23 @@ def _read_tar(path: Path) -> RawData:
                 batch_files[base] = data
             else:
                 images[member.name] = data
+    if _is_cifar100(set(batch_files)) and TRAIN_BATCHES[0] not in batch_files:
+        raw = _cifar100_from_files(batch_files, str(path), label_mode)
+        _check_md5(path, CIFAR100_MD5, "CIFAR-100")
+        return raw
+    one_label_set(label_mode, path)
     if TRAIN_BATCHES[0] in batch_files:
         raw = _official_from_files(batch_files, str(path))
-        if file_md5(path) != OFFICIAL_MD5:
-            warn(f"{path.name} does not match the official CIFAR-10 MD5 ({OFFICIAL_MD5}); "
-                 "its structure is valid, so it is used")
+        _check_md5(path, OFFICIAL_MD5, "CIFAR-10")
         return raw
     layout = _parse_layout(list(images), str(path))
     return _decode_layout(layout, images.__getitem__, "image-folder-archive")
+
+
+def _check_md5(path: Path, expected: str, name: str) -> None:
+    if file_md5(path) != expected:
+        warn(f"{path.name} does not match the official {name} MD5 ({expected}); "
+             "its structure is valid, so it is used")
 
 
 _PlainTarInfo: Any = tarfile.TarInfo  # typeshed does not declare the methods overridden here
@@ -623,7 +711,7 @@ def _check_member(name: str, size: int, total: int, archive: Path) -> None:
                         "extract it and pass the folder")
 
 
-def _read_zip(path: Path) -> RawData:
+def _read_zip(path: Path, label_mode: str = "fine") -> RawData:
     official = {"batches.meta", *TRAIN_BATCHES, "test_batch"}
     with zipfile.ZipFile(path) as archive:
         # Windows tools (PowerShell's Compress-Archive) write train\cat\0.png: a backslash is a
@@ -633,11 +721,18 @@ def _read_zip(path: Path) -> RawData:
         if len(infos) > MAX_ENTRIES:
             raise UserError(f"{path} has more than {MAX_ENTRIES:,} entries; extract it and pass "
                             "the folder")
-        if any(PurePosixPath(n).name == TRAIN_BATCHES[0] for n in infos):
-            wanted = [n for n in infos if PurePosixPath(n).name in official]
+        bases = {PurePosixPath(n).name for n in infos}
+        if TRAIN_BATCHES[0] in bases or _is_cifar100(bases):
+            cifar100 = TRAIN_BATCHES[0] not in bases
+            names = set(CIFAR100_FILES) if cifar100 else official
+            wanted = [n for n in infos if PurePosixPath(n).name in names]
             files = dict(zip((PurePosixPath(n).name for n in wanted),
                              _read_members(archive, [infos[n] for n in wanted], path), strict=True))
+            if cifar100:
+                return _cifar100_from_files(files, str(path), label_mode)
+            one_label_set(label_mode, path)
             return _official_from_files(files, str(path))
+        one_label_set(label_mode, path)
         layout = _parse_layout(list(infos), str(path))
         wanted = [p for by_class in layout.values() for ps in by_class.values() for p in ps]
         contents = dict(zip(wanted, _read_members(archive, [infos[n] for n in wanted], path),

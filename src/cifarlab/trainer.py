@@ -44,10 +44,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cifarlab import budget, checkpoint, distributed, fsio, optim, rundir
 from cifarlab.augment import augment_batch, flip_where
-from cifarlab.calibrate import ece, fit_temperature
+from cifarlab.calibrate import describe as describe_calibration
+from cifarlab.calibrate import temperature_scaling
 from cifarlab.callbacks import Callback, as_callbacks
 from cifarlab.config import TrainConfig, low_res_epochs, validate
-from cifarlab.data import Dataset
+from cifarlab.data import Dataset, classes_differ
 from cifarlab.display import progress_bar
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, predict_logits
@@ -57,6 +58,7 @@ from cifarlab.networks import Classifier
 from cifarlab.prepare import Data, build_model, carve, read_dataset, with_source
 from cifarlab.runtime import available_cores, generator, pick_device, seed_for, to_batch, versions
 from cifarlab.step import train_step
+from cifarlab.text import plural
 
 ModelArg = checkpoint.ModelArg
 
@@ -323,7 +325,7 @@ class Trainer:
         if stop and not last:
             self.stopped_early = True
             if not self.quiet:
-                why = (f"no better {config.monitor} for {config.early_stop} epochs"
+                why = (f"no better {config.monitor} for {plural(config.early_stop, 'epoch')}"
                        if patience else "a callback asked to stop")
                 print(f"stopping after epoch {epoch + 1}: {why}; best epoch "
                       f"{self.best['epoch']}", flush=True)
@@ -344,13 +346,16 @@ class Trainer:
             if not self.quiet:
                 print(f"val_acc with test-time augmentation: {summary['val_acc_tta']:.4f} "
                       f"({summary['tta_seconds']:.1f} s)", flush=True)
+        same = self.best["epoch"] == len(self.history)  # best.pt holds the final weights
+        calibration: dict[str, Any] = {}
         if config.calibrate and main and self.has_val:
-            summary.update(self._calibrate(self.model, "final"))
+            calibration = self._calibrate(self.model, "final (and best)" if same else "final")
+            summary.update(calibration)
         summary["wall_seconds"] = time.perf_counter() - self.started
         summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if main:
             if config.calibrate and self.has_val and (self.path / rundir.BEST).is_file():
-                self._calibrate_best()
+                self._calibrate_best(calibration if same else None)
             checkpoint.save(self.path / rundir.FINAL,
                             self._model_record("final", len(self.history), summary))
             fsio.write_json(self.path / rundir.SUMMARY, summary)
@@ -475,22 +480,21 @@ class Trainer:
         classes, and so every accuracy, stay as they are."""
         model.temperature.fill_(1.0)
         logits = predict_logits(model, self.data.val.images, self.device)
-        labels = torch.from_numpy(self.data.val.labels)
-        temperature = fit_temperature(logits, labels)
-        model.temperature.fill_(temperature)
-        result = {"temperature": temperature, "ece": ece(logits, labels),
-                  "ece_calibrated": ece(logits / temperature, labels)}
+        result = temperature_scaling(logits, torch.from_numpy(self.data.val.labels))
+        model.temperature.fill_(result["temperature"])  # 1 where the fit would not help
         if not self.quiet:
-            print(f"calibrated the {which} weights: temperature {temperature:.3f}, expected "
-                  f"calibration error {result['ece']:.3f} -> {result['ece_calibrated']:.3f} "
-                  "(val split)", flush=True)
+            print(describe_calibration(which, result), flush=True)
         return result
 
-    def _calibrate_best(self) -> None:
+    def _calibrate_best(self, final: dict[str, Any] | None) -> None:
+        """best.pt's temperature: fitted on its own weights, or the final one's (`final`, its
+        calibration) when they are the same epoch, fitted and said once."""
         record = checkpoint.load(self.path / rundir.BEST, checkpoint.MODEL_FORMAT)
         best = copy.deepcopy(self.model)
         best.load_state_dict(record["state_dict"])
-        record["metrics"] = {**record.get("metrics", {}), **self._calibrate(best, "best")}
+        result = self._calibrate(best, "best") if final is None else final
+        best.temperature.fill_(float(result["temperature"]))
+        record["metrics"] = {**record.get("metrics", {}), **result}
         record["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in best.state_dict().items()}
         checkpoint.save(self.path / rundir.BEST, record)
 
@@ -576,8 +580,8 @@ def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Seq
     torch.set_num_threads(available_cores())
     dataset = read_dataset(config, ctx, device, quiet, given=dataset)
     if saved is not None and saved.get("classes") != dataset.classes:
-        raise UserError(f"the data's classes {dataset.classes} differ from the run's "
-                        f"{saved.get('classes')}; resume with the data the run trained on (--data)")
+        raise classes_differ(dataset.classes, list(saved.get("classes") or []),
+                             "; resume with the data the run trained on (--data)", whose="run")
     if config.budget is not None and saved is None:
         if ctx.enabled:
             raise UserError("--budget sizes a run for one process; leave out --nproc/torchrun")
@@ -655,14 +659,14 @@ def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
         raise UserError(f"{path} holds a config that does not check out: {exc}") from exc
     epochs = changes.get("epochs", config.epochs)
     if epochs < done:
-        raise UserError(f"{run_dir} has already trained {done} epochs; --epochs {epochs} is fewer")
+        raise UserError(f"{run_dir} has already trained {plural(done, 'epoch')}; --epochs {epochs} is fewer")
     if epochs != config.epochs and (config.schedule != "constant" or config.lookahead):
         raise UserError(f"{run_dir} uses a {config.schedule} schedule laid out for {config.epochs} "
                         "epochs" + (" with lookahead" if config.lookahead else "")
                         + "; it cannot be extended. Train a new run with more --epochs")
     config = TrainConfig.from_dict({**config.to_dict(), **changes})
     if done >= config.epochs and (run_dir / rundir.FINAL).exists():
-        raise UserError(f"{run_dir} is already complete ({config.epochs} epochs); extend it with "
+        raise UserError(f"{run_dir} is already complete ({plural(config.epochs, 'epoch')}); extend it with "
                         f"--epochs N (N > {config.epochs})")
     main = distributed.from_env().is_main
     with rundir.lock(run_dir) if main else nullcontext(), distributed.owned_group():
@@ -672,7 +676,7 @@ def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
         if not trainer.quiet:
             state = trainer.epoch_state
             print(f"resuming {run_dir} at epoch {trainer.start_epoch + 1}, step {state.step + 1}"
-                  + (f" (now {config.epochs} epochs)" if epochs != stored.get("epochs") else ""))
+                  + (f" (now {plural(config.epochs, 'epoch')})" if epochs != stored.get("epochs") else ""))
         return run_dir, trainer.fit()
 
 

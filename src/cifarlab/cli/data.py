@@ -12,6 +12,7 @@ from cifarlab.cli import options
 def register(commands: Any) -> None:
     d = commands.add_parser("data", help="describe a data source: kind, splits, images per class")
     options.data(d, "$CIFARLAB_DATA, else the official set, downloaded once to ~/.cache/cifarlab")
+    options.label_mode(d)
     d.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of train held out for validation (default: 0.1)")
     options.json_flag(d)
@@ -22,10 +23,12 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import cifarlab as cl
 
-    dataset = cl.load_data(args.data, quiet=args.quiet or args.json)
+    # val_fraction 0: the source as it is (its own val/ folder, if any); describe carves val
+    dataset = cl.load_data(args.data, val_fraction=0, quiet=args.quiet or args.json,
+                           label_mode=args.label_mode)
     if args.json:
         print(json.dumps({"source": str(dataset.source), "kind": dataset.kind,
-                          "classes": dataset.classes,
+                          "label_mode": dataset.label_mode, "classes": dataset.classes,
                           "splits": dataset.class_counts(args.val_fraction)}))
         return 0
     print(dataset.describe(args.val_fraction))

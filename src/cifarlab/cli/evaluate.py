@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from cifarlab.cli import options
+from cifarlab.text import plural
 
 
 def register(commands: Any) -> None:
@@ -33,11 +34,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
     epoch = f", epoch {result['epoch']}" if result.get("epoch") else ""
     print(f"{result['split']}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-          f"({result['images']} images, {result['weights']} weights{epoch}"
+          f"({plural(result['images'], 'image')}, {result['weights']} weights{epoch}"
           f"{', test-time augmentation' if args.tta else ''})")
     classes = result["per_class"]
+    rows: list[tuple[str, dict[str, float]] | None] = list(classes.items())
+    if len(classes) > MANY_CLASSES:  # CIFAR-100: the ends of the list, by F1
+        ranked = sorted(classes.items(), key=lambda item: item[1]["f1"])
+        rows = [*ranked[:WEAKEST], None, *ranked[-STRONGEST:]]
+        print(f"  the {WEAKEST} weakest and {STRONGEST} strongest of {len(classes)} classes by F1 "
+              "(all of them: --json, or cifarlab report)")
     width = max(len("class"), *(len(c) for c in classes))
     print(f"  {'class':<{width}}  precision  recall     F1")
-    for name, s in classes.items():
+    for row in rows:
+        if row is None:
+            print(f"  {'...':<{width}}")
+            continue
+        name, s = row
         print(f"  {name:<{width}}  {s['precision']:>9.4f}  {s['recall']:>6.4f}  {s['f1']:.4f}")
     return 0
+
+
+MANY_CLASSES = 20  # above this, a line per class would scroll the accuracy off the screen
+WEAKEST, STRONGEST = 10, 5

@@ -37,11 +37,16 @@ def run(args: argparse.Namespace) -> int:
     import cifarlab as cl
     from cifarlab.export import sidecar_path
 
-    out = cl.load(args.run, model=args.model).export(args.format, args.out, args.weights)
+    target = cl.load(args.run, model=args.model)
+    out = target.export(args.format, args.out, args.weights)
     sidecar = sidecar_path(out)
+    info = json.loads(sidecar.read_text())  # the sidecar names the weights and their epoch
     if args.json:
         print(json.dumps({"model": str(out), "classes": str(sidecar), "format": args.format,
-                          "bytes": out.stat().st_size}))
+                          "bytes": out.stat().st_size, "weights": info.get("weights"),
+                          "epoch": info.get("epoch")}))
         return 0
-    print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MB) and {sidecar}")
+    used = target.weights_used(args.weights)
+    print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MB) and {sidecar}, "
+          f"from {used}")
     return 0

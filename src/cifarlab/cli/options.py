@@ -8,12 +8,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-DATA_HELP = ("cifar-10-python.tar.gz, a cifar-10-batches-py folder, or an image folder "
-             "(ROOT/{train,test}/<class>/*.png) or .tgz/.zip of one")
+DATA_HELP = ("cifar-10-python.tar.gz or cifar-100-python.tar.gz or their extracted folder, an "
+             "image folder (ROOT/{train,test}/<class>/*.png) or .tgz/.zip of one, or the name "
+             "cifar10 or cifar100 where no such path exists: the official set, downloaded once")
 
 
 def data(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--data", metavar="SRC", help=f"{DATA_HELP} (default: {default})")
+
+
+def label_mode(parser: argparse.ArgumentParser, default: str | None = "fine") -> None:
+    """`default=None` (train): keep what the --config file says, which is fine."""
+    parser.add_argument("--label-mode", choices=["fine", "coarse"], default=default,
+                        help="CIFAR-100's labels: fine (its 100 classes) or coarse (its 20 "
+                             "superclasses), as Keras' cifar100.load_data(label_mode=...) "
+                             "(default: fine)")
 
 
 def model(parser: argparse.ArgumentParser,

@@ -25,11 +25,14 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = options.open_run(args.run, args.model).predict(
-        args.images, top_k=args.top_k, weights=args.weights, tta=args.tta, device=args.device)
+    target = options.open_run(args.run, args.model)
+    results = target.predict(args.images, top_k=args.top_k, weights=args.weights, tta=args.tta,
+                             device=args.device)
     if args.json:
         print(json.dumps(results))
         return 0
+    print(f"{args.run}: {target.weights_used(args.weights)}"
+          + (", test-time augmentation" if args.tta else ""))
     for result in results:
         tops = ", ".join(f"{t['label']} {t['prob']:.3f}" for t in result["top"])
         print(f"{result['image']}: {tops}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from cifarlab.cli import options
 from cifarlab.errors import UserError, warn
+from cifarlab.text import plural
 
 
 def register(commands: Any) -> None:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if report.evaluation is not None:
             ev = report.evaluation
             print(f"  {ev['split']}: accuracy {ev['accuracy']:.4f}, macro F1 {ev['macro_avg']['f1']:.4f}, "
-                  f"ECE {ev['ece']:.4f} ({ev['images']} images, {ev['weights']} weights)")
+                  f"ECE {ev['ece']:.4f} ({plural(ev['images'], 'image')}, {ev['weights']} weights)")
         print(f"  wrote {report.out / 'report.html'} (and {', '.join(report.files[:-1])})")
     if args.json:
         print(json.dumps(results))

@@ -46,6 +46,7 @@ def _numbers(text: str | None, flag: str) -> list[int] | None:
 
 def run(args: argparse.Namespace) -> int:
     from cifarlab import rundir
+    from cifarlab.text import plural
 
     target = options.open_run(args.run, args.model)
     corruptions = [c.strip() for c in args.corruptions.split(",")] if args.corruptions else None
@@ -56,8 +57,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
-    print(result.to_csv().rstrip())
-    print(f"clean {result.clean_acc:.4f}, mean under corruption {result.mean_acc:.4f} "
-          f"(relative drop {result.relative_drop:.1%}) on {result.n_images} images; "
-          f"wrote {target.path / rundir.ROBUSTNESS}/robustness.{{csv,json,png}}")
+    print(f"accuracy under corruption of {target.weights_used(args.weights)}, on "
+          f"{plural(result.n_images, 'image')} of the {args.split} split:")
+    print(result.to_text())
+    print(f"clean {result.clean_acc:.1%}, mean under corruption {result.mean_acc:.1%} "
+          f"(relative drop {result.relative_drop:.1%}); wrote "
+          f"{target.path / rundir.ROBUSTNESS}/robustness.{{csv,json,png}}")
     return 0

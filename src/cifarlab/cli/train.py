@@ -11,6 +11,7 @@ from typing import Any
 from cifarlab.cli import options
 from cifarlab.config import RECIPES, parse_sets
 from cifarlab.errors import UserError
+from cifarlab.text import plural
 
 
 def per_recipe(key: str, fmt: str = "{}") -> str:
@@ -33,6 +34,7 @@ def register(commands: Any) -> None:
     t.add_argument("--list-recipes", action="store_true",
                    help="list the recipes and exit (default: off)")
     options.data(t, "$CIFARLAB_DATA, else the official set, downloaded once to ~/.cache/cifarlab")
+    options.label_mode(t, default=None)
     t.add_argument("--config", metavar="FILE",
                    help="settings from a YAML or JSON file; a run's config.json reruns that run "
                         "(default: none)")
@@ -92,8 +94,8 @@ def register(commands: Any) -> None:
     t.set_defaults(func=run)
 
 
-FLAGS = ("data", "epochs", "batch_size", "lr", "val_fraction", "seed", "subset", "monitor",
-         "early_stop", "device", "checkpoint_every", "name")
+FLAGS = ("data", "label_mode", "epochs", "batch_size", "lr", "val_fraction", "seed", "subset",
+         "monitor", "early_stop", "device", "checkpoint_every", "name")
 
 
 def changes_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,7 +164,7 @@ def list_recipes() -> int:
     for recipe in RECIPES.values():
         s = recipe.settings
         print(f"{recipe.name:<{width}} {recipe.description}\n{'':<{width}} model {s['model']}, "
-              f"{s['optimizer']} lr {s['lr']:g}, batch {s['batch_size']}, {s['epochs']} epochs")
+              f"{s['optimizer']} lr {s['lr']:g}, batch {s['batch_size']}, {plural(s['epochs'], 'epoch')}")
     return 0
 
 

@@ -41,6 +41,7 @@ from cifarlab.hpsearch.storage import (
     read_pointer,
     settings_of,
 )
+from cifarlab.text import plural
 
 if TYPE_CHECKING:
     import optuna
@@ -76,7 +77,7 @@ class Search:
     def __repr__(self) -> str:
         best = self.best
         found = f", best {best['val_acc']:.4f} (trial {best['trial']})" if best else ""
-        return f"Search('{self.path}': {self.settings['recipe']}, {len(self.rows)} trials{found})"
+        return f"Search('{self.path}': {self.settings['recipe']}, {plural(len(self.rows), 'trial')}{found})"
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -157,7 +158,7 @@ class Search:
 
     def header(self, trials: int | None, seconds: float | None, spent: float, jobs: int) -> str:
         s = self.settings
-        stop = " and ".join(x for x in (f"{trials} trials" if trials else "",
+        stop = " and ".join(x for x in (plural(trials, "trial") if trials else "",
                                         f"a budget of {seconds / 60:.0f} min" if seconds else "") if x)
         spent_note = f" ({spent / 60:.1f} min spent before)" if spent else ""
         fixed = ", ".join(f"{k}={v}" for k, v in s["fixed"].items() if k != "data") or "none"
@@ -216,7 +217,8 @@ class Search:
         failed = len(rows) - len(finished)
         minutes = sum(r["seconds"] for r in rows) / 60
         return (f"best: trial {best['trial']}, val_acc {best['val_acc']:.4f}{versus}\n"
-                f"{len(finished)} trials finished ({pruned} pruned: {trained} of {planned} epochs "
+                f"{plural(len(finished), 'trial')} finished ({pruned} pruned: {trained} of "
+                f"{plural(planned, 'epoch')} "
                 f"trained){f', {failed} failed or running' if failed else ''}; {minutes:.1f} min "
                 f"of trials. Rerun the best: {self._rerun()}")
 
@@ -245,7 +247,7 @@ class Search:
             chosen = [r for r in rows if r["state"] == state]
             if chosen:
                 ax.scatter([r["trial"] for r in chosen], [r["val_acc"] for r in chosen], color=color,
-                           marker=marker, label=label)
+                           marker=marker, label=label, zorder=3)  # points above the lines
         done = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: r["trial"])
         if done:
             best_so_far = [max(r["val_acc"] for r in done[: i + 1]) for i in range(len(done))]
@@ -259,8 +261,8 @@ class Search:
                ylabel="best val accuracy of the trial")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if rows:
-            ax.legend(loc="lower right", fontsize=9)
+        if rows:  # below the axes, where it cannot hide a point
+            fig.legend(loc="outside lower center", ncols=3, fontsize=9)
         return fig
 
     def plot_importance(self) -> Figure:
@@ -278,16 +280,19 @@ class Search:
             return fig
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:blue")
-        ax.set(title="Parameter importance (PED-ANOVA: best quarter of trials vs all)",
-               xlabel="share of importance", xlim=(0, 1))
+        finished = sum(r["state"] == "complete" for r in self.rows)
+        ax.set(title=f"Parameter importance (PED-ANOVA: best quarter of {finished} finished trials "
+                     "vs all)", xlabel="share of importance", xlim=(0, 1))
         ax.grid(alpha=0.3, axis="x")
+        caveat = importance_caveat(finished)
+        if caveat:
+            fig.text(0.5, 0.0, caveat, ha="center", va="top", fontsize=9.5, color="#9a6700",
+                     wrap=True)
         return fig
 
     def plot_curves(self) -> Figure:
         """val_acc per epoch of every trial: pruned trials (grey) stop early."""
-        from matplotlib.ticker import MaxNLocator
-
-        from cifarlab.plots import LabFigure
+        from cifarlab.plots import LabFigure, epoch_axis
 
         fig = LabFigure(figsize=(9, 4.8), layout="constrained")
         ax = fig.subplots()
@@ -298,18 +303,19 @@ class Search:
                 continue
             is_best = best is not None and t.number == best["trial"]
             done = t.state.name == "COMPLETE"
+            # markers too: a trial of one epoch is a single point, which a line alone never shows
             ax.plot(steps, [t.intermediate_values[s] for s in steps],
-                    "-" if done else "--" if t.state.name == "PRUNED" else ":",
+                    "o-" if done else "x--" if t.state.name == "PRUNED" else "o:",
                     color="tab:orange" if is_best else "tab:blue" if done else "gray",
                     alpha=1.0 if is_best else 0.55, linewidth=2.2 if is_best else 1.0,
+                    markersize=6 if is_best else 4, zorder=3 if is_best else 2,
                     label=f"best: trial {t.number}" if is_best else None)
-        ax.set(title="Validation accuracy per epoch of each trial\n(pruned: grey dashed; failed "
-                     "or still running: grey dotted)",
-               xlabel="epoch", ylabel="val accuracy")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+        ax.set(title="Validation accuracy per epoch of each trial\n(finished: blue; pruned: grey "
+                     "dashed; failed or still running: grey dotted)",
+               ylabel="val accuracy")
+        epoch_axis(ax)
         if best:
-            ax.legend(loc="lower right", fontsize=9)
+            fig.legend(loc="outside lower center", fontsize=9)
         return fig
 
     # ------------------------------------------------------------------------------------------
@@ -325,7 +331,7 @@ class Search:
             import yaml
 
             head = (f"# cifarlab search {self.path.name}: trial {best['trial']}, best val_acc "
-                    f"{best['val_acc']:.4f} in {best['epochs']} epochs\n"
+                    f"{best['val_acc']:.4f} in {plural(best['epochs'], 'epoch')}\n"
                     f"# rerun it: {self._rerun()}\n")
             body = yaml.safe_dump(self.best_config.to_dict(), sort_keys=False)
             fsio.write_text(self.path / BEST, head + body)
@@ -372,7 +378,9 @@ class Search:
                  + "</div>",
                  figure(HISTORY_PNG, "Optimisation history"),
                  figure(CURVES_PNG, "Validation accuracy per epoch of each trial"),
-                 figure(IMPORTANCE_PNG, "Parameter importance"),
+                 figure(IMPORTANCE_PNG, "Parameter importance. "
+                        + (importance_caveat(sum(r["state"] == "complete" for r in rows))
+                           or "PED-ANOVA: how far the best quarter of the trials differs from all.")),
                  "<h2>Trials</h2>",
                  table(["trial", "state", "val_acc", "epochs", "seconds", *self.params, "note", "run"],
                        cells, "tttnn" + "t" * len(self.params) + "ll"),
@@ -388,6 +396,19 @@ class Search:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+FEW_TRIALS = 20  # below this many finished trials, importance is a hint: its best quarter is < 5 trials
+
+
+def importance_caveat(finished: int) -> str:
+    """What the importance chart can claim from `finished` trials ("" once there are enough)."""
+    if finished >= FEW_TRIALS:
+        return ""
+    best = max(1, round(finished / 4))
+    return (f"Only {plural(finished, 'finished trial')}: the best quarter is {plural(best, 'trial')}, "
+            "so these shares are a hint, not a measurement; "
+            f"trust them from about {FEW_TRIALS} trials.")
 
 
 def _short(value: Any) -> str:

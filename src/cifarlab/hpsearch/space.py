@@ -54,7 +54,7 @@ NOT_SEARCHABLE = {
 ADAM_SPACE: dict[str, Any] = {
     "lr": {"log_uniform": [3e-4, 3e-3]},  # a decade around Keras' 1e-3, Adam's usual good zone
     "schedule": {"choice": ["constant", "onecycle"]},  # onecycle = linear decay to 0 here
-    "label_smoothing": {"uniform": [0.0, 0.2]},  # the seed CNNs overfit: softer targets help
+    "label_smoothing": {"uniform": [0.0, 0.2]},  # the Keras tutorial's CNNs overfit: softer targets help
     "augment.flip": {"choice": [False, True]},  # the cheapest augmentation for CIFAR
     "augment.translate": {"int": [0, 3]},  # pixels of random shift (a padded random crop)
 }

@@ -351,7 +351,8 @@ def _create(recipe: str | None, space: Any, trials: int | None, seconds: float |
     make_pruner(pruner)
     from cifarlab.data import load_dataset
 
-    load_dataset(base.data, quiet=quiet)  # a bad --data fails now; and the cache is warm for trials
+    # a bad --data fails now; and the cache is warm for trials
+    load_dataset(base.data, quiet=quiet, label_mode=base.label_mode)
     path = _make_dir(out, name)
     try:
         study_name = study or path.resolve().name

@@ -64,8 +64,10 @@ class Predictor:
         self.info: dict[str, Any] = {
             "name": str(record.get("model")), "recipe": record.get("config", {}).get("recipe"),
             "run": self.model_file.parent.name, "classes": self.classes,
-            "val_acc": metrics.get("val_acc"),
+            "val_acc": metrics.get("val_acc"), "weights": record.get("weights", "final"),
+            "epoch": record.get("epoch"),
         }
+        self.weights_used = checkpoint.describe_weights(record, self.model_file)
 
     def check_header(self, data: bytes) -> None:
         """Refuse non-images and oversized images from the header alone, before any decoding."""
@@ -120,6 +122,8 @@ def create_app(run_or_ckpt: str | Path, limits: Limits = Limits(), host: str = "
         run: str
         classes: list[str]
         val_acc: float | None
+        weights: str  # "best" or "final": which weights answer
+        epoch: int | None  # the epoch those weights are from
 
     class Prediction(BaseModel):
         top: list[Guess]
@@ -388,8 +392,9 @@ def serve(run_or_ckpt: str | Path, host: str = "127.0.0.1", port: int = 8000,
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     info = app.state.predictor.info
-    print(f"cifarlab: serving {info['run']} (model {info['name']}) on http://{shown}:{bound_port}/ "
-          "(Ctrl-C stops)", flush=True)
+    print(f"cifarlab: serving {info['run']} (model {info['name']}) with "
+          f"{app.state.predictor.weights_used} on http://{shown}:{bound_port}/ (Ctrl-C stops)",
+          flush=True)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops cleanly on Ctrl-C, then re-raises it
         uvicorn.Server(uvicorn_config(app, limits)).run(sockets=[sock])
     print("cifarlab: server stopped", flush=True)

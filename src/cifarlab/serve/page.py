@@ -47,8 +47,9 @@ PAGE = """<!doctype html>
 <body>
 <main>
   <h1>cifarlab <span id="run">__RUN__</span></h1>
-  <p id="model">Model <b id="model-name">__MODEL__</b> (recipe __RECIPE__) &middot;
-    validation accuracy <b id="accuracy">__ACCURACY__</b> &middot; __CLASSES__ classes__REPORT__</p>
+  <p id="model">Model <b id="model-name">__MODEL__</b> (recipe __RECIPE__), <span
+    id="weights">__WEIGHTS__</span> &middot; validation accuracy <b id="accuracy">__ACCURACY__</b>
+    &middot; __CLASSES__ classes__REPORT__</p>
   <label id="drop">Drop an image here, or choose one:
     <input id="file" type="file" accept="image/*">
   </label>
@@ -136,6 +137,8 @@ def render_page(info: dict[str, Any], max_upload_bytes: int, has_report: bool) -
         "__RECIPE__": html.escape(str(info.get("recipe") or "?")),
         "__ACCURACY__": f"{100 * accuracy:.1f}%" if isinstance(accuracy, int | float) else "unknown",
         "__CLASSES__": str(len(info.get("classes", []))),
+        "__WEIGHTS__": html.escape(f"{info.get('weights', 'final')} weights"
+                                   + (f" of epoch {info['epoch']}" if info.get("epoch") else "")),
         "__REPORT__": ' &middot; <a id="report" href="report/report.html">training report</a>'
                       if has_report else "",
         "__MAX_MB__": f"{max_upload_bytes / 2**20:g}",
