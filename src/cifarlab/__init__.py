@@ -23,8 +23,9 @@ _ELSEWHERE = {"search": "cifarlab.hpsearch", "Search": "cifarlab.hpsearch",
               "Callback": "cifarlab.callbacks",
               "TrainConfig": "cifarlab.config", "Augment": "cifarlab.config",
               "UserError": "cifarlab.errors", "TrainingError": "cifarlab.errors",
-              "Interrupted": "cifarlab.errors", "TensorBoard": "cifarlab.callbacks"}
-_MODULES = {"callbacks"}  # cl.callbacks.TensorBoard, cl.callbacks.Callback ...
+              "Interrupted": "cifarlab.errors", "TensorBoard": "cifarlab.callbacks",
+              "MLflow": "cifarlab.callbacks"}
+_MODULES = {"callbacks"}  # cl.callbacks.TensorBoard, cl.callbacks.MLflow ...
 __all__ = sorted(_API | set(_ELSEWHERE) | _MODULES)
 _OLD_NAMES = {"trials"}  # still answered (with a DeprecationWarning), no longer listed
 

@@ -401,19 +401,21 @@ def _settings(model: Any, data: PathLike | None, settings: dict[str, Any]) -> di
     return settings
 
 
-def _with_loggers(cfg: TrainConfig, callbacks: Sequence[Any], live_plot: bool) -> list[Any]:
-    """The user's callbacks, plus the loggers the settings switch on, and live curves."""
-    from cifarlab.callbacks import LiveCurves, TensorBoard
+def _with_loggers(cfg: TrainConfig | None, callbacks: Sequence[Any], live_plot: bool,
+                  mlflow: str | bool | None = None) -> list[Any]:
+    """The user's callbacks, plus the loggers the settings switch on (TensorBoard), MLflow if
+    asked for, and live curves."""
+    from cifarlab.callbacks import LiveCurves, loggers
 
-    return [*callbacks, *([TensorBoard()] if cfg.tensorboard else []),
-            *([LiveCurves()] if live_plot else [])]
+    return [*callbacks, *loggers(cfg, mlflow), *([LiveCurves()] if live_plot else [])]
 
 
 def train(recipe: str | None = None, *, model: Any = None, data: Any = None,
           val_data: Any = None, classes: Sequence[str] | None = None,
           out: PathLike | None = None, config_file: PathLike | None = None,
           callbacks: Sequence[Any] = (), quiet: bool = False, live_plot: bool | None = None,
-          nproc: int = 1, **settings: Any) -> Run:
+          nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
+          mlflow: str | bool | None = None, **settings: Any) -> Run:
     """Train a recipe, or your own model, and return its Run.
 
         >>> import cifarlab as cl
@@ -433,7 +435,10 @@ def train(recipe: str | None = None, *, model: Any = None, data: Any = None,
     if given, is the most it may choose). `callbacks`: cl.Callback objects or functions
     f(trainer, metrics) (callbacks.py). `live_plot`: redraw the curves after every epoch (default:
     in a Jupyter notebook, unless quiet). `nproc=N` trains with N processes
-    (DistributedDataParallel via torchrun's launcher; recipes and registered or file models only).
+    (DistributedDataParallel via torchrun's launcher; recipes and registered or file models only);
+    `nnodes=N, rdzv_endpoint="HOST:PORT"`: this machine is one of N that make the same call, `out`
+    a folder they all see (docs/distributed.md). `mlflow`: a tracking URI, or True for
+    $MLFLOW_TRACKING_URI: log the run to MLflow (callbacks.MLflow; README).
     Ctrl-C saves a checkpoint and raises `cl.Interrupted`; `cl.resume(path)` goes on.
     """
     dataset = None
@@ -447,12 +452,13 @@ def train(recipe: str | None = None, *, model: Any = None, data: Any = None,
         data = str(dataset.source)  # "memory:<fingerprint>": the run records which images
     cfg = resolve(recipe, config_file, _settings(model, data, settings))
     live = live_plot if live_plot is not None else display.in_notebook() and not quiet
-    callbacks = _with_loggers(cfg, callbacks, live and nproc == 1)
-    if nproc != 1:
+    if nproc != 1 or nnodes != 1:
         if dataset is not None:
             raise UserError("nproc > 1 starts new processes, which cannot receive images in "
                             "memory: save them as an image folder and pass its path")
-        return _train_processes(cfg, out, nproc, quiet, model, callbacks)
+        return _train_processes(cfg, out, nproc, quiet, model, callbacks, mlflow, nnodes,
+                                rdzv_endpoint)
+    callbacks = _with_loggers(cfg, callbacks, live, mlflow)
     run_dir, _ = training.train(cfg, out, model=None if isinstance(model, str) else model,
                                 callbacks=callbacks, quiet=quiet, started=clock.take_start(),
                                 dataset=dataset)
@@ -460,8 +466,10 @@ def train(recipe: str | None = None, *, model: Any = None, data: Any = None,
 
 
 def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: bool,
-                     model: Any, callbacks: Sequence[Any]) -> Run:
-    """N processes on this machine, each handed the resolved config through one job file."""
+                     model: Any, callbacks: Sequence[Any], mlflow: str | bool | None = None,
+                     nnodes: int = 1, endpoint: str | None = None) -> Run:
+    """N processes on this machine (and on each of `nnodes` machines), each handed the resolved
+    config through one job file; they make their loggers (TensorBoard, MLflow) themselves."""
     if model is not None and not isinstance(model, str):
         raise UserError("nproc > 1 starts new processes, which cannot receive a Python object: "
                         "register the model in a file and pass model='file.py:Class'")
@@ -469,15 +477,32 @@ def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: 
         raise UserError("nproc > 1 starts new processes, which cannot receive callbacks")
     if cfg.budget is not None:
         raise UserError("a budget sizes a run for one process; leave out nproc")
+    _check_mlflow(mlflow)
+    job: dict[str, Any] = {"action": "train", "config": cfg.to_dict(), "quiet": quiet,
+                           **({"mlflow": mlflow} if mlflow else {})}
+    if nnodes > 1:  # every machine names the same folder; global rank 0 claims it
+        if out is None:
+            raise UserError("--nnodes > 1 needs --out DIR: a folder that every machine sees "
+                            "(rank 0 writes it), the same on every one")
+        worker.run_processes(nproc, {**job, "run_dir": os.fspath(out), "claimed": False},
+                             nnodes=nnodes, endpoint=endpoint)
+        return Run(out)
     existed = out is not None and Path(out).is_dir()
     run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model, cfg.name))  # claimed, once
     try:
-        worker.run_processes(nproc, {"action": "train", "config": cfg.to_dict(),
-                                     "run_dir": str(run_dir), "quiet": quiet})
+        worker.run_processes(nproc, {**job, "run_dir": str(run_dir)})
     except BaseException:
         rundir.discard_if_empty(run_dir, remove_folder=not existed)
         raise
     return Run(run_dir)
+
+
+def _check_mlflow(mlflow: str | bool | None) -> None:
+    """Before processes start: a missing extra or an unreachable store is one line now."""
+    if mlflow:
+        from cifarlab import tracking
+
+        tracking.experiment_id(tracking.mlflow_client(mlflow if isinstance(mlflow, str) else None))
 
 
 def train_seeds(recipe: str | None = None, n: int = 3, *, out: PathLike | None = None,
@@ -524,7 +549,8 @@ def trials(recipe: str | None = None, n: int = 3, **kwargs: Any) -> list[Run]:
 
 def resume(path: PathLike | None = None, *, epochs: int | None = None,
            data: Any = None, val_data: Any = None, device: str | None = None, model: Any = None,
-           callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
+           callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1, nnodes: int = 1,
+           rdzv_endpoint: str | None = None, mlflow: str | bool | None = None,
            **refused: Any) -> Run:
     """Continue an interrupted run (or extend a finished one with `epochs`, constant schedules).
 
@@ -542,17 +568,20 @@ def resume(path: PathLike | None = None, *, epochs: int | None = None,
         dataset = to_dataset(data, classes if isinstance(classes, list) else None, val_data)
     changes = {"epochs": epochs, "data": os.fspath(data) if data is not None and dataset is None
                else None, "device": device, **refused}
-    if nproc != 1:
+    if nproc != 1 or nnodes != 1:
         if model is not None and not isinstance(model, str):
             raise UserError("nproc > 1 starts new processes, which cannot receive a Python "
                             "object: pass model='file.py:Class'")
         if dataset is not None:
             raise UserError("nproc > 1 cannot receive images in memory")
+        _check_mlflow(mlflow)
         worker.run_processes(nproc, {"action": "resume", "run_dir": str(run_dir), "quiet": quiet,
-                                     "changes": changes, "model": model})
+                                     "changes": changes, "model": model,
+                                     **({"mlflow": mlflow} if mlflow else {})},
+                             nnodes=nnodes, endpoint=rdzv_endpoint)
         return Run(run_dir)
-    training.resume(run_dir, changes, model=model, callbacks=callbacks, quiet=quiet,
-                    dataset=dataset)
+    training.resume(run_dir, changes, model=model, quiet=quiet, dataset=dataset,
+                    callbacks=_with_loggers(None, callbacks, False, mlflow))
     return Run(run_dir, model, dataset)
 
 

@@ -86,10 +86,10 @@ class Dataset:
     def describe(self, val_fraction: float = 0.1, split_seed: int = 0) -> str:
         """What the source holds, for `cifarlab data`: kind, classes, cache, and images per class
         in each split (val carved as a run with `val_fraction` carves it)."""
-        if self.origin is not None:  # cl.load_data carved it already, as a run would
-            carved = self.origin.get("val_fraction", val_fraction)
+        carved = float((self.origin or {}).get("val_fraction") or 0)
+        if carved > 0 and "val" in self.splits:  # cl.load_data carved it already, as a run would
             val_from = (f"carved from train: {carved:g} of each class after a seeded shuffle "
-                        f"(--val-fraction {carved:g})" if "val" in self.splits else "none")
+                        f"(--val-fraction {carved:g})")
             val_fraction = 0.0  # no second carve below
         elif "val" in self.splits:
             val_from = "the source's val/ folder (--val-fraction is not used)"

@@ -7,6 +7,8 @@ writes the run directory and prints. See docs/distributed.md.
 
     torchrun --standalone --nproc-per-node 4 -m cifarlab train --recipe bn   # 4 GPUs, one machine
     cifarlab train --recipe bn --nproc 4                                      # the same, shorter
+    cifarlab train --recipe bn --nproc 4 --nnodes 2 --rdzv-endpoint HOST:29400 --out /shared/r
+                                                          # on each of 2 machines (docs/distributed.md)
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from cifarlab.errors import UserError
+from cifarlab.errors import TrainingError, UserError
 
 
 @dataclass(frozen=True)
@@ -68,14 +71,45 @@ def init(ctx: Context, device: torch.device) -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
+class PeerLost(TrainingError):
+    """Another training process stopped mid-run (killed, or its machine went down), so the
+    collectives this one waits on can never finish: one line, exit code 1, and how to go on."""
+
+
+# What gloo and NCCL say when the process at the other end is gone.
+LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Connection refused",
+        "timed out", "Timed out", "NCCL communicator was aborted", "remote process exited")
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """Why, if `exc` is a collective (all-reduce, broadcast, DDP's gradient sync) that lost a
+    peer; None for any other error."""
+    if not isinstance(exc, RuntimeError) or not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(exc)
+    reason = next((phrase for phrase in LOST if phrase in text), None)
+    if reason is None and not isinstance(exc, dist.DistError) and "gloo" not in text:
+        return None
+    return reason or text.strip().splitlines()[0].split("] ", 1)[-1][:160]
+
+
 @contextlib.contextmanager
-def owned_group() -> Iterator[None]:
-    """Leave the process group on exit if it was joined inside the block (not one the caller made)."""
+def owned_group(run_dir: object = None) -> Iterator[None]:
+    """Leave the process group on exit if it was joined inside the block (not one the caller made).
+    A collective that lost another process becomes PeerLost, naming the run to resume."""
     existed = dist.is_available() and dist.is_initialized()
     finished = False
     try:
         yield
         finished = True
+    except RuntimeError as exc:
+        reason = lost_peer(exc)
+        if reason is None:
+            raise
+        where = (f"; its last checkpoint is in {run_dir}: when every node is back, continue with "
+                 f"--resume {run_dir}") if run_dir is not None else ""
+        raise PeerLost(f"lost contact with another training process ({reason}): it stopped, or "
+                       f"its machine did{where}") from None
     finally:
         if not existed and dist.is_available() and dist.is_initialized():
             if finished:  # leave together: gloo torn down under a peer still talking can abort it
@@ -104,22 +138,31 @@ def from_main(values: Sequence[float], device: torch.device) -> list[float]:
     return [float(v) for v in tensor.tolist()]
 
 
-def launch(nproc: int, argv: list[str]) -> int:
+def launch(nproc: int, argv: list[str], nnodes: int = 1, endpoint: str | None = None) -> int:
     """Run `python ARGV` (e.g. ["-m", "cifarlab.worker", JOB]) in `nproc` processes on this
     machine with torchrun's elastic launcher.
 
     Like `torchrun --standalone --nproc-per-node NPROC ARGV`: a rendezvous on a free
     port of 127.0.0.1 (not "localhost", which may resolve to an IPv6 address nothing listens on),
-    and every worker stopped if one fails. Returns the workers' exit code.
+    and every worker stopped if one fails. With `nnodes` > 1, this machine is one of several that
+    all run the same command: like `torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint
+    HOST:PORT`, the first to start listens at `endpoint` and the others join it. Returns the
+    workers' exit code; the workers said why themselves, so the agent's logs stay quiet.
     """
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
 
     if from_env().enabled:
         raise UserError("--nproc starts its own processes; under torchrun leave it out")
     if nproc < 1:
         raise UserError("--nproc must be at least 1")
+    if nnodes < 1:
+        raise UserError("--nnodes must be at least 1")
+    if nnodes > 1 and not endpoint:
+        raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT: one of the machines, "
+                        "reachable from the others, the same on every one")
     # The trainer sets its own thread count (cores / processes); this only spares the user
     # torchrun's banner about OMP_NUM_THREADS.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -128,18 +171,55 @@ def launch(nproc: int, argv: list[str]) -> int:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    args = torchrun.parse_args([
-        "--nnodes=1", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
-        "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id=cifarlab-{uuid.uuid4().hex}",
-        "--monitor-interval=0.2", *argv])
-    try:
-        torchrun.run(args)
-    except ChildFailedError as exc:
-        codes = [f.exitcode for f in exc.failures.values()]
-        if not any(c > 0 for c in codes):  # negative: killed by a signal, so it said nothing
-            print(f"cifarlab: a training process was killed by signal {-min(codes)}",
-                  file=sys.stderr)
-        return next((c for c in codes if c > 0), 1)
-    except SignalException:
-        return 130
+    where = ([f"--nnodes={nnodes}", f"--rdzv-endpoint={endpoint}", "--rdzv-id=cifarlab"]
+             if nnodes > 1 else
+             ["--nnodes=1", "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id=cifarlab-{uuid.uuid4().hex}"])
+    args = torchrun.parse_args([*where, f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
+                                "--monitor-interval=0.2", *argv])
+    with _said_by_workers() as said:
+        try:
+            torchrun.run(args)
+        except ChildFailedError as exc:
+            codes = [f.exitcode for f in exc.failures.values()]
+            if not said() and not any(c > 0 for c in codes):  # killed by a signal: said nothing
+                print(f"cifarlab: a training process was killed by signal {-min(codes)}",
+                      file=sys.stderr)
+            return next((c for c in codes if c > 0), 1)
+        except SignalException:
+            return 130
+        except RendezvousTimeoutError:
+            print(f"cifarlab: error: the other machines did not join the rendezvous at {endpoint} "
+                  f"in time: start the same command on all {nnodes}", file=sys.stderr)
+            return 1
+        except (RendezvousError, dist.DistError) as exc:  # the machine that held it died
+            if not said():  # a worker that lost its peers has said so, and how to resume
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                print(f"cifarlab: error: lost the rendezvous at {endpoint} (did another machine "
+                      f"stop?): {first}", file=sys.stderr)
+            return 1
     return 0
+
+
+REPORTED = "CIFARLAB_REPORTED"  # a file a worker touches when it has printed why it failed
+
+
+@contextlib.contextmanager
+def _said_by_workers() -> Iterator[Any]:
+    """Whether a worker has already printed why it failed (cli._say touches the file named in
+    $CIFARLAB_REPORTED): then the launcher adds nothing, and a failure stays one line."""
+    import tempfile
+
+    fd, marker = tempfile.mkstemp(prefix="cifarlab-reported-")
+    os.close(fd)
+    os.unlink(marker)
+    before = os.environ.get(REPORTED)
+    os.environ[REPORTED] = marker
+    try:
+        yield lambda: os.path.exists(marker)
+    finally:
+        if before is None:
+            os.environ.pop(REPORTED, None)
+        else:
+            os.environ[REPORTED] = before
+        with contextlib.suppress(OSError):
+            os.unlink(marker)

@@ -126,6 +126,14 @@ class WorkersFailed(Exception):
         self.code = code
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception from a library as one line: its first, without SQLAlchemy's "(driver.Error) "."""
+    text = " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())
+    if text.startswith("(") and ") " in text:  # "(psycopg.OperationalError) connection failed: ..."
+        text = text.split(") ", 1)[1]
+    return text[:limit]
+
+
 def warn(message: str) -> None:
     """Print a one-line warning on stderr, in the caller's words."""
     print(f"cifarlab: warning: {message if _shell else for_python(message)}", file=sys.stderr,

@@ -17,6 +17,8 @@ EXTRAS = {
     "export": (("onnx", "onnxscript"), "onnx onnxscript"),
     "tensorboard": (("tensorboard",), "tensorboard"),
     "search": (("optuna",), "'optuna>=3.6'"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "postgres": (("psycopg",), "'psycopg[binary]'"),  # dburl.py names it where a URL needs it
 }
 
 

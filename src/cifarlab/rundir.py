@@ -9,6 +9,7 @@ its file names (timm's summary.csv has one writer; so does everything here).
         best.pt         the weights of the best epoch by `monitor` (val_acc by default)
         model.pt        the final weights
         summary.json    final figures, naming both the best and the final epoch
+        mlflow.json     with --mlflow: the MLflow run it logs to
         report/ export/ explain/ robustness/ tensorboard/   written by those commands
 
     >>> from cifarlab import rundir
@@ -48,6 +49,7 @@ EXPORT = "export"
 EXPLAIN = "explain"
 ROBUSTNESS = "robustness"
 TENSORBOARD = "tensorboard"
+MLFLOW = "mlflow.json"  # the MLflow run this folder logs to (--mlflow): a resume goes on in it
 WEIGHTS = ("best", "final")
 DEFAULT_ROOT = Path("runs")
 

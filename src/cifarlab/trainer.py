@@ -619,7 +619,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, model: ModelArg
         run_dir = Path(out)
     with rundir.lock(run_dir) if ctx.is_main else nullcontext():
         try:
-            with distributed.owned_group():
+            with distributed.owned_group(run_dir):
                 trainer = _prepare(config, run_dir, model, callbacks, quiet, started, dataset=dataset)
                 return run_dir, trainer.fit()
         except BaseException:
@@ -669,7 +669,7 @@ def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
         raise UserError(f"{run_dir} is already complete ({plural(config.epochs, 'epoch')}); extend it with "
                         f"--epochs N (N > {config.epochs})")
     main = distributed.from_env().is_main
-    with rundir.lock(run_dir) if main else nullcontext(), distributed.owned_group():
+    with rundir.lock(run_dir) if main else nullcontext(), distributed.owned_group(run_dir):
         trainer = _prepare(config, run_dir, model if model is not None else _model_of(config),
                            callbacks, quiet, started=None, saved=saved, dataset=dataset)
         trainer.restore(saved)

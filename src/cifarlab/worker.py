@@ -1,7 +1,9 @@
 """The process torchrun starts for `nproc=N` (`--nproc N`): it reads its job from one file the
 parent wrote (the resolved config and the run folder, or the run to resume) and trains. The
 parent resolved every setting once and claimed the run folder, so the workers neither parse a
-command line again nor create a folder of their own.
+command line again nor create a folder of their own (but with --nnodes, where every machine's
+parent names the same shared folder: then global rank 0 claims it). The loggers (TensorBoard,
+MLflow) are made here, in each process; rank 0's log.
 
     python -m cifarlab.worker JOB.json     # what each torchrun process runs; not for users
 """
@@ -18,13 +20,16 @@ from cifarlab import distributed
 from cifarlab.errors import WorkersFailed
 
 
-def run_processes(nproc: int, job: dict[str, Any]) -> None:
-    """Run `job` in `nproc` processes on this machine; WorkersFailed if one of them failed."""
+def run_processes(nproc: int, job: dict[str, Any], nnodes: int = 1,
+                  endpoint: str | None = None) -> None:
+    """Run `job` in `nproc` processes on this machine (one of `nnodes` that meet at `endpoint`);
+    WorkersFailed if one of them failed."""
     fd, path = tempfile.mkstemp(prefix="cifarlab-job-", suffix=".json")  # private: mode 0600
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(job, handle)
-        code = distributed.launch(nproc, ["-m", "cifarlab.worker", path])
+        code = distributed.launch(nproc, ["-m", "cifarlab.worker", path], nnodes=nnodes,
+                                  endpoint=endpoint)
     finally:
         os.unlink(path)
     if code != 0:
@@ -33,13 +38,16 @@ def run_processes(nproc: int, job: dict[str, Any]) -> None:
 
 def _work(job: dict[str, Any]) -> int:
     from cifarlab import trainer
+    from cifarlab.callbacks import loggers
     from cifarlab.config import TrainConfig
 
     if job["action"] == "train":
-        trainer.train(TrainConfig.from_dict(job["config"]), job["run_dir"], quiet=job["quiet"],
-                      claimed=True)
+        config = TrainConfig.from_dict(job["config"])
+        trainer.train(config, job["run_dir"], quiet=job["quiet"], claimed=job.get("claimed", True),
+                      callbacks=loggers(config, job.get("mlflow")))
     else:
-        trainer.resume(job["run_dir"], job["changes"], model=job.get("model"), quiet=job["quiet"])
+        trainer.resume(job["run_dir"], job["changes"], model=job.get("model"), quiet=job["quiet"],
+                       callbacks=loggers(None, job.get("mlflow")))
     return 0
 
 

@@ -19,6 +19,7 @@ Nothing here imports torch at module level: `cifarlab --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -83,7 +84,9 @@ def guarded(work: Callable[[], int]) -> int:
         _say(speak, f"cifarlab: error: {exc}")
         return EXIT_USER_ERROR
     except TrainingError as exc:
-        _say(speak, f"cifarlab: training failed: {exc}")
+        # A lost peer is news to every node that is left: the first process of each says it.
+        lost = type(exc).__name__ == "PeerLost" and (os.environ.get("LOCAL_RANK") or "0") == "0"
+        _say(speak or lost, f"cifarlab: training failed: {exc}")
         return 1
     except Interrupted as exc:
         _say(speak, f"cifarlab: {exc}")
@@ -116,3 +119,7 @@ def _unknown_options(parser: argparse.ArgumentParser, command: str | None, extra
 def _say(speak: bool, message: str) -> None:
     if speak:
         print(message, file=sys.stderr)
+        reported = os.environ.get("CIFARLAB_REPORTED")  # under --nproc/--nnodes: tell the launcher
+        if reported:
+            with contextlib.suppress(OSError):
+                open(reported, "a").close()

@@ -75,3 +75,12 @@ def open_run(path: str, model_spec: str | None) -> Any:
     from cifarlab.api import load
 
     return load(path, model=model_spec)
+
+
+def mlflow(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--mlflow URI`, or `--mlflow` alone for the store MLflow users set in $MLFLOW_TRACKING_URI."""
+    parser.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
+                        help=f"log to MLflow: {what}; URI is the tracking store, e.g. "
+                             "sqlite:///mlflow.db or http://host:5000 (alone: $MLFLOW_TRACKING_URI, "
+                             "else ./mlflow.db); the experiment: $MLFLOW_EXPERIMENT_NAME, else "
+                             "cifarlab (needs: pip install 'cifarlab[mlflow]') (default: off)")

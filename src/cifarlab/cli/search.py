@@ -62,6 +62,7 @@ def register(commands: Any) -> None:
                    help="N trials at a time, in processes of cores/N threads (default: 1, "
                         "which alone replays a search exactly; on 2 busy cores --jobs 2 ran 2.8x "
                         "faster: docs/search.md)")
+    options.mlflow(s, "the study as an MLflow run, each trial a run nested under it")
     options.quiet(s)
     options.json_flag(s)
     s.set_defaults(func=run)
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                        study=args.study, sampler=args.sampler, pruner=args.pruner,
                        sampler_seed=args.sampler_seed,
                        jobs=args.jobs, config_file=args.config, quiet=args.quiet or args.json,
-                       **changes)
+                       mlflow=args.mlflow, **changes)
     if args.json:
         print(json.dumps({"search": str(result.path), "best": result.best,
                           "baseline": result.baseline, "trials": result.rows}, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,20 @@ def register(commands: Any) -> None:
                    help="train with N processes on this machine (DistributedDataParallel, one per "
                         "GPU); --batch-size stays the global batch. Same as: torchrun "
                         "--standalone --nproc-per-node N -m cifarlab train ... (default: 1)")
+    t.add_argument("--nnodes", type=int, default=1, metavar="N",
+                   help="train on N machines: run the same command on each (with --nproc "
+                        "processes on each), --rdzv-endpoint naming one of them and --out a "
+                        "folder all of them see; like torchrun --nnodes N --rdzv-backend c10d "
+                        "(default: 1)")
+    t.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                   help="with --nnodes: where the machines meet, one of them, reachable from the "
+                        "others; the first to start listens there (default: none)")
     t.add_argument("--checkpoint-every", type=int, metavar="K",
                    help="also save a resumable checkpoint every K steps, not only every epoch "
                         "(default: 0, every epoch)")
     t.add_argument("--tensorboard", action="store_true",
                    help="also log to RUN/tensorboard (needs: pip install tensorboard) (default: off)")
+    options.mlflow(t, "settings, metrics per epoch, diagnosis, final figures and report")
     options.json_flag(t, "print summary.json when done, instead of the progress table (implies "
                          "--quiet)")
     options.quiet(t)
@@ -115,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
         return list_recipes()
     args.quiet = args.quiet or args.json
+    if args.nnodes != 1:  # before torch loads: c10d's C++ warnings about a machine that went
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # away repeat the one-line error
     changes = changes_from(args)
     if args.resume is not None:
         return resume(args, changes)
@@ -127,12 +139,15 @@ def run(args: argparse.Namespace) -> int:
 
     model = changes.pop("model", None)
     common = {"recipe": args.recipe, "config_file": args.config, "out": args.out,
-              "quiet": args.quiet, "model": model}
+              "quiet": args.quiet, "model": model, "mlflow": args.mlflow}
     if args.seeds != 1:
+        if args.nnodes != 1:
+            raise UserError("--seeds trains one run after another on one machine; leave out --nnodes")
         cl.train_seeds(n=args.seeds, seed=changes.pop("seed", 0), nproc=args.nproc, **common,
                        **changes)
         return 0
-    run = cl.train(nproc=args.nproc, **common, **changes)
+    run = cl.train(nproc=args.nproc, nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint,
+                   **common, **changes)
     done(args, run)
     return 0
 
@@ -154,7 +169,8 @@ def resume(args: argparse.Namespace, changes: dict[str, Any]) -> int:
                         "--config, --print-config and --seeds")
     path = Path(args.resume) if args.resume else Path(args.out) if args.out else rundir.latest()
     model = changes.pop("model", None)
-    run = cl.resume(path, model=model, quiet=args.quiet, nproc=args.nproc, **changes)
+    run = cl.resume(path, model=model, quiet=args.quiet, nproc=args.nproc, mlflow=args.mlflow,
+                    nnodes=args.nnodes, rdzv_endpoint=args.rdzv_endpoint, **changes)
     done(args, run)
     return 0
 

@@ -17,6 +17,8 @@ database alone (study.py runs trials, results.py reads them back).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import socket
 import warnings
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifarlab import config as configuration
-from cifarlab import fsio
+from cifarlab import dburl, fsio, rundir
+from cifarlab.dburl import redact
 from cifarlab.errors import UserError
 from cifarlab.extras import require_extra
 
@@ -78,29 +81,55 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 def open_storage(url: str) -> Any:
     """Optuna's database storage. Heartbeats (every 60 s) let any worker fail a trial whose
-    machine died; a dead process on this machine is noticed at once (`fail_dead_trials`)."""
+    machine died; a dead process on this machine is noticed at once (`fail_dead_trials`).
+
+    Every way it can fail is one line: a URL SQLAlchemy cannot read, a driver that is not
+    installed (naming the package, or the extra, that brings it), a server that is down, a
+    database or role that does not exist.
+    """
     optuna = optuna_module()
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # parallel writers wait
+    elif dburl.connect_args(url):
+        kwargs["engine_kwargs"] = {"connect_args": dburl.connect_args(url)}
+    driver = dburl.missing_driver(url)
+    if driver:
+        raise UserError(f"--storage {redact(url)} needs {driver}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180, **kwargs)
-        except ImportError as exc:
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
+                                                 **kwargs)
+            if url.startswith("sqlite"):
+                _one_writer_at_a_time(storage.engine)
+            return storage
+        except ImportError as exc:  # a driver that imports but cannot load (a broken install)
             raise UserError(f"--storage {redact(url)} needs a database driver: {exc}") from None
         except Exception as exc:  # sqlalchemy's errors: a bad URL, a server that is down
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise UserError(f"cannot open the storage {redact(url)}: {first}") from None
+            raise UserError(f"cannot open the storage {redact(url)}: {dburl.explain(exc)}") from None
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    head, at, tail = url.rpartition("@")
-    if not at or "://" not in head:
-        return url
-    scheme, _, user = head.partition("://")
-    return f"{scheme}://{user.partition(':')[0]}:***@{tail}"
+def _one_writer_at_a_time(engine: Any) -> None:
+    """Make SQLite transactions take the write lock when they begin (BEGIN IMMEDIATE).
+
+    Python's sqlite3 begins a transaction only at its first write, and SQLite has no SELECT ...
+    FOR UPDATE, so two workers (--jobs) could both read the queued baseline trial as WAITING and
+    both take it: one of them then trained it while Optuna failed it under the other ("already
+    holds a run", "Cannot tell a FAIL trial"), seen in about one run in four. This is
+    SQLAlchemy's own recipe for transactions that mean what they say on pysqlite.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(connection: Any, record: Any) -> None:
+        connection.isolation_level = None  # sqlite3 begins nothing itself: the BEGIN below does
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the events (the schema check) are closed
 
 
 def _alive(pid: Any) -> bool:
@@ -124,15 +153,35 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if attrs.get("host") == HOST and not _alive(attrs.get("pid")):
-            # The storage API is the one Optuna's own stale-trial handling uses.
-            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
-            dead.append(trial.number)
+            # The storage API is the one Optuna's own stale-trial handling uses. Another worker
+            # may have failed it a moment ago.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                study._storage.set_trial_state_values(trial._trial_id,
+                                                      state=optuna.trial.TrialState.FAIL)
+                dead.append(trial.number)
     return dead
 
 
-def write_pointer(path: Path, storage: str, study: str, spent: float) -> None:
-    fsio.write_json(path / POINTER, {"storage": None if storage == own_storage(path) else storage,
-                                     "study": study, "spent_seconds": round(spent, 1)})
+def write_pointer(path: Path, storage: str, study: str, spent: float,
+                  joined: bool | None = None) -> None:
+    """search.json. `joined`: this folder joined a study another folder made (kept as it was
+    when not given)."""
+    default = own_storage(path)
+    if joined is None:
+        joined = bool((rundir.read_json(path / POINTER) or {}).get("joined"))
+    fsio.write_json(path / POINTER, {"storage": None if storage == default else storage,
+                                     "study": study, "spent_seconds": round(spent, 1),
+                                     **({"joined": True} if joined else {})})
+
+
+def sampler_salt(path: Path) -> int:
+    """0 for the folder that made its study; for one that joined it, a number of its own (from
+    the machine and the folder), so that two machines that join when the study has the same
+    number of trials do not draw the same settings. The maker's draws stay as they were."""
+    if not (rundir.read_json(path / POINTER) or {}).get("joined"):
+        return 0
+    digest = hashlib.sha256(f"{HOST}:{path.resolve()}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") or 1
 
 
 def own_storage(path: Path) -> str:
@@ -140,7 +189,7 @@ def own_storage(path: Path) -> str:
     return f"sqlite:///{(path / STUDY_DB).resolve()}"
 
 
-POINTER_FIELDS = {"storage": str | None, "study": str, "spent_seconds": float}
+POINTER_FIELDS = {"storage": str | None, "study": str, "spent_seconds": float, "joined": bool}
 
 
 def read_pointer(path: Path, storage: str | None = None) -> tuple[str, str, float]:
@@ -222,7 +271,7 @@ def settings_of(study: optuna.Study) -> dict[str, Any]:
     return settings
 
 
-def open_study(storage: str, name: str, worker: int = 0) -> optuna.Study:
+def open_study(storage: str, name: str, worker: int = 0, salt: int = 0) -> optuna.Study:
     """A cifarlab study, with its sampler and pruner built from the search's settings."""
     optuna = optuna_module()
     try:
@@ -230,11 +279,11 @@ def open_study(storage: str, name: str, worker: int = 0) -> optuna.Study:
     except KeyError:
         raise UserError(f"no study '{name}' in {redact(storage)}") from None
     settings = settings_of(study)
-    # A fresh seed per (seed, trials so far, worker): a resumed or parallel sampler never
-    # replays the draws of the first.
+    # A fresh seed per (seed, trials so far, worker, and the joining folder's salt): a resumed or
+    # parallel sampler never replays the draws of the first.
     from cifarlab.runtime import seed_for
 
-    seed = seed_for(int(settings["seed"]), len(study.trials), worker) % 2**32
+    seed = seed_for(int(settings["seed"]), len(study.trials), worker, *([salt] if salt else [])) % 2**32
     study.sampler = make_sampler(settings["sampler"], seed, settings["startup"])
     study.pruner = make_pruner(settings["pruner"])
     return study

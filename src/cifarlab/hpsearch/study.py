@@ -47,6 +47,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -60,11 +61,17 @@ from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.hpsearch.results import Search, trial_seconds
 from cifarlab.hpsearch.space import NOT_SEARCHABLE, Param, current, read_space
 from cifarlab.hpsearch.storage import (
+    BEST,
+    CURVES_PNG,
     DEFAULT_ROOT,
+    HISTORY_PNG,
     HOST,
+    IMPORTANCE_PNG,
     MARKER,
+    PAGE,
     POINTER,
     STUDY_DB,
+    TRIALS_CSV,
     fail_dead_trials,
     make_pruner,
     make_sampler,
@@ -73,6 +80,7 @@ from cifarlab.hpsearch.storage import (
     optuna_module,
     read_pointer,
     redact,
+    sampler_salt,
     settings_of,
     write_pointer,
 )
@@ -131,13 +139,16 @@ class _Work:
     model: Any = None  # a Python model object (one process only)
     callbacks: Sequence[Any] = ()
     clock: Any = None  # (spent before, started): the main process's time accounting
+    mlflow: str | bool | None = None  # log every trial to MLflow (a URI; True: $MLFLOW_TRACKING_URI)
+    mlflow_parent: str | None = None  # ... as a nested run of the study's MLflow run
+    salt: int = 0  # a folder that joined another's study draws its own settings (sampler_salt)
 
 
 def _work(work: _Work) -> None:
     """Run trials until the study has its trials, the deadline passes, or Ctrl-C."""
     if work.threads:
         os.environ["CIFARLAB_THREADS"] = str(work.threads)
-    study = open_study(work.storage, work.study, work.worker)
+    study = open_study(work.storage, work.study, work.worker, work.salt)
     settings = settings_of(study)
     params = [Param(key, kind, tuple(values)) for key, spec in settings["space"].items()
               for kind, values in spec.items()]
@@ -147,20 +158,43 @@ def _work(work: _Work) -> None:
         study.optimize(objective, n_trials=1, callbacks=[objective.after])
 
 
+WAIT_SECONDS = 2.0  # how often a worker with nothing to start looks at the trials in flight
+
+
 def _done(study: optuna.Study, work: _Work) -> bool:
+    """True when the study has its trials or the deadline leaves no room for another.
+
+    A worker that finds every remaining trial already running (on other workers, here or on other
+    machines) waits for them instead of leaving: if one of those workers dies (kill -9, a lost
+    machine), its trial is failed (at once on this machine, after 3 minutes without a heartbeat
+    from another) and this worker runs a trial in its place, so the study reaches its target
+    while any worker lives.
+    """
     optuna = optuna_module()
     state = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state in (state.COMPLETE, state.PRUNED)]
-    running = [t for t in trials if t.state == state.RUNNING]
-    if work.target is not None and len(finished) + len(running) >= work.target:
-        return True
-    if work.deadline is not None:
-        complete = [trial_seconds(t) for t in trials if t.state == state.COMPLETE]
-        expected = statistics.median(complete) if complete else 0.0
-        if time.time() + expected > work.deadline:
+    said = False
+    while True:
+        fail_dead_trials(study)
+        with warnings.catch_warnings():  # experimental since Optuna 2.9, and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in (state.COMPLETE, state.PRUNED)]
+        running = [t for t in trials if t.state == state.RUNNING]
+        if work.target is not None and len(finished) >= work.target:
             return True
-    return False
+        if work.deadline is not None:
+            complete = [trial_seconds(t) for t in trials if t.state == state.COMPLETE]
+            expected = statistics.median(complete) if complete else 0.0
+            if time.time() + expected > work.deadline:
+                return True
+        if work.target is None or len(finished) + len(running) < work.target:
+            return False
+        if not said and not work.quiet:
+            print(f"the study's last {len(running)} trial(s) are running on other workers: "
+                  "waiting for them (if a worker dies, this one takes its trial over)", flush=True)
+            said = True
+        time.sleep(WAIT_SECONDS)
 
 
 class _Objective:
@@ -181,21 +215,43 @@ class _Objective:
         model = trial_model(fixed.pop("model", None), self.work.model, self.work.path)
         if self.work.data is not None:
             fixed["data"] = self.work.data
+        tracker = self._tracker(trial)
+        callbacks = [report, *([tracker] if tracker is not None else []), *self.work.callbacks]
         try:
-            api.train(self.settings["recipe"], out=run_dir, model=model,
-                      callbacks=[report, *self.work.callbacks], quiet=True, **{**fixed, **values})
+            api.train(self.settings["recipe"], out=run_dir, model=model, callbacks=callbacks,
+                      quiet=True, **{**fixed, **values})
         except TrainingError as exc:  # diverged: as bad as a trial gets, which the sampler should know
             self._note(trial, run_dir)
             trial.set_user_attr("note", f"diverged: {str(exc).split(';')[0]}")
+            _close(tracker, "FAILED", "diverged")
             raise optuna.TrialPruned("diverged") from None
         except Interrupted:
+            _close(tracker, "KILLED", "fail")
             raise KeyboardInterrupt from None  # the trial fails; the search stops
+        except BaseException:
+            _close(tracker, "FAILED", "fail")
+            raise
         history = self._note(trial, run_dir)
         best = max(row["val_acc"] for row in history)
         if report.pruned_at is not None:
             trial.set_user_attr("note", f"pruned after epoch {report.pruned_at}")
+            _close(tracker, "FINISHED", "pruned")
             raise optuna.TrialPruned(f"pruned after epoch {report.pruned_at}")
+        _close(tracker, "FINISHED", "complete")
         return best
+
+    def _tracker(self, trial: optuna.Trial) -> Any:
+        """With --mlflow: the trial's MLflow run, nested under the study's (no report: five
+        figures a trial would cost seconds each; `cifarlab report DIR/trial-N` draws them)."""
+        if not self.work.mlflow:
+            return None
+        from cifarlab.callbacks import MLflow
+
+        uri = self.work.mlflow if isinstance(self.work.mlflow, str) else None
+        tracker = MLflow(uri, parent_run_id=self.work.mlflow_parent, report=False,
+                         tags={"cifarlab.kind": "trial", "cifarlab.study": self.work.study,
+                               "cifarlab.trial": str(trial.number)})
+        return tracker
 
     def _note(self, trial: optuna.Trial, run_dir: Path) -> list[dict[str, float]]:
         info = rundir.read_json(run_dir / rundir.CONFIG) or {}
@@ -216,6 +272,13 @@ class _Objective:
             print(result.row_line(trial), flush=True)
 
 
+def _close(tracker: Any, status: str, state: str) -> None:
+    """End a trial's MLflow run with its status, tagged with the trial's state in the study."""
+    if tracker is not None:
+        tracker.close(status)
+        tracker.set_tag("cifarlab.trial_state", state)
+
+
 # ----------------------------------------------------------------------------------------------
 # Starting, resuming and joining a search
 
@@ -226,7 +289,8 @@ def search(recipe: str | None = None, *, space: dict[str, Any] | PathLike | None
            storage: str | None = None, study: str | None = None, sampler: str = "tpe",
            pruner: str = "median", sampler_seed: int = 0, jobs: int = 1, model: Any = None,
            config_file: PathLike | None = None, callbacks: Sequence[Any] = (),
-           baseline: bool = True, quiet: bool = False, **settings: Any) -> Search:
+           baseline: bool = True, quiet: bool = False, mlflow: str | bool | None = None,
+           **settings: Any) -> Search:
     """Search hyperparameters of a recipe with Optuna; returns the Search (`cl.search`).
 
     `space`: a mapping or a YAML/JSON file (see `read_space`), else the recipe's default.
@@ -238,7 +302,8 @@ def search(recipe: str | None = None, *, space: dict[str, Any] | PathLike | None
     that another machine started. `jobs=N` runs N trials at a time in processes of cores/N
     threads (on the 2 shared cores here, jobs=2 ran 4 trials 2.8x faster than one process of 2
     threads: docs/search.md; 1 stays the default because it alone replays a search exactly).
-    `callbacks` go to every trial's training.
+    `callbacks` go to every trial's training. `mlflow`: a tracking URI (True: $MLFLOW_TRACKING_URI)
+    to log the study as an MLflow run and every trial as a run nested under it (callbacks.MLflow).
     """
     optuna = optuna_module()
     if jobs < 1:
@@ -249,6 +314,10 @@ def search(recipe: str | None = None, *, space: dict[str, Any] | PathLike | None
     if trials is not None and trials < 1:
         raise UserError("--trials must be at least 1")
     seconds = _budget(budget)
+    if mlflow:  # a missing extra or a wrong URI fails now, before a folder or a study exists
+        from cifarlab import tracking
+
+        tracking.experiment_id(tracking.mlflow_client(mlflow if isinstance(mlflow, str) else None))
     if resume:
         if recipe or space is not None or settings or config_file is not None:
             raise UserError("--resume continues a search as it was set up: leave out --recipe, "
@@ -269,7 +338,13 @@ def search(recipe: str | None = None, *, space: dict[str, Any] | PathLike | None
     started = time.perf_counter()
     deadline = time.time() + seconds - spent if seconds is not None else None
     work = _Work(path, storage_url, study_name, str(data) if data is not None else None, quiet,
-                 trials, deadline, model=model, callbacks=callbacks, clock=(spent, started))
+                 trials, deadline, model=model, callbacks=callbacks, clock=(spent, started),
+                 mlflow=mlflow, salt=sampler_salt(path))
+    if mlflow:
+        from cifarlab import tracking
+
+        record = settings_of(open_study(storage_url, study_name))
+        work.mlflow_parent = tracking.study_run(mlflow, study_name, str(path.resolve()), record)
     result = Search(path, storage=storage_url)
     if not quiet:
         print(result.header(trials, seconds, spent, jobs), flush=True)
@@ -284,7 +359,18 @@ def search(recipe: str | None = None, *, space: dict[str, Any] | PathLike | None
         write_pointer(path, storage_url, study_name, spent + time.perf_counter() - started)
         with contextlib.suppress(UserError, optuna.exceptions.OptunaError):
             Search(path, storage=storage_url).write()
-    return Search(path, storage=storage_url)
+    result = Search(path, storage=storage_url)
+    if work.mlflow_parent is not None:  # reached only when this worker's search is done
+        from cifarlab import tracking
+
+        tracking.finish_study_run(mlflow, work.mlflow_parent, _study_files(path), result.best)
+    return result
+
+
+def _study_files(path: Path) -> list[Path]:
+    """What the study's MLflow run keeps: the tables, figures, best config and page."""
+    names = (PAGE, TRIALS_CSV, BEST, HISTORY_PNG, CURVES_PNG, IMPORTANCE_PNG)
+    return [path / name for name in names if (path / name).is_file()]
 
 
 def trial_model(stored: Any, model: Any, path: Path) -> Any:
@@ -441,7 +527,7 @@ def _resume_dir(out: PathLike | None, storage: str | None,
                         "another machine started, give --storage URL and --study NAME")
     open_study(storage, study)  # it exists, and is ours
     path = _make_dir(path, "join")
-    write_pointer(path, storage, study, 0.0)
+    write_pointer(path, storage, study, 0.0, joined=True)
     return path, storage, study, 0.0
 
 
