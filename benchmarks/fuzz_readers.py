@@ -1,4 +1,4 @@
-"""Fuzz the data and checkpoint readers with malformed input; print how many inputs were tried.
+"""Fuzz every reader of files from outside with malformed input; print how many inputs were tried.
 
 Every input must either load correctly or raise cifarlab's `UserError`. Any other exception, a hang
 (more than --timeout seconds on one input) or a jump in peak memory (more than --max-mb) is a
@@ -9,6 +9,17 @@ overwrite, insert, delete, splice) or builds a hostile input (random bytes, wron
 labels, allocation bombs in pickles, object dtypes and short buffers, opcode floods, gzip/zip/PNG
 bombs, tar meta-header bombs, nested and Windows-made zips, zip bombs in model files, symlink loops,
 non-UTF-8 names, FIFOs, deep trees).
+
+The targets of issue 22 read what comes with a folder from someone else: `settings` (config and
+space files: YAML alias bombs, boolean and number keys, dates, tags, deep nesting, mutations of
+real ones), `search` (search.json pointers and the settings stored in a study: other databases,
+wrong types, keywords that are not settings, models named by import spec), `runfolder` (the
+config.json, summary.json, metrics.csv and robustness.json that compare and report read) and
+`modelmeta` (a model file's metadata with fields of any type, loaded as predict, export and serve
+load it). A loaded settings file, study or pointer must never name a model to import or a
+database outside its folder.
+
+The crafted inputs are built by tests/crafted.py, which the tests use too (one copy of each).
 
 The `socket` target (needs the serve packages) runs `cifarlab serve`'s app on a loopback port and
 plays slow and broken clients at it: request heads cut anywhere, sent a few bytes at a time with
@@ -26,9 +37,12 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import faulthandler
 import gzip
 import io
+import json
+import math
 import os
 import pickle
 import random
@@ -42,8 +56,6 @@ import tempfile
 import time
 import traceback
 import zipfile
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +67,12 @@ from cifarlab import checkpoint, sources
 from cifarlab.data import load_dataset
 from cifarlab.errors import UserError
 
-TARGETS = ("batch", "image", "archive", "folder", "checkpoint", "socket")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import crafted  # tests/crafted.py: the crafted inputs, one copy shared with the tests
+from crafted import Call, gzipped, png_bomb, rezipped, tar_header
+
+TARGETS = ("batch", "image", "archive", "folder", "checkpoint", "socket", "settings", "search",
+           "runfolder", "modelmeta")
 
 
 class Hang(Exception):
@@ -92,16 +109,6 @@ def odd_batch(rng: random.Random) -> bytes:
     return pickle.dumps(obj, protocol=rng.choice([2, 4, 5]))
 
 
-class Call:
-    """Pickles as a call of `func(*args)`: how a hostile pickle asks for anything."""
-
-    def __init__(self, func: Any, *args: Any):
-        self.func, self.args = func, args
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return self.func, self.args
-
-
 def crafted_pickles() -> list[bytes]:
     """Pickles that try to allocate far more than their size, or to run code."""
     from numpy._core.multiarray import _reconstruct
@@ -119,26 +126,11 @@ def crafted_pickles() -> list[bytes]:
           b"\x80\x05\x96" + (2**31).to_bytes(8, "little") + b"\0" * 16 + b"."]  # 2 GB bytearray
 
 
-class Built:
-    """Pickles as numpy does an array: `_reconstruct(ndarray, (0,), 'b')`, then BUILD with `state`."""
-
-    def __init__(self, state: tuple[Any, ...]):
-        self.state = state
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        from numpy._core.multiarray import _reconstruct
-
-        return _reconstruct, (np.ndarray, (0,), b"b"), self.state
-
-
 def object_dtype_pickles() -> list[bytes]:
     """BUILDs that would make numpy read Python objects or more bytes than the pickle holds (a
     list one element short of the shape crashed the process), and opcode floods."""
-    states = [(1, (1,), np.dtype("O"), False, []), (1, (3,), np.dtype("O"), False, [1, 2]),
-              (1, (1,), np.dtype([("a", "O"), ("b", "u1")]), False, b"\0" * 9),
-              (1, (2, 3072), np.dtype("u1"), False, b"\0" * 100), (1, (1,), np.dtype("V8"), False, b"\0" * 8)]
     encode = __import__("_codecs").encode
-    return ([pickle.dumps({b"data": Built(state), b"labels": [0]}, 2) for state in states]
+    return (crafted.object_dtype_pickles()
             + [b"\x80\x02" + op * 1_000_000 + b"." for op in (b"]", b"(", b"}")]
             + [pickle.dumps([Call(encode, "x" * 100_000, "latin1") for _ in range(50)], 2)])
 
@@ -172,17 +164,6 @@ def image_seeds(rng: random.Random) -> list[bytes]:
     return seeds
 
 
-def png_bomb(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height grey pixels, with almost no pixel data."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (len(body).to_bytes(4, "big") + kind + body
-                + zlib.crc32(kind + body).to_bytes(4, "big"))
-
-    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
-
-
 def image_folder_files(rng: random.Random, images: list[bytes]) -> dict[str, bytes]:
     files = {}
     for split in ("train", "test"):
@@ -198,27 +179,6 @@ def official_files(rng: random.Random) -> dict[str, bytes]:
     files["cifar-10-batches-py/test_batch"] = batch_pickle(2, rng)
     files["cifar-10-batches-py/batches.meta"] = meta
     return files
-
-
-def tar_bytes(files: dict[str, bytes], mode: str = "w:gz", extra: Callable[[tarfile.TarFile], None]
-              | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:  # type: ignore[call-overload]
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        if extra:
-            extra(tar)
-    return buffer.getvalue()
-
-
-def zip_bytes(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", method) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
 
 
 def hostile_tar(tar: tarfile.TarFile) -> None:
@@ -240,25 +200,25 @@ def archive_seeds(rng: random.Random, images: list[bytes]) -> list[tuple[str, by
     official = official_files(rng)
     bomb_member = {"root/train/cat/0.png": b"\0" * (300 << 20), "root/train/dog/0.png": images[0]}
     latin1 = {n.replace("cat", "caf\udce9"): d for n, d in folder.items()}  # non-UTF-8 bytes
-    zip_lying = bytearray(zip_bytes(folder, zipfile.ZIP_STORED))
-    zip_bomb = zip_bytes({"root/train/cat/0.png": b"\0" * (300 << 20), "root/train/dog/0.png":
+    zip_lying = bytearray(crafted.zip_of(folder, zipfile.ZIP_STORED))
+    zip_bomb = crafted.zip_of({"root/train/cat/0.png": b"\0" * (300 << 20), "root/train/dog/0.png":
                           images[0]})
-    unsupported = bytearray(zip_bytes(folder))
+    unsupported = bytearray(crafted.zip_of(folder))
     for offset in _find_all(bytes(unsupported), b"PK\x03\x04") + _find_all(bytes(unsupported),
                                                                           b"PK\x01\x02"):
         field = offset + (8 if unsupported[offset + 2] == 3 else 10)
         unsupported[field:field + 2] = (9).to_bytes(2, "little")  # deflate64: not in zipfile
-    encrypted = bytearray(zip_bytes(folder))
+    encrypted = bytearray(crafted.zip_of(folder))
     for offset in _find_all(bytes(encrypted), b"PK\x01\x02"):
         encrypted[offset + 8] |= 1
     for offset in _find_all(bytes(zip_lying), b"PK\x01\x02"):  # claim 4 GB uncompressed
         zip_lying[offset + 24:offset + 28] = (2**32 - 1).to_bytes(4, "little")
     return [
-        ("x.tgz", tar_bytes(folder)), ("x.tar", tar_bytes(folder, "w")),
-        ("x.tar.gz", tar_bytes(official)), ("x.zip", zip_bytes(folder)),
-        ("x.zip", zip_bytes(official)), ("x.tgz", tar_bytes(folder, extra=hostile_tar)),
-        ("x.tar", tar_bytes(folder, "w:xz")), ("x.tar", tar_bytes(folder, "w:bz2")),
-        ("x.tgz", tar_bytes(bomb_member)), ("x.zip", zip_bomb), ("x.tgz", tar_bytes(latin1)),
+        ("x.tgz", crafted.tar_of(folder)), ("x.tar", crafted.tar_of(folder, "w")),
+        ("x.tar.gz", crafted.tar_of(official)), ("x.zip", crafted.zip_of(folder)),
+        ("x.zip", crafted.zip_of(official)), ("x.tgz", crafted.tar_of(folder, extra=hostile_tar)),
+        ("x.tar", crafted.tar_of(folder, "w:xz")), ("x.tar", crafted.tar_of(folder, "w:bz2")),
+        ("x.tgz", crafted.tar_of(bomb_member)), ("x.zip", zip_bomb), ("x.tgz", crafted.tar_of(latin1)),
         ("x.zip", bytes(zip_lying)), ("x.zip", bytes(unsupported)), ("x.zip", bytes(encrypted)),
         ("x.tgz", gzip.compress(b"\0" * (64 << 20))), ("x.tgz", b""), ("x.bin", b""),
         ("x.zip", b"PK\x05\x06" + b"\0" * 18),
@@ -266,21 +226,10 @@ def archive_seeds(rng: random.Random, images: list[bytes]) -> list[tuple[str, by
     ]
 
 
-def gzipped(parts: Any) -> bytes:
-    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
-    return b"".join(packer.compress(part) for part in parts) + packer.flush()
-
-
-def tar_header(name: str, kind: bytes, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type, info.size = kind, size
-    return info.tobuf(tarfile.GNU_FORMAT)
-
-
 def meta_header_seeds(folder: dict[str, bytes]) -> list[tuple[str, bytes]]:
     """Tar headers that make tarfile read a body into memory before any member check: long names
     and PAX headers claiming 64 MB, chains of PAX headers, a sparse member, 160,000 empty entries."""
-    body = tar_bytes(folder, "w")[:-1024]  # the folder's members, without the end-of-archive blocks
+    body = crafted.tar_of(folder, "w")[:-1024]  # the folder's members, without the end-of-archive blocks
     seeds = [("x.tgz", gzipped([tar_header("././@LongLink", kind, 64 << 20),
                                 *(bytes(1 << 20) for _ in range(64))]))
              for kind in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
@@ -296,37 +245,25 @@ def nested_seeds(folder: dict[str, bytes], official: dict[str, bytes]) -> list[t
     """Archives inside archives, and zips that are not quite what they seem: a tar whose last member
     is a zip (zipfile finds the zip directory at the end), a zip in a zip, a zip made on Windows
     (backslashes), an official set zipped twice, a zip named like a tar."""
-    inner = zip_bytes(folder)
-    docx = zip_bytes({"word/document.xml": b"<w/>"})
+    inner = crafted.zip_of(folder)
+    docx = crafted.zip_of({"word/document.xml": b"<w/>"})
     backslashed = {name.replace("/", "\\"): data for name, data in folder.items()}
     return [
-        ("x.tar", tar_bytes({**folder, "root/notes.docx": docx}, "w")),
-        ("x", tar_bytes({**folder, "root/more.zip": inner}, "w")),
-        ("x.zip", zip_bytes({**folder, "root/train/cat/inner.png": inner})),
-        ("x.zip", zip_bytes({"nested/inner.zip": zip_bytes(official)})),
-        ("x.zip", zip_bytes(backslashed)),
-        ("x.tgz", inner), ("x.zip", tar_bytes(folder)),
+        ("x.tar", crafted.tar_of({**folder, "root/notes.docx": docx}, "w")),
+        ("x", crafted.tar_of({**folder, "root/more.zip": inner}, "w")),
+        ("x.zip", crafted.zip_of({**folder, "root/train/cat/inner.png": inner})),
+        ("x.zip", crafted.zip_of({"nested/inner.zip": crafted.zip_of(official)})),
+        ("x.zip", crafted.zip_of(backslashed)),
+        ("x.tgz", inner), ("x.zip", crafted.tar_of(folder)),
     ]
 
 
 def model_zip_bombs(seed: bytes) -> list[bytes]:
     """model.pt files whose zip makes torch.load allocate far more than the file: a deflated
     64 MB record, a 3 MB empty-list flood as data.pkl, 20,000 records."""
-    source = zipfile.ZipFile(io.BytesIO(seed))
-
-    def rezip(replace: dict[str, tuple[bytes, int]], extra: int = 0) -> bytes:
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w") as archive:
-            for name in source.namelist():
-                data, method = replace.get(name.split("/", 1)[1], (source.read(name), zipfile.ZIP_STORED))
-                archive.writestr(zipfile.ZipInfo(name), data, compress_type=method)
-            for i in range(extra):
-                archive.writestr(f"archive/extra/{i}", b"")
-        return out.getvalue()
-
-    return [rezip({"data/0": (bytes(64 << 20), zipfile.ZIP_DEFLATED)}),
-            rezip({"data.pkl": (b"\x80\x02" + b"]" * (3 << 20) + b".", zipfile.ZIP_STORED)}),
-            rezip({}, extra=20_000)]
+    return [rezipped(seed, {"data/0": (bytes(64 << 20), zipfile.ZIP_DEFLATED)}),
+            rezipped(seed, {"data.pkl": (b"\x80\x02" + b"]" * (3 << 20) + b".", zipfile.ZIP_STORED)}),
+            rezipped(seed, {}, extra=20_000)]
 
 
 def _find_all(data: bytes, needle: bytes) -> list[int]:
@@ -337,16 +274,45 @@ def _find_all(data: bytes, needle: bytes) -> list[int]:
     return found
 
 
-def checkpoint_seed() -> bytes:
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    optimizer = torch.optim.Adam(model.parameters())
-    model(torch.zeros(2, 3, 8, 8)).sum().backward()
-    optimizer.step()
-    buffer = io.BytesIO()
-    torch.save({"format": checkpoint.CHECKPOINT_FORMAT, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": 1, "history": [{"a": 1.0}],
-                "config": {"epochs": 2}, "classes": ["a", "b"]}, buffer)
-    return buffer.getvalue()
+VALID_SETTINGS: dict[str, Any] = {
+    "recipe": "base", "space": {"lr": {"log_uniform": [1e-4, 1e-2]}}, "fixed": {"epochs": 2},
+    "trials": 4, "budget": None, "sampler": "tpe", "pruner": "median", "seed": 0, "startup": 4}
+ROBUSTNESS = {"format": "cifarlab-robustness", "version": 1, "clean_acc": 0.6,
+              "table": {"fog": [0.5, 0.4]}, "severities": [1, 3], "n_images": 100}
+MODEL_FIELDS = ["model", "model_kwargs", "classes", "mean", "std", "config", "metrics", "epoch",
+                "weights", "config.recipe", "config.val_fraction", "config.data", "metrics.val_acc",
+                "metrics.epochs", "temperature"]
+
+
+class StoredStudy:
+    """What storage.settings_of reads of an Optuna study: its name and user attributes."""
+
+    def __init__(self, settings: Any):
+        self.study_name, self.user_attrs = "fuzz", {"cifarlab": settings}
+
+
+def _plain(rng: random.Random, depth: int) -> Any:
+    """A random JSON-like value, sometimes one a cifarlab reader expects (a model spec, a
+    number, a list of texts), with keys that are not always text."""
+    roll = rng.random()
+    if depth > 0 and roll < 0.15:
+        return [_plain(rng, depth - 1) for _ in range(rng.randint(0, 3))]
+    if depth > 0 and roll < 0.3:
+        keys = [rng.choice(["a", "epochs", "recipe", "val_acc", 1, True, None, "x.py:Net"])
+                for _ in range(rng.randint(0, 3))]
+        return {key: _plain(rng, depth - 1) for key in keys}
+    return rng.choice([None, True, False, 0, 1, -1, 2**70, 0.5, -0.0, math.nan, math.inf, "",
+                       "base", "x.py:Net", "pkg.mod:Net", "1e-3", ["a", "b"], [1.0, 2.0, 3.0],
+                       "sqlite:////tmp/elsewhere.db"])
+
+
+def _document(rng: random.Random) -> bytes:
+    """A random settings document, as YAML (anything a dict of plain values dumps to)."""
+    import yaml
+
+    value = {rng.choice(["epochs", "lr", "model", "augment", "on", "recipe", "x"]): _plain(rng, 3)
+             for _ in range(rng.randint(0, 4))}
+    return yaml.safe_dump(value).encode()
 
 
 def mutate(data: bytes, rng: random.Random, corpus: list[bytes]) -> bytes:
@@ -389,10 +355,21 @@ class Fuzzer:
         self.images = image_seeds(self.rng)
         self.batches = [batch_pickle(2, self.rng, p) for p in (2, 4, 5)] + crafted_pickles()
         self.archives = archive_seeds(self.rng, self.images)
-        self.checkpoints = [checkpoint_seed()]
+        self.checkpoints = [crafted.checkpoint_blob()]
         self.checkpoints += model_zip_bombs(self.checkpoints[0])
         self.server: SlowClients | None = None
         self.folder_layouts = [image_folder_files(self.rng, self.images)]
+        self.settings_seeds = [
+            (".yaml", b"recipe: fast\nepochs: 3\nlr: 1e-3\naugment: {flip: true, translate: 2}\n"
+                      b"model_kwargs: {widths: [8, 16]}\n"),
+            (".json", json.dumps({"config": {"recipe": "base", "epochs": 2, "model": "base"}}).encode()),
+            (".yaml", b"lr: {log_uniform: [1e-4, 1e-2]}\naugment.flip: {choice: [true, false]}\n"),
+            (".yaml", crafted.alias_bomb().encode())]
+        from cifarlab.networks import create_model
+
+        self.model_record = checkpoint.model_record(
+            create_model("base", 2, [128.0] * 3, [64.0] * 3), "base", ["a", "b"],
+            {"recipe": "base", "epochs": 1}, {"val_acc": 0.5}, 1, "final")
 
     def batch(self) -> None:
         roll = self.rng.random()
@@ -482,6 +459,129 @@ class Fuzzer:
         path = self.scratch / "checkpoint.pt"
         path.write_bytes(data)
         checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT)
+
+    # -----------------------------------------------------------------------------------------
+    # Issue 22: what comes with a folder from someone else
+
+    def settings(self) -> None:
+        """A config or space file: a real one mutated, an odd one, or a random document."""
+        from cifarlab.config import resolve
+        from cifarlab.hpsearch.space import read_space
+
+        roll = self.rng.random()
+        if roll < 0.25:
+            suffix, text = self.rng.choice(list(crafted.ODD_SETTINGS.values()))
+            data = text.encode()
+        elif roll < 0.45:
+            suffix, data = ".yaml", _document(self.rng)
+        else:
+            suffix, data = self.rng.choice(self.settings_seeds)
+            if roll > 0.55:
+                data = mutate(data, self.rng, [d for _, d in self.settings_seeds])
+        self._record(data)
+        path = self.scratch / f"settings{suffix}"
+        path.write_bytes(data)
+        if self.rng.random() < 0.5:  # as a config file, else as a search space
+            config = resolve(None, path, {})
+            assert ":" not in config.model, f"a settings file named the model {config.model}"
+            json.dumps(config.to_dict(), allow_nan=False)
+        else:
+            read_space(path, "base")
+
+    def search(self) -> None:
+        """search.json beside a study.db (a file, a link or missing), and stored study settings."""
+        from cifarlab.hpsearch.storage import own_storage, read_pointer, settings_of
+        from cifarlab.hpsearch.study import trial_model
+
+        folder = self.scratch / "search"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        pointers = [json.dumps(p).encode() for p in crafted.POINTERS.values()]
+        pointers.append(b'{"storage": null, "study": "s", "spent_seconds": 12.5}')
+        pointer = self.rng.choice(pointers)
+        if self.rng.random() < 0.7:
+            pointer = mutate(pointer, self.rng, pointers)
+        (folder / "search.json").write_bytes(pointer)
+        own = self.rng.choice(["file", "link", "missing"])
+        if own == "file":
+            (folder / "study.db").write_bytes(b"")
+        elif own == "link":
+            (folder / "study.db").symlink_to(self.scratch / "elsewhere.db")
+        settings = json.loads(json.dumps(VALID_SETTINGS))
+        for _ in range(self.rng.randint(0, 3)):
+            key = self.rng.choice([*VALID_SETTINGS, "fixed.model", "fixed.config_file",
+                                   "fixed.nproc", "fixed.epochs", "space.lr"])
+            head, _, rest = key.partition(".")
+            value = _plain(self.rng, 2)
+            if rest and isinstance(settings.get(head), dict):
+                settings[head][rest] = value
+            else:
+                settings[head] = value
+        self._record(pointer + b"\n" + json.dumps(settings, default=str).encode())
+        if self.rng.random() < 0.5:
+            url, _, _ = read_pointer(folder)
+            assert url == own_storage(folder) and own == "file", f"the pointer opened {url}"
+        else:
+            checked = settings_of(StoredStudy(settings))  # type: ignore[arg-type]
+            model = trial_model(checked["fixed"].get("model"), None, folder)
+            assert not (isinstance(model, str) and ":" in model), f"a study named {model}"
+
+    def runfolder(self) -> None:
+        """A run folder whose config.json, summary.json, metrics.csv or robustness.json is odd:
+        read as compare and report read it."""
+        import cifarlab as cl
+        from cifarlab import rundir
+        from cifarlab.comparison import FORMATS, compare_rows, format_rows
+        from cifarlab.diagnose import diagnose
+        from cifarlab.report import render_html
+
+        run = self.scratch / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        crafted.write_run(run, summary={"val_acc_tta": 0.7, "best_weights_epoch": 2})
+        (run / "robustness").mkdir()
+        (run / "robustness" / "robustness.json").write_text(json.dumps(ROBUSTNESS))
+        files = self.rng.choice(list(crafted.ODD_RUN_FILES.values()))
+        name = self.rng.choice(["metrics.csv", "config.json", "summary.json",
+                                "robustness/robustness.json"])
+        seed = (run / name).read_bytes()
+        roll = self.rng.random()
+        data = (files.get(name, "").encode() if roll < 0.3
+                else seed if roll < 0.4 else mutate(seed, self.rng, [seed]))
+        (run / name).write_bytes(data)
+        self._record(name.encode() + b"\n" + data)
+        files_read = rundir.read(run)
+        for fmt in FORMATS:
+            format_rows(compare_rows([files_read]), fmt)
+        render_html(files_read, diagnose(files_read.history), None, "skipped", {"curves.png": b""})
+        repr(cl.load(run))
+
+    def modelmeta(self) -> None:
+        """A model file whose metadata fields hold anything: loaded as predict and export load
+        it; one that loads must give finite probabilities."""
+        from cifarlab.export import sidecar_contents
+
+        record = copy.deepcopy(self.model_record)
+        for _ in range(self.rng.randint(1, 3)):
+            field = self.rng.choice(MODEL_FIELDS)
+            if field == "temperature":
+                record["state_dict"]["temperature"] = torch.tensor(
+                    self.rng.choice([0.0, -1.0, math.nan, math.inf, 1e-30, 2.0]))
+                continue
+            head, _, rest = field.partition(".")
+            value = _plain(self.rng, 2)
+            if rest and isinstance(record.get(head), dict):
+                record[head][rest] = value
+            else:
+                record[head] = value
+        self._record(repr({k: v for k, v in record.items() if k != "state_dict"}).encode())
+        path = self.scratch / "model.pt"
+        checkpoint.save(path, record)
+        model, saved = checkpoint.load_model(path)
+        probs = model(torch.zeros(1, 3, 32, 32)).softmax(1)
+        assert bool(torch.isfinite(probs).all()), "a loaded model gave non-finite probabilities"
+        sidecar_contents(saved, "onnx", "model.onnx")
+        json.dumps({"model": saved["model"], "config": saved.get("config"),
+                    "metrics": saved.get("metrics")}, allow_nan=True)
 
     def socket(self) -> None:
         if self.server is None:

@@ -349,6 +349,40 @@ def test_yaml_scientific_notation_is_a_number(tmp_path: Path) -> None:
         cl.make_config(config_file=config)
 
 
+@pytest.mark.slow
+def test_a_model_named_by_a_file_is_imported_only_when_the_user_names_it(
+        toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22, item 2: `train/lr-find/search --config FILE` imported the model FILE named (and so
+    did `--config SEARCH/best.yaml` and `--config RUN/config.json` of a user's model)."""
+    from crafted import code_module
+
+    marker = tmp_path / "imported"
+    spec = code_module(tmp_path, marker)
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(f"model: {spec}\nepochs: 1\nbatch_size: 32\nval_fraction: 0.2\n")
+    commands = [["train", "--config", str(shared), "--data", str(toy_data), "--out",
+                 str(tmp_path / "r1"), "--quiet"],
+                ["lr-find", "--config", str(shared), "--data", str(toy_data), "--steps", "10", "--quiet"]]
+    if __import__("importlib").util.find_spec("optuna"):
+        commands.append(["search", "--config", str(shared), "--data", str(toy_data), "--trials", "1",
+                         "--out", str(tmp_path / "s"), "--quiet"])
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--model {spec}" in err, err
+    with pytest.raises(cl.UserError, match="name it yourself"):
+        cl.train(config_file=shared, data=toy_data, out=tmp_path / "r2", quiet=True)
+    assert not marker.exists() and not (tmp_path / "r1").exists() and not (tmp_path / "s").exists()
+    # Named again by the user, it is imported and trains; the run's config.json reruns it only so.
+    assert main(["train", "--config", str(shared), "--model", spec, "--data", str(toy_data),
+                 "--out", str(tmp_path / "r3"), "--quiet"]) == 0
+    assert marker.read_text() == "imported"
+    marker.unlink()
+    assert main(["train", "--config", str(tmp_path / "r3" / "config.json"), "--out",
+                 str(tmp_path / "r4"), "--quiet"]) == 2
+    assert f"--model {spec}" in capsys.readouterr().err and not marker.exists()
+
+
 def test_a_cifar100_dataset_trains_with_its_labels(cifar100_archive: Path, tmp_path: Path) -> None:
     """cl.load_data's label_mode travels with the Dataset into cl.train, and into the run."""
     coarse = cl.load_data(cifar100_archive, val_fraction=0.34, label_mode="coarse", quiet=True)

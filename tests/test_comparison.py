@@ -16,30 +16,7 @@ from cifarlab.comparison import compare_rows, format_rows, write_chart
 from cifarlab.errors import UserError
 from cifarlab.report import read_run
 from cifarlab.rundir import METRIC_COLUMNS
-
-
-def write_run(path: Path, recipe: str, model: str, clean: list[float | None], val: list[float | None],
-              seconds: float = 30.0, summary: dict[str, object] | None = None,
-              val_loss: list[float] | None = None) -> Path:
-    """A run directory as `cifarlab train` leaves it, minus the model files. A val of None is an
-    empty cell, as a run with --val-fraction 0 (or an epoch without evaluation) writes it."""
-    path.mkdir(parents=True)
-    config = {"recipe": recipe, "model": model, "epochs": len(val), "seed": 0}
-    if summary is not None:
-        (path / "summary.json").write_text(json.dumps(summary))
-    (path / "config.json").write_text(json.dumps({"config": config, "classes": list("abcdefghij"),
-                                                  "train_images": 45000, "val_images": 5000}))
-    losses = val_loss or [1.0] * len(val)
-    with (path / "metrics.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for i, (c, v) in enumerate(zip(clean, val, strict=True)):
-            writer.writerow({"epoch": i + 1, "train_loss": 1.0, "train_acc": (c or 0.5) - 0.04,
-                             "train_acc_clean": "" if c is None else c,
-                             "val_loss": "" if v is None else losses[i], "val_acc": "" if v is None else v,
-                             "lr": 1e-3, "seconds": seconds,
-                             "train_seconds": seconds - 2})
-    return path
+from crafted import ODD_RUN_FILES, big_metrics, write_run
 
 
 @pytest.fixture
@@ -174,6 +151,53 @@ def test_a_run_without_validation_compares(tmp_path: Path) -> None:
     [row] = compare_rows([read_run(final)])
     assert row["val_acc"] is None and row["gap"] is None and row["diagnosis"] == "no validation"
     assert "no validation" in format_rows([row], "table")
+
+
+def test_crafted_columns_are_the_ledgers() -> None:
+    from crafted import METRIC_COLUMNS as CRAFTED
+
+    assert CRAFTED == METRIC_COLUMNS
+
+
+def test_compare_reads_a_bounded_part_of_metrics_csv(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22, item 10: an 18 MB metrics.csv (a million short rows) was held as dicts at ~33x
+    its size (560 MB); a run cifarlab can resume holds at most ~13,000 epochs."""
+    import tracemalloc
+
+    run = write_run(tmp_path / "big")
+    (run / "metrics.csv").write_text(big_metrics(18 << 20))
+    tracemalloc.start()
+    try:
+        code = main(["compare", str(run)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "larger than 4,096 KB" in err, err
+    assert peak < 32 << 20, f"peak {peak >> 20} MB"
+    (run / "metrics.csv").write_text(big_metrics(3 << 20))  # under 4 MB: ~170,000 epochs
+    assert main(["compare", str(run)]) == 2
+    assert "holds more than 20,000 epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(ODD_RUN_FILES))
+def test_odd_run_folder_values_are_one_line(name: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22, item 12: a NaN or inf epoch, a config that is not a mapping, an empty robustness
+    table, a CSV field over 128 KB ... were tracebacks in compare and report."""
+    run = write_run(tmp_path / "run", summary={"val_acc_tta": 0.7})
+    for file, text in ODD_RUN_FILES[name].items():
+        (run / file).parent.mkdir(exist_ok=True)
+        (run / file).write_text(text)
+    assert main(["compare", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("cifarlab: error:"), err
+    code = main(["report", str(run), "--quiet"])  # report reads all but summary.json
+    err = capsys.readouterr().err.strip()
+    assert code == (0 if name.startswith("summary") else 2), err
+    if code == 2:
+        assert len(err.splitlines()) == 1 and err.startswith("cifarlab: error:"), err
 
 
 @pytest.mark.parametrize("width", [60, 80, 100, 120])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cifarlab.api import make_config
@@ -140,3 +142,20 @@ def test_keras_names_get_a_did_you_mean(keras: str, ours: str) -> None:
     message = str(caught.value)
     assert f"unknown setting '{keras}' (did you mean '{ours}'?)" in message
     assert "help(cl.TrainConfig) lists them all" in message and "the settings are" not in message
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"split_seed": -1}, "split_seed must be in 0.."),
+    ({"seed": 2**64}, "seed must be in 0.."),
+    ({"augment.translate": 40}, "augment.translate must be at most 16"),
+    ({"clean_train_size": 0}, "clean_train_size must be at least 1"),
+    ({"optimizer": "sgd", "momentum": 0.0}, "Nesterov's, which needs momentum above 0"),
+    ({"muon_momentum": 5.0}, "muon_momentum must be in"),
+    ({"lr_start": -5.0}, "lr_start and lr_end must not be negative"),
+    ({"whiten_bias_epochs": -1}, "whiten_bias_epochs must be 0"),
+])
+def test_settings_that_cannot_train_are_refused_up_front(changes: dict[str, object], message: str) -> None:
+    """Issue 22, item 11: each passed validation, then failed as a traceback once training
+    started (split_seed=-1, translate=40) or after a whole epoch (clean_train_size=0)."""
+    with pytest.raises(UserError, match=re.escape(message)):
+        make_config("base", **changes)

@@ -290,3 +290,43 @@ def test_checkpoint_every_must_not_be_negative(toy_data: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--data", str(toy_data), "--checkpoint-every", "-1", "--quiet"]) == 2
     assert "--checkpoint-every" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(__import__("crafted").CHECKPOINT_TAMPERS))
+def test_tampered_checkpoint_values_fail_before_training(name: str, reference: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22, item 15: a tampered best value, history rows or in-epoch step passed --resume,
+    cost an epoch, then ended in a traceback (or, a step past the epoch's end, in a bogus epoch)."""
+    from crafted import CHECKPOINT_TAMPERS, tampered_copy
+
+    run = tampered_copy(reference, tmp_path / "run", rundir.CHECKPOINT, CHECKPOINT_TAMPERS[name])
+    ledger = (run / rundir.METRICS).read_text()
+    started = time.monotonic()
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint.pt is damaged" in err, err
+    assert (run / rundir.METRICS).read_text() == ledger  # no epoch was trained
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", ["new", "the-users"])
+def test_a_full_disk_after_best_pt_leaves_the_folder_reusable(folder: str, toy_data: Path,
+                                                              tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """What must keep holding (issue 22): a disk that fills after best.pt and before the first
+    checkpoint left best.pt alone without the run's marker: neither resumable nor reusable."""
+    run = tmp_path / "run"
+    if folder == "the-users":
+        run.mkdir()
+    data.load_dataset(toy_data, quiet=True)
+    # robust's best.pt is ~460 KB, its checkpoint (weights + Adam's two moments) ~1.4 MB
+    monkeypatch.setattr(fsio.os, "fdopen", SmallDisk(room=700_000))
+    assert main(["train", "--data", str(toy_data), *ARGS, "--out", str(run)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert (not run.exists()) if folder == "new" else list(run.iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setenv("CIFARLAB_THREADS", "1")
+    assert main(["train", "--data", str(toy_data), *ARGS, "--epochs", "1", "--out", str(run)]) == 0

@@ -17,9 +17,9 @@ import pickle
 import subprocess
 import sys
 import tarfile
+import tempfile
 import tracemalloc
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,19 @@ from cifarlab.data import load_dataset
 from cifarlab.errors import UserError
 from cifarlab.sources import decode_image, load_batch, read_source
 from conftest import png_bytes, write_image_folder
+from crafted import (
+    OBJECT_DTYPE_IDS,
+    Call,
+    checkpoint_blob,
+    gzipped,
+    object_dtype_pickles,
+    png_bomb,
+    reconstruct,
+    rezipped,
+    tar_header,
+    tar_of,
+    zip_of,
+)
 
 FAST = settings(max_examples=30, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -117,25 +130,9 @@ def test_batch_wrong_shapes_dtypes_labels(n: int, shape: str, dtype: Any, labels
         assert label_array.shape == (n,) and all(0 <= x <= 9 for x in label_array)
 
 
-class Call:
-    """Pickles as `func(*args)`: how a hostile pickle asks for anything."""
-
-    def __init__(self, func: Any, *args: Any):
-        self.func, self.args = func, args
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return self.func, self.args
-
-
-def _reconstruct() -> Any:
-    from numpy._core.multiarray import _reconstruct
-
-    return _reconstruct
-
-
 @pytest.mark.parametrize("make", [
-    lambda: pickle.dumps({b"data": Call(_reconstruct(), np.ndarray, (10**6, 3072), b"B"),
-                          b"labels": Call(_reconstruct(), np.ndarray, (10**6,), b"b")}, 2),
+    lambda: pickle.dumps({b"data": Call(reconstruct(), np.ndarray, (10**6, 3072), b"B"),
+                          b"labels": Call(reconstruct(), np.ndarray, (10**6,), b"b")}, 2),
     lambda: pickle.dumps({b"data": Call(np.ndarray, (10**6, 3072), np.uint8)}, 2),
     lambda: pickle.dumps({b"data": Call(__import__("_codecs").encode, "x" * 100, "zlib")}, 2),
     lambda: pickle.dumps(Call(os.system, "touch pwned-by-pickle"), 2),
@@ -155,33 +152,7 @@ def test_hostile_pickles_allocate_nothing_and_run_nothing(make: Callable[[], byt
     assert not (tmp_path / "pwned-by-pickle").exists()
 
 
-class Built:
-    """Pickles as numpy does an array: `_reconstruct(ndarray, (0,), 'b')`, then BUILD with `state`."""
-
-    def __init__(self, state: tuple[Any, ...]):
-        self.state = state
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _reconstruct(), (np.ndarray, (0,), b"b"), self.state
-
-
-def object_dtype_pickles() -> list[bytes]:
-    """BUILDs that make numpy read Python objects, or more bytes than the pickle holds."""
-    states = [
-        (1, (1,), np.dtype("O"), False, []),  # reads past the list: SIGSEGV before issue 12
-        (1, (2,), np.dtype("O"), False, [None]),
-        (1, (1,), np.dtype([("a", "O")]), False, b"\0" * 8),
-        (1, (1,), np.dtype(("u1", (4,))), False, b"\0"),
-        (1, (10**6, 3072), np.dtype("u1"), False, b"\0" * 16),
-        (1, (-1,), np.dtype("u1"), False, b""),
-        (1, (1,), "not a dtype", False, b"\0"),
-        (1, (4,), np.dtype("u1"), False, [1, 2, 3, 4]),
-    ]
-    return [pickle.dumps({b"data": Built(state), b"labels": [0]}, 2) for state in states]
-
-
-@pytest.mark.parametrize("blob", object_dtype_pickles(), ids=[
-    "object-short-list", "object", "object-field", "subarray", "huge", "negative", "not-a-dtype", "list-raw"])
+@pytest.mark.parametrize("blob", object_dtype_pickles(), ids=OBJECT_DTYPE_IDS)
 def test_object_dtypes_and_short_buffers_are_refused(blob: bytes, small_peak: None) -> None:
     with pytest.raises(UserError, match="not a valid CIFAR-10 batch"):
         read_batch(blob)
@@ -194,7 +165,7 @@ def test_object_dtype_batch_is_one_line_not_a_crash(tmp_path: Path) -> None:
     bad = object_dtype_pickles()[0]
     files = {"cifar-10-batches-py/batches.meta": meta, "cifar-10-batches-py/test_batch": bad}
     files.update({f"cifar-10-batches-py/data_batch_{i}": bad for i in range(1, 6)})
-    (tmp_path / "cifar-10-python.tar.gz").write_bytes(tgz_of(files))
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(tar_of(files))
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "CIFARLAB_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "cifarlab", "data", "--data",
                            str(tmp_path / "cifar-10-python.tar.gz")], env=env, capture_output=True,
@@ -292,20 +263,10 @@ def test_image_truncated_or_flipped(fmt: str, data: st.DataObject) -> None:
     loads_or_user_error(lambda: decode_image(bytes(blob[:cut]), "x"))
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels but holds almost none: a decompression bomb."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
-
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 99))
-            + chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize("width, height", [(8000, 8000), (30000, 30000), (2**31 - 1, 1), (0, 5)])
 def test_png_bombs_are_refused_before_decoding(width: int, height: int, small_peak: None) -> None:
     with pytest.raises(UserError, match="larger than cifarlab decodes|cannot decode image"):
-        decode_image(png_header_only(width, height), "bomb.png")
+        decode_image(png_bomb(width, height), "bomb.png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,46 +315,16 @@ def test_archive_truncated_or_flipped(suffix: str, data: st.DataObject, tmp_path
     assert_valid(loads_or_user_error(lambda: read_source(path)))
 
 
-def zip_of(files: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", method) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def tgz_of(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_gzip_and_zip_bombs_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         small_peak: None) -> None:
     monkeypatch.setattr(sources, "MAX_FILE_BYTES", 1 << 20)  # the same check, at a test's scale
     image = png_bytes(np.zeros((32, 32, 3), np.uint8))
     bomb = {"r/train/a/0.png": b"\0" * (8 << 20), "r/train/b/0.png": image}
-    for name, blob in (("bomb.tgz", tgz_of(bomb)), ("bomb.zip", zip_of(bomb))):
+    for name, blob in (("bomb.tgz", tar_of(bomb)), ("bomb.zip", zip_of(bomb))):
         assert len(blob) < 100_000
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(UserError, match="larger than 1 MB"):
             read_source(tmp_path / name)
-
-
-def gzipped(parts: Iterator[bytes]) -> bytes:
-    """A .gz of the concatenated parts, compressed as they come (no big buffer in the test)."""
-    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
-    return b"".join(packer.compress(part) for part in parts) + packer.flush()
-
-
-def tar_header(name: str, kind: bytes, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type, info.size = kind, size
-    return info.tobuf(tarfile.GNU_FORMAT)
 
 
 def zeros(megabytes: int) -> Iterator[bytes]:
@@ -531,11 +462,7 @@ def test_zero_byte_and_huge_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 @pytest.fixture(scope="module")
 def checkpoint_bytes() -> bytes:
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    buffer = io.BytesIO()
-    torch.save({"format": checkpoint.CHECKPOINT_FORMAT, "model": model.state_dict(),
-                "epoch": 1, "history": [{"val_acc": 0.5}]}, buffer)
-    return buffer.getvalue()
+    return checkpoint_blob()
 
 
 @FAST
@@ -550,16 +477,6 @@ def test_checkpoint_damage_is_a_user_error(data: st.DataObject, checkpoint_bytes
     path.write_bytes(bytes(blob))
     result = loads_or_user_error(lambda: checkpoint.load(path, checkpoint.CHECKPOINT_FORMAT))
     assert result is None or result["format"] == checkpoint.CHECKPOINT_FORMAT
-
-
-def rezipped(blob: bytes, replace: dict[str, tuple[bytes, int]]) -> bytes:
-    """The zip `blob` (a torch.save file) with some records replaced: {name: (data, method)}."""
-    source, out = zipfile.ZipFile(io.BytesIO(blob)), io.BytesIO()
-    with zipfile.ZipFile(out, "w") as archive:
-        for name in source.namelist():
-            data, method = replace.get(name.split("/", 1)[1], (source.read(name), zipfile.ZIP_STORED))
-            archive.writestr(zipfile.ZipInfo(name), data, compress_type=method)
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("bomb, message", [
@@ -602,15 +519,7 @@ def test_model_file_bombs_are_refused_before_torch_load(bomb: str, message: str,
 
 
 def archive_of(kind: str, files: dict[str, bytes]) -> bytes:
-    if kind == "zip":
-        return zip_of(files)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz" if kind == "tgz" else "w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return zip_of(files) if kind == "zip" else tar_of(files, "w:gz" if kind == "tgz" else "w")
 
 
 @settings(FAST, max_examples=60)
@@ -691,3 +600,196 @@ def test_slow_and_broken_clients_leave_the_server_answering(
         while chunk := normal.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings files, search folders, run folders, model-file metadata (issue 22): files anyone can
+# hand over with a folder. Each is read, or refused in one UserError, within bounds.
+
+SETTING_KEYS = ["epochs", "lr", "model", "model_kwargs", "augment", "augment.flip", "recipe",
+                "data", "seed", "split_seed", "clean_train_size", "config", "on", "optimizer"]
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+                    st.text(max_size=12), st.sampled_from(["x.py:Net", "base", "1e-3", "sgd"]))
+keys = st.one_of(st.sampled_from(SETTING_KEYS), st.text(max_size=8), st.integers(), st.booleans())
+documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                         | st.dictionaries(keys, inner, max_size=5), max_leaves=25)
+
+
+def yaml_text(document: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(document, allow_unicode=True)
+
+
+@FAST
+@given(document=documents, suffix=st.sampled_from([".yaml", ".json"]), cut=st.floats(0, 1),
+       mutate=st.booleans())
+def test_settings_files_load_or_are_one_line(document: Any, suffix: str, cut: float, mutate: bool,
+                                             tmp_path: Path) -> None:
+    """Config files (train/lr-find/search --config, best.yaml, config.json) and space files."""
+    from cifarlab.config import resolve
+    from cifarlab.hpsearch.space import read_space
+
+    text = json.dumps(document, allow_nan=True) if suffix == ".json" else yaml_text(document)
+    if mutate:
+        text = text[:int(len(text) * cut)]
+    path = tmp_path / f"settings{suffix}"
+    path.write_text(text)
+    config = loads_or_user_error(lambda: resolve(None, path, {}))
+    if config is not None:  # then it is a config that trains, and names no model of a file
+        assert ":" not in config.model
+        json.dumps(config.to_dict())
+    loads_or_user_error(lambda: read_space(path, "base"))
+
+
+def test_alias_bomb_stays_small(tmp_path: Path, small_peak: None) -> None:
+    """500 bytes of nested YAML aliases: refused as they are read, before anything walks them."""
+    from cifarlab.config import read_file
+    from crafted import alias_bomb
+
+    (tmp_path / "bomb.yaml").write_text(alias_bomb())
+    with pytest.raises(UserError, match="anchors and aliases"):
+        read_file(tmp_path / "bomb.yaml")
+
+
+class StoredStudy:
+    """What storage.settings_of reads of an Optuna study: its name and user attributes."""
+
+    def __init__(self, settings: Any):
+        self.study_name, self.user_attrs = "s", {"cifarlab": settings}
+
+
+VALID_SETTINGS = {"recipe": "base", "space": {"lr": {"log_uniform": [1e-4, 1e-2]}},
+                  "fixed": {"epochs": 2}, "trials": 4, "budget": None, "sampler": "tpe",
+                  "pruner": "median", "seed": 0, "startup": 4}
+
+
+@FAST
+@given(pointer=st.one_of(documents, st.fixed_dictionaries(
+    {}, optional={"storage": st.one_of(st.none(), scalars), "study": scalars,
+                  "spent_seconds": scalars})),
+       own_db=st.sampled_from(["file", "missing", "link", "folder"]),
+       edits=st.dictionaries(st.sampled_from([*VALID_SETTINGS, "config_file", "nproc"]), documents,
+                             max_size=3),
+       fixed=st.dictionaries(st.sampled_from([*SETTING_KEYS, "config_file", "nproc", "x"]),
+                             scalars, max_size=3))
+def test_search_folders_load_or_are_one_line(pointer: Any, own_db: str, edits: dict[str, Any],
+                                            fixed: dict[str, Any], tmp_path: Path) -> None:
+    """search.json and the settings stored in the study: a folder's pointer opens only its own
+    study.db (a file, not a link); stored settings are settings that check out."""
+    from cifarlab.hpsearch.storage import own_storage, read_pointer, settings_of
+    from cifarlab.hpsearch.study import trial_model
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example: tmp_path is the test's
+    (folder / "search.json").write_text(json.dumps(pointer))
+    db = folder / "study.db"
+    if own_db == "file":
+        db.write_bytes(b"")
+    elif own_db == "link":
+        db.symlink_to(folder / "elsewhere.db")
+    elif own_db == "folder":
+        db.mkdir()
+    found = loads_or_user_error(lambda: read_pointer(folder))
+    if found is not None:
+        assert found[0] == own_storage(folder) and own_db == "file"
+    settings = {**VALID_SETTINGS, **edits}
+    if isinstance(settings.get("fixed"), dict):
+        settings["fixed"] = {**settings["fixed"], **fixed}
+    checked = loads_or_user_error(lambda: settings_of(StoredStudy(settings)))  # type: ignore[arg-type]
+    if checked is not None:
+        from cifarlab.config import FIELDS
+
+        assert all(key.partition(".")[0] in FIELDS for key in checked["fixed"])
+        model = loads_or_user_error(lambda: trial_model(checked["fixed"].get("model"), None, folder))
+        assert not (isinstance(model, str) and ":" in model)  # never a spec the user did not name
+
+
+CELLS = st.sampled_from(["", "1", "0.5", "nan", "inf", "-inf", "-1", "1e400", "2.5", "x", "1" * 30])
+
+
+@FAST
+@given(config=documents, summary=documents, robustness=documents,
+       rows=st.lists(st.lists(CELLS, min_size=0, max_size=10), max_size=4),
+       header=st.sampled_from(["full", "short", "none"]))
+def test_run_folders_compare_and_report_or_are_one_line(config: Any, summary: Any, robustness: Any,
+                                                        rows: list[list[str]], header: str,
+                                                        tmp_path: Path) -> None:
+    """compare and report read config.json, summary.json, metrics.csv and robustness.json of
+    run folders that may come from anyone."""
+    import cifarlab as cl
+    from cifarlab import rundir
+    from cifarlab.comparison import FORMATS, compare_rows, format_rows
+    from cifarlab.diagnose import diagnose
+    from cifarlab.report import render_html
+
+    run = Path(tempfile.mkdtemp(dir=tmp_path))
+    (run / "robustness").mkdir()
+    columns = {"full": rundir.METRIC_COLUMNS, "short": rundir.METRIC_COLUMNS[:4], "none": []}[header]
+    (run / "metrics.csv").write_text("\n".join([",".join(columns), *(",".join(r) for r in rows)]))
+    for name, document in (("config.json", config), ("summary.json", summary),
+                           ("robustness/robustness.json", robustness)):
+        (run / name).write_text(json.dumps(document))
+
+    def use() -> None:
+        files = rundir.read(run)
+        for fmt in FORMATS:
+            format_rows(compare_rows([files]), fmt)
+        render_html(files, diagnose(files.history), None, "skipped", {"curves.png": b"png"})
+        repr(cl.load(run))
+
+    loads_or_user_error(use)
+
+
+@pytest.fixture(scope="module")
+def model_record() -> dict[str, Any]:
+    from cifarlab.networks import create_model
+
+    model = create_model("base", 2, [128.0] * 3, [64.0] * 3)
+    return checkpoint.model_record(model, "base", ["a", "b"], {"recipe": "base", "epochs": 1},
+                                   {"val_acc": 0.5, "epochs": 1}, 1, "final")
+
+
+MODEL_FIELDS = ["model", "model_kwargs", "classes", "mean", "std", "config", "metrics", "epoch",
+                "weights", "config.recipe", "config.val_fraction", "config.model_kwargs",
+                "metrics.val_acc", "metrics.best_val_acc", "metrics.epochs", "temperature"]
+
+
+@settings(FAST, max_examples=25)
+@given(edits=st.dictionaries(st.sampled_from(MODEL_FIELDS), documents, min_size=1, max_size=3))
+def test_model_file_metadata_loads_or_is_one_line(edits: dict[str, Any], model_record: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    """predict, evaluate, export, report and serve read a model file's metadata: a wrong type is
+    one line when the file is loaded, and a file that loads serves /health and /predict."""
+    import copy
+
+    from cifarlab.export import sidecar_contents
+
+    record = copy.deepcopy(model_record)
+    for field, value in edits.items():
+        if field == "temperature":
+            number = value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+            record["state_dict"]["temperature"] = torch.tensor(float(number))
+            continue
+        head, _, rest = field.partition(".")
+        if rest and isinstance(record.get(head), dict):
+            record[head][rest] = value
+        else:
+            record[head] = value
+    path = tmp_path / "model.pt"
+    checkpoint.save(path, record)
+    loaded = loads_or_user_error(lambda: checkpoint.load_model(path))
+    if loaded is None:
+        return
+    model, saved = loaded
+    probs = model(torch.zeros(1, 3, 32, 32)).softmax(1)
+    assert torch.isfinite(probs).all()  # a temperature of nan or 0 never loads
+    sidecar_contents(saved, "onnx", "model.onnx")
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from cifarlab.serve import create_app
+
+    client = TestClient(create_app(path), base_url="http://localhost")
+    assert client.get("/health").status_code == 200
+    image = png_bytes(np.zeros((32, 32, 3), np.uint8))
+    assert client.post("/predict", content=image).status_code == 200

@@ -257,6 +257,117 @@ def test_help_needs_neither_torch_nor_optuna() -> None:
     assert result.returncode == 0, result.stderr
 
 
+# ---------------------------------------------------------------------------------------------
+# Search folders from someone else (issue 22, items 1, 3 and 14)
+
+
+def copy_search(toy_search: dict[str, Any], to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(toy_search["out"], to))
+
+
+@pytest.mark.slow
+def test_resume_never_imports_a_model_the_study_names(toy_search: dict[str, Any], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Item 1: the study's stored fixed settings said `model: x.py:Net`, and `--resume` imported
+    and ran x.py (and `--model` was refused with `--resume`, so the user could not name it)."""
+    from crafted import code_module, tamper_study
+
+    folder = copy_search(toy_search, tmp_path / "s")
+    marker = tmp_path / "imported"
+    spec = code_module(tmp_path, marker)
+
+    def name_model(settings: dict[str, Any]) -> None:
+        settings["fixed"] = {**settings["fixed"], "model": spec}
+        settings["trials"] = 5  # one trial more to run
+
+    tamper_study(folder, name_model)
+    assert main(["search", "--resume", str(folder), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert f"--model {spec}" in err and not marker.exists()
+    assert main(["search", "--resume", str(folder), "--model", "base", "--quiet"]) == 2
+    assert "every trial of a search trains the same model" in one_line_error(capsys)
+    # named again by the user, it is imported, and the fifth trial trains it
+    assert main(["search", "--resume", str(folder), "--model", spec, "--quiet"]) == 0
+    assert marker.exists() and len(cl.Search(folder).rows) == 5
+    assert f"--model {spec}" in (folder / "best.yaml").read_text().splitlines()[1]
+
+
+@pytest.mark.parametrize("key, value", [("config_file", "{file}"), ("nproc", 2)])
+def test_stored_settings_are_settings(key: str, value: Any, toy_search: dict[str, Any],
+                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Item 1: stored fixed settings that are keywords of cl.train but not settings (config_file
+    read another file, which named a model; nproc started processes)."""
+    from crafted import code_module, tamper_study
+
+    folder = copy_search(toy_search, tmp_path / "s")
+    marker = tmp_path / "imported"
+    config = tmp_path / "other.yaml"
+    config.write_text(f"model: {code_module(tmp_path, marker)}\n")
+
+    def add(settings: dict[str, Any]) -> None:
+        settings["fixed"] = {**settings["fixed"], key: str(config) if value == "{file}" else value}
+        settings["trials"] = 5
+
+    tamper_study(folder, add)
+    assert main(["search", "--resume", str(folder), "--quiet"]) == 2
+    assert f"unknown setting '{key}'" in one_line_error(capsys) and not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["sqlite-elsewhere", "postgres", "user-db", "db-link"])
+def test_a_search_folder_opens_only_its_own_database(name: str, toy_search: dict[str, Any],
+                                                     tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Item 3: a crafted search.json made `--resume` create a SQLite file elsewhere, add Optuna's
+    tables to one of the user's, or connect to a server of its choosing."""
+    import sqlite3
+
+    from crafted import POINTERS
+
+    folder = copy_search(toy_search, tmp_path / "s")
+    elsewhere, mine = tmp_path / "elsewhere.db", tmp_path / "mine.db"
+    with sqlite3.connect(mine) as db:
+        db.execute("create table notes (text)")
+    pointer = dict(POINTERS["postgres" if name == "postgres" else "sqlite-elsewhere"])
+    pointer["study"] = json.loads((folder / "search.json").read_text())["study"]
+    if name in ("sqlite-elsewhere", "user-db"):
+        target = elsewhere if name == "sqlite-elsewhere" else mine
+        pointer["storage"] = f"sqlite:///{target}"
+        (folder / "search.json").write_text(json.dumps(pointer))
+    elif name == "postgres":
+        (folder / "search.json").write_text(json.dumps(pointer))
+    else:  # the folder's own study.db is a link to the user's database
+        (folder / "study.db").unlink()
+        (folder / "study.db").symlink_to(mine)
+    assert main(["search", "--resume", str(folder), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert ("only when you name it: --storage" in err if name != "db-link"
+            else "has no study.db of its own (it is a link)" in err)
+    with pytest.raises(cl.UserError):
+        cl.Search(folder)
+    assert not elsewhere.exists()
+    with sqlite3.connect(mine) as db:
+        assert db.execute("select count(*) from sqlite_master where type='table'").fetchone() == (1,)
+    if name == "sqlite-elsewhere":  # named by the user, it is opened (and has no such study)
+        assert main(["search", "--resume", str(folder), "--storage", pointer["storage"],
+                     "--quiet"]) == 2
+        assert "no study" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("name", ["no-study", "spent-text", "spent-nan", "storage-number",
+                                  "study-list"])
+def test_mistyped_search_json_is_one_line(name: str, toy_search: dict[str, Any], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Item 14: KeyError, ValueError and AttributeError tracebacks before."""
+    from crafted import POINTERS
+
+    folder = copy_search(toy_search, tmp_path / "s")
+    (folder / "search.json").write_text(json.dumps(POINTERS[name]))
+    assert main(["search", "--resume", str(folder), "--quiet"]) == 2
+    assert "search.json is damaged" in one_line_error(capsys)
+
+
 # ----------------------------------------------------------------------------------------------
 # Several machines on one study: two worker processes, each with its own folder, on a real
 # PostgreSQL server (conftest's postgres_server), run as docs/search.md shows.
@@ -341,9 +452,9 @@ def test_two_workers_share_a_postgres_study_and_survive_a_kill(
     by = {w: done.count(w) for w in ("a", "b")}
     assert by["a"] >= 1 and by["b"] >= 2  # both worked on the study; B took over the lost trial
     # B's tables are rebuilt from the database: every trial, whichever worker ran it.
-    rows = cl.Search(b_dir).rows
+    rows = cl.Search(b_dir, storage=postgres_url).rows  # a folder opens another database only when named
     assert [r["trial"] for r in rows] == list(range(len(study.trials)))
-    best = cl.Search(b_dir).best
+    best = cl.Search(b_dir, storage=postgres_url).best
     assert best["val_acc"] == max(t.value for t in study.trials if t.state.name == "COMPLETE")
 
     # The study's best is rerunnable: the same settings and seed give the same val_acc per epoch.

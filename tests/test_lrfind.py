@@ -66,8 +66,8 @@ def test_lr_find_cli_writes_only_with_out(toy_data: Path, tmp_path: Path,
     assert main([*common, "--out", "lr"]) == 0
     out = capsys.readouterr().out
     assert "suggested lr" in out and "try: cifarlab train --recipe base --lr" in out
-    assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == [
-        "lr_find.csv", "lr_find.json", "lr_find.png"]
+    assert sorted(p.name for p in (tmp_path / "lr").iterdir()) == [  # + what cifarlab wrote there
+        ".cifarlab-outputs.json", "lr_find.csv", "lr_find.json", "lr_find.png"]
     assert json.loads((tmp_path / "lr" / "lr_find.json").read_text())["suggestion"] == pytest.approx(
         printed["suggestion"])  # the same seeded test twice: the same answer
 
@@ -110,3 +110,18 @@ def test_lr_find_user_errors(argv: list[str], message: str, toy_data: Path,
     assert main(["lr-find", "--data", str(toy_data), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_lr_find_out_never_replaces_a_users_file(toy_data: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22, item 16: the one --out without the outputs ledger replaced a user's lr_find.csv;
+    now it stops before the test runs, and writes nothing."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "lr_find.csv").write_text("my own measurements\n")
+    assert main(["lr-find", "--recipe", "base", "--data", str(toy_data), "--steps", "10",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was not written by cifarlab" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["lr_find.csv"]
+    assert (out / "lr_find.csv").read_text() == "my own measurements\n"

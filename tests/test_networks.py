@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -76,3 +78,26 @@ def test_fastnet_whitening_decorrelates_patches(name: str) -> None:
     assert torch.allclose(cov, torch.eye(12, dtype=torch.float64), atol=0.05)
     assert out.mean(0).abs().max() < 1e-3
     assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--classes", "-1"], "--classes must be in 1..100,000"),
+    (["--classes", "0"], "--classes must be in 1..100,000"),  # silently meant 10 before
+    (["--classes", "1000000000"], "--classes must be in 1..100,000"),
+    (["--set", "model_kwargs.width=1000000000"], "can't allocate memory"),
+    (["--set", "model_kwargs.width=-5"], "negative dimension"),
+])
+def test_absurd_model_sizes_are_one_line(argv: list[str], message: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22, item 17: allocator tracebacks (with bounded memory) before, or a silent 10."""
+    from cifarlab.cli import main
+
+    source = tmp_path / "wide.py"
+    source.write_text("from torch import nn\n\n\nclass Wide(nn.Sequential):\n"
+                      "    def __init__(self, num_classes=10, width=8):\n"
+                      "        super().__init__(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1),\n"
+                      "                         nn.Flatten(), nn.Linear(width, num_classes))\n")
+    target = ["--model", f"{source}:Wide"] if "model_kwargs.width" in " ".join(argv) else ["base"]
+    assert main(["summary", *target, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

@@ -458,6 +458,39 @@ def test_uploads_in_flight_are_limited_not_sockets(run: Path, image: Path) -> No
             sock.close()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(__import__("crafted").MODEL_TAMPERS))
+def test_model_files_with_wrong_typed_metadata_are_one_line(name: str, run: Path, image: Path,
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22, item 9: config a list, metrics.val_acc a string, config.recipe a number ...:
+    predict and evaluate printed tracebacks, and serve answered /health and /predict with a
+    plain-text 500. A temperature of nan or 0 gave nan probabilities; now it, -1 and inf are a
+    load-time error too."""
+    from crafted import MODEL_TAMPERS, tampered_copy
+
+    folder = tampered_copy(run, tmp_path / "run", "model.pt", MODEL_TAMPERS[name])
+    with pytest.raises(UserError, match="is damaged"):
+        create_app(folder, weights="final")
+    for argv in (["predict", str(folder), str(image), "--weights", "final"],
+                 ["evaluate", str(folder), "--weights", "final"],
+                 ["export", str(folder), "--weights", "final", "--format", "torchscript"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "model.pt is damaged" in err, err
+
+
+def test_report_folder_that_is_a_link_is_not_served(run: Path, tmp_path: Path) -> None:
+    """Issue 22, item 5: RUN/report -> another folder would serve that folder under /report/."""
+    folder = copy_run(run, tmp_path / "run")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.html").write_text("the user's own page")
+    (folder / "report").symlink_to(tmp_path / "mine")
+    client = local(create_app(folder))
+    assert client.get("/report/report.html").status_code == 404
+    assert "/report/" not in client.get("/").text
+
+
 def test_a_100_class_model_is_served(tmp_path_factory: pytest.TempPathFactory) -> None:
     run = cifar100_run(tmp_path_factory)
     client = local(create_app(run))

@@ -86,8 +86,8 @@ class Run:
         if not scored:  # --val-fraction 0
             return (f"Run('{self.path}': {what}, {epochs}, no validation, clean train_acc "
                     f"{self.history[-1]['train_acc_clean']:.4f})")
-        best = (f", best {s['best_val_acc']:.4f} at epoch {s['best_epoch']}"
-                if s.get("best_val_acc") is not None else "")
+        found = s.get("best_val_acc")  # None: a summary without it (older, or partly written)
+        best = f", best {found:.4f} at epoch {s.get('best_epoch')}" if found is not None else ""
         return f"Run('{self.path}': {what}, {epochs}, val_acc {scored[-1]['val_acc']:.4f}{best})"
 
     def _repr_html_(self) -> str:
@@ -264,6 +264,8 @@ class Run:
 
         torch_device = pick_device(device)
         model = self.load_model(weights)
+        # RUN/explain/ is checked before the work (never a link to a folder of the user's)
+        folder = rundir.output_folder(self.path, rundir.EXPLAIN) if save and self.path.is_dir() else None
         if images is None:
             part = self._split(data, split)  # explain predicts itself: no second pass here
             figures = explaining.explain(model, part.images, part.labels, self.classes,
@@ -272,9 +274,9 @@ class Run:
             array, names = as_images(images)
             figures = explaining.explain_images(model, array, names, self.classes, torch_device,
                                                 layer=layer)
-        if save and self.path.is_dir():
+        if folder is not None:
             for name, figure in figures.items():
-                fsio.write_bytes(self.path / rundir.EXPLAIN / f"{name}.png", plots.to_png(figure))
+                fsio.write_bytes(folder / f"{name}.png", plots.to_png(figure))
         return figures
 
     def robustness(self, quick: bool = False, corruptions: Sequence[str] | None = None,
@@ -290,15 +292,16 @@ class Run:
         from cifarlab import robustness as robust
 
         preset = robust.PRESETS["quick" if quick else "full"]
+        folder = (rundir.output_folder(self.path, rundir.ROBUSTNESS) if save and self.path.is_dir()
+                  else None)  # checked before the work: never a link to a folder of the user's
         part = self._split(data, split)
         chosen, labels = robust.take(part.images, part.labels,
                                      images if images is not None else preset.images, seed=seed)
         result = robust.measure(self.load_model(weights), chosen, labels, pick_device(device),
                                 corruptions=corruptions, severities=tuple(severities or preset.severities),
                                 seed=seed, quiet=quiet)
-        if save and self.path.is_dir():
-            result.write(self.path / rundir.ROBUSTNESS, title=f"{self._files.label}: accuracy "
-                                                              "under corruption")
+        if folder is not None:
+            result.write(folder, title=f"{self._files.label}: accuracy under corruption")
         return result
 
     # ------------------------------------------------------------------------------------------
@@ -515,7 +518,9 @@ def train_seeds(recipe: str | None = None, n: int = 3, *, out: PathLike | None =
         raise UserError("the number of seeds must be at least 1")
     if distributed.from_env().enabled or kwargs.get("nproc", 1) != 1:
         raise UserError("training over seeds runs one process; leave out nproc/torchrun")
-    name = make_config(recipe, kwargs.get("config_file")).recipe
+    model = kwargs.get("model")  # named here too: a file names a model only with the user
+    named = {} if model is None else {"model": model if isinstance(model, str) else spec_of(model)}
+    name = make_config(recipe, kwargs.get("config_file"), **named).recipe
     parent = rundir.create(out, name)
     runs = []
     for index in range(n):
@@ -752,6 +757,11 @@ def models() -> dict[str, str]:
     return describe_models()
 
 
+# The most classes `summary --classes` builds a head for: the base CNN's head then holds 205M
+# weights (820 MB); a million classes would ask for 8 GB (and get it, on a large machine).
+MAX_CLASSES = 100_000
+
+
 def summary(target: Any = "base", *, num_classes: int | None = None, model: Any = None,
             **model_kwargs: Any) -> ModelSummary:
     """Each layer's output shape and parameters, totals and FLOPs per image, like Keras'
@@ -764,6 +774,8 @@ def summary(target: Any = "base", *, num_classes: int | None = None, model: Any 
     """
     from cifarlab.config import RECIPES
 
+    if num_classes is not None and not 1 <= num_classes <= MAX_CLASSES:
+        raise UserError(f"--classes must be in 1..{MAX_CLASSES:,}, got {num_classes}")
     if isinstance(target, nn.Module):
         return summarize(target, type(target).__name__)
     text = str(target)
@@ -774,6 +786,7 @@ def summary(target: Any = "base", *, num_classes: int | None = None, model: Any 
     if text in RECIPES:
         cfg = resolve(text)
         name, kwargs = cfg.model, {**cfg.model_kwargs, **kwargs}
-    built = create_model(model if model is not None else name, num_classes or 10, kwargs=kwargs)
+    built = create_model(model if model is not None else name,
+                         10 if num_classes is None else num_classes, kwargs=kwargs)
     title = f"recipe {text} (model {name})" if text in RECIPES else f"model {name}"
     return summarize(built, title)

@@ -113,7 +113,8 @@ class TensorBoard(Callback):
         from torch.utils.tensorboard import SummaryWriter
 
         if run.ctx.is_main:
-            self.writer = SummaryWriter(self.log_dir or str(run.path / rundir.TENSORBOARD))
+            folder = self.log_dir or str(rundir.output_folder(run.path, rundir.TENSORBOARD))
+            self.writer = SummaryWriter(folder)
 
     def on_epoch_end(self, run: Any, metrics: dict[str, Any]) -> None:
         if self.writer is None:

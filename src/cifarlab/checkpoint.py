@@ -9,6 +9,7 @@ lists and dicts, so they load with `torch.load(weights_only=True)`, which never 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarlab import fsio, rundir
+from cifarlab import fsio, plaindata, rundir
 from cifarlab.errors import UserError
 from cifarlab.networks import MODELS, Classifier, create_model, is_spec, spec_of
 
@@ -83,7 +84,88 @@ def load(path: Path, expected_format: str) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable cifarlab file ({_reason(exc)})") from exc
     if not isinstance(obj, dict) or obj.get("format") != expected_format:
         raise UserError(f"{path} is not a cifarlab {expected_format.split('-')[1]} file")
+    if expected_format == MODEL_FORMAT:
+        check_model_record(obj, path)
+    else:
+        check_checkpoint_record(obj, path)
     return obj
+
+
+# The fields of a model file that cifarlab reads (predict, evaluate, serve, report, export), with
+# the types it writes: a model file from someone else is checked when it is loaded, so that a
+# wrong type is one line naming the field, never a traceback or a server's 500 later.
+MODEL_FIELDS = {"model": str, "model_kwargs": dict, "classes": list[str], "mean": list[float],
+                "std": list[float], "state_dict": dict, "config": dict, "metrics": dict,
+                "epoch": int | None, "weights": str}
+MODEL_METRICS = {"val_acc": float | None, "best_val_acc": float | None, "epochs": int | None,
+                 "temperature": float | None}
+
+
+def check_model_record(record: dict[str, Any], path: object) -> None:
+    """A model file's metadata has the fields and types cifarlab writes; its temperature (which
+    divides every logit) is a positive finite number, so probabilities are never nan."""
+    plaindata.check_fields(record, MODEL_FIELDS, str(path))
+    missing = [key for key in ("model", "classes", "mean", "std", "state_dict") if key not in record]
+    if missing:
+        raise UserError(f"{path} is damaged: it has no {', '.join(missing)}")
+    plaindata.check_fields(record.get("config", {}), rundir.config_fields(), str(path), "config")
+    plaindata.check_fields(record.get("metrics", {}), MODEL_METRICS, str(path), "metrics")
+    if not record["classes"] or len(set(record["classes"])) != len(record["classes"]):
+        raise UserError(f"{path} is damaged: its classes are empty or repeat a name")
+    for key in ("mean", "std"):
+        values = record[key]
+        if len(values) != 3 or not all(plaindata.finite(v) for v in values) or (
+                key == "std" and min(values) <= 0):
+            raise UserError(f"{path} is damaged: '{key}' should be 3 finite numbers"
+                            + (" above 0" if key == "std" else "") + f", not {values}")
+    state = record["state_dict"]
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is damaged: its state_dict holds more than tensors")
+    temperature = state.get("temperature")
+    if temperature is not None and not (temperature.numel() == 1 and temperature.is_floating_point()
+                                        and math.isfinite(float(temperature)) and float(temperature) > 0):
+        raise UserError(f"{path} is damaged: its temperature (which divides the logits) should be a "
+                        f"positive number, not {temperature.flatten()[:3].tolist()}")
+    if record.get("weights", "final") not in rundir.WEIGHTS:
+        raise UserError(f"{path} is damaged: 'weights' should be best or final")
+
+
+# What `--resume` reads from a checkpoint besides the weights: checked before any training, so
+# that a tampered value is one line now rather than a traceback an epoch later.
+CHECKPOINT_FIELDS = {"config": dict, "classes": list[str], "model": dict, "optimizer": dict,
+                     "epoch": int, "history": list[dict], "best": dict | None,
+                     "lookahead": dict | None, "epoch_state": dict}
+EPOCH_STATE_FIELDS = {"step": int, "loss_sum": float, "correct": int, "seen": int, "seconds": float}
+
+
+def check_checkpoint_record(saved: dict[str, Any], path: object) -> None:
+    """A checkpoint's counters, history and best value are what a run writes: history one row of
+    numbers per finished epoch, the best epoch among them, the in-epoch counters consistent."""
+    where = str(path)
+    plaindata.check_fields(saved, CHECKPOINT_FIELDS, where)
+    missing = [key for key in ("config", "classes", "model", "optimizer", "epoch", "history",
+                               "epoch_state") if key not in saved]
+    if missing:
+        raise UserError(f"{path} is damaged: it has no {', '.join(missing)}")
+    epoch, history = saved["epoch"], saved["history"]
+    if epoch < 0 or len(history) != epoch:
+        raise UserError(f"{path} is damaged: {len(history)} rows of history for {epoch} epochs")
+    for number, row in enumerate(history, 1):
+        plaindata.check_fields(row, dict.fromkeys(rundir.METRIC_COLUMNS, float), where,
+                               f"history[{number - 1}]")
+        if any(key not in row for key in rundir.METRIC_COLUMNS) or row["epoch"] != number:
+            raise UserError(f"{path} is damaged: history row {number} is not epoch {number}'s")
+    best = saved.get("best") or {}
+    plaindata.check_fields(best, {"epoch": int, "value": float | None}, where, "best")
+    value = best.get("value")
+    if not 0 <= best.get("epoch", 0) <= epoch or (value is not None and not math.isfinite(value)):
+        raise UserError(f"{path} is damaged: its best epoch {best.get('epoch')} (value {value}) is "
+                        f"not one of its {epoch} epochs")
+    state = plaindata.check_fields(saved["epoch_state"], EPOCH_STATE_FIELDS, where, "epoch_state")
+    if not (all(key in state for key in EPOCH_STATE_FIELDS) and state["step"] >= 0
+            and 0 <= state["correct"] <= state["seen"] and math.isfinite(state["loss_sum"])
+            and math.isfinite(state["seconds"]) and state["seconds"] >= 0):
+        raise UserError(f"{path} is damaged: its in-epoch counters {state} do not add up")
 
 
 def _reason(exc: Exception) -> str:

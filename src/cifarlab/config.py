@@ -25,7 +25,6 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import UserError
@@ -415,10 +414,21 @@ def laid_out(config: TrainConfig) -> str:
     return ""
 
 
+# Seeds feed numpy's and torch's generators: torch takes at most a signed 64-bit value, numpy no
+# negative one (split_seed=-1 passed `apply` and failed as a traceback before issue 22).
+MAX_SEED = 2**63 - 1
+# A shift of up to 16 pixels is half the image; reflect padding needs less than the image (32).
+MAX_TRANSLATE = 16
+
+
 def validate(config: TrainConfig) -> None:
-    """Ranges and choices; each message names the flag or key to change."""
+    """Ranges and choices, all that training needs: a config that passes trains (or fails on its
+    data or its model), never on a value found out of range an epoch in. Each message names the
+    flag or key to change."""
     a = config.augment
     checks = [
+        (0 <= config.seed <= MAX_SEED, f"--seed must be in 0..{MAX_SEED}"),
+        (0 <= config.split_seed <= MAX_SEED, f"split_seed must be in 0..{MAX_SEED}"),
         (config.epochs >= 1, "--epochs must be at least 1"),
         (config.name is None or (0 < len(config.name) <= 100 and config.name.isprintable()),
          "--name must be 1 to 100 printable characters"),
@@ -427,7 +437,12 @@ def validate(config: TrainConfig) -> None:
         (0.0 <= config.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {config.val_fraction}"),
         (config.subset is None or config.subset >= 2, "--subset must be at least 2"),
         (config.bias_lr_scale > 0, "bias_lr_scale must be positive"),
-        (config.momentum >= 0, "momentum must not be negative"),
+        (0 <= config.momentum < 1, "momentum must be in [0, 1)"),
+        (config.momentum > 0 or config.optimizer != "sgd",
+         "optimizer sgd is Nesterov's, which needs momentum above 0"),
+        (0 <= config.muon_momentum < 1, "muon_momentum must be in [0, 1)"),
+        (config.lr_start >= 0 and config.lr_end >= 0, "lr_start and lr_end must not be negative"),
+        (config.whiten_bias_epochs >= 0, "whiten_bias_epochs must be 0 (always) or a number of epochs"),
         (config.weight_decay >= 0, "weight_decay must not be negative"),
         (0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (0 <= config.warmup < 1, "warmup must be in [0, 1)"),
@@ -439,7 +454,8 @@ def validate(config: TrainConfig) -> None:
          "--early-stop watches the validation images, and --val-fraction 0 leaves none"),
         (config.checkpoint_every >= 0,
          "--checkpoint-every must be 0 (every epoch only) or a number of steps"),
-        (config.clean_train_size >= 0, "clean_train_size must not be negative"),
+        (config.clean_train_size >= 1, "clean_train_size must be at least 1 (training images "
+                                       "measured in eval mode each epoch)"),
         (config.budget is None or config.budget > 0, "--budget must be positive"),
         (config.max_epochs is None or config.max_epochs >= 1, "max_epochs must be at least 1"),
         (config.augment.rotation >= 0 and config.augment.zoom >= 0 and config.augment.translate >= 0,
@@ -453,6 +469,8 @@ def validate(config: TrainConfig) -> None:
          or config.class_weight == "balanced",
          f"class_weight must be 'balanced' or a mapping {{class: weight}}, got "
          f"{config.class_weight!r}{suggest(str(config.class_weight), ['balanced'])}"),
+        (config.augment.translate <= MAX_TRANSLATE,
+         f"augment.translate must be at most {MAX_TRANSLATE} pixels (half the image)"),
         (config.optimizer in OPTIMIZERS, f"unknown optimizer '{config.optimizer}' "
          f"({', '.join(OPTIMIZERS)}){suggest(config.optimizer, OPTIMIZERS)}"),
         (config.muon_lr > 0, "muon_lr must be positive"),
@@ -481,32 +499,26 @@ def validate(config: TrainConfig) -> None:
 
 def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Settings from a YAML or JSON file; a run's own config.json (settings under "config")
-    works too, so `--config RUN/config.json` reruns a run exactly."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text file") from None
-    if path.suffix.lower() == ".json":
-        try:
-            values = json.loads(text)
-        except ValueError as exc:
-            raise UserError(f"{path} is not valid JSON: {exc}") from exc
-    else:
-        import yaml  # YAML is a superset of JSON: .yaml, .yml and anything else
+    works too, so `--config RUN/config.json` reruns a run exactly. The file may come from anyone:
+    plaindata reads it within bounds, without YAML aliases, as plain data with text keys."""
+    from cifarlab import plaindata
 
-        try:
-            values = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"{path} is not valid YAML: {first}") from exc
+    values = plaindata.read(path, "config file")
     if isinstance(values, dict) and isinstance(values.get("config"), dict):
         values = values["config"]
     if not isinstance(values, dict):
         raise UserError(f"{path} must hold a mapping of settings (key: value)")
     return {key: _yaml_number(key, value) for key, value in values.items()}
+
+
+def check_named_model(from_file: dict[str, Any], changes: dict[str, Any], path: object) -> None:
+    """A model a settings file names by import spec ("x.py:Net", "pkg.mod:Net") is code: cifarlab
+    imports it only when the user names it too (--model, model=), as `train --resume` asks. A
+    settings file from someone else must not run their code (a registered name runs none)."""
+    named = from_file.get("model")
+    if isinstance(named, str) and ":" in named and changes.get("model") is None:
+        raise UserError(f"{path} names the model '{named}', and a file never makes cifarlab import "
+                        f"code: name it yourself to train it: --model {named}")
 
 
 def _yaml_number(key: str, value: Any) -> Any:
@@ -628,6 +640,7 @@ def resolve(recipe: str | None = None, config_file: str | os.PathLike[str] | Non
     """
     from_file = read_file(config_file) if config_file is not None else {}
     changes = dict(changes or {})
+    check_named_model(from_file, changes, config_file)
     name = recipe or from_file.get("recipe") or "base"
     if not isinstance(name, str):
         raise UserError(f"setting 'recipe' expects str, got {name!r}")

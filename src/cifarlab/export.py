@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarlab import __version__, checkpoint, fsio
+from cifarlab import __version__, checkpoint, fsio, rundir
 from cifarlab.errors import UserError
 from cifarlab.extras import require_extra
 
@@ -67,9 +67,11 @@ def export_model(run_or_ckpt: str | Path, fmt: str = "onnx", out: str | Path | N
         require_extra("export", "ONNX export")
     model_file = checkpoint.find_model_file(run_or_ckpt, weights)
     classifier, record = checkpoint.load_model(model_file, model=model)
-    owned = out is None  # RUN/export/ is cifarlab's; in a folder of the user's, see fsio.write_outputs
+    # RUN/export/ is cifarlab's (files there are replaced; never through a link); beside a lone
+    # model file, as in a folder of the user's, see fsio.write_outputs
+    owned = out is None and rundir.is_run(model_file.parent)
     if out is None:
-        out = default_out(model_file, fmt)
+        out = rundir.output_folder(model_file.parent, EXPORT_DIR) / f"model{FORMATS[fmt]}"
     else:
         out = Path(out)
         if out.is_dir():

@@ -113,27 +113,39 @@ def write_outputs(folder: str | os.PathLike[str], files: dict[str, bytes], owned
     cifarlab anyway (RUN/report/, RUN/export/): there, files are replaced as before.
     """
     folder = Path(folder)
+    ledger = check_outputs(folder, list(files), owned)
+    for name, data in files.items():
+        write_bytes(folder / name, data)
+        ledger[name] = hashlib.sha256(data).hexdigest()
+        write_json(folder / OUTPUTS_FILE, {"format": OUTPUTS_FORMAT, "files": ledger})
+
+
+def check_outputs(folder: str | os.PathLike[str], names: list[str],
+                  owned: bool = False) -> dict[str, str]:
+    """The folder's ledger of what cifarlab wrote there ({name: sha256}); a UserError if a file
+    of one of `names` is there and is not on it (unless `owned`). Commands that take long call it
+    before their work, so that a refusal does not come at the end."""
+    folder = Path(folder)
     ledger_file = folder / OUTPUTS_FILE
     ledger: dict[str, str] = {}
-    if ledger_file.exists():
+    if os.path.lexists(ledger_file):
         try:
-            saved = json.loads(ledger_file.read_text())
-            if saved.get("format") != OUTPUTS_FORMAT:
-                raise ValueError(saved.get("format"))
+            from cifarlab import plaindata
+
+            saved = plaindata.read(ledger_file, "ledger")
+            if not isinstance(saved, dict) or saved.get("format") != OUTPUTS_FORMAT:
+                raise ValueError(OUTPUTS_FORMAT)
             ledger = {str(k): str(v) for k, v in saved["files"].items()}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (UserError, ValueError, TypeError, KeyError, AttributeError) as exc:
             if not owned:
                 raise UserError(f"{ledger_file} is not cifarlab's ledger of the files it wrote; "
                                 "choose another output folder") from exc
     if not owned:
-        for name in files:
+        for name in names:
             if _changed_since_written(folder / name, ledger.get(name)):
                 raise UserError(f"{folder / name} exists and was not written by cifarlab (or was "
                                 "changed since): move it away or choose another output folder")
-    for name, data in files.items():
-        write_bytes(folder / name, data)
-        ledger[name] = hashlib.sha256(data).hexdigest()
-        write_json(ledger_file, {"format": OUTPUTS_FORMAT, "files": ledger})
+    return ledger
 
 
 def _changed_since_written(path: Path, digest: str | None) -> bool:

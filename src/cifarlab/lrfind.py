@@ -28,6 +28,7 @@ import copy
 import csv
 import dataclasses
 import io
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,19 +114,20 @@ class LRFind:
         return fig
 
     def save(self, out: str | Path) -> Path:
-        """lr_find.png, lr_find.csv (lr, loss, smoothed) and lr_find.json into folder `out`."""
+        """lr_find.png, lr_find.csv (lr, loss, smoothed) and lr_find.json into folder `out`; a
+        file of those names that cifarlab did not write there is never replaced
+        (fsio.write_outputs): the command stops before writing anything."""
         from cifarlab.plots import to_png
 
         out = Path(out)
-        fsio.make_dir(out)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["lr", "loss", "smoothed"])
         writer.writerows([f"{a:.6g}", f"{b:.6g}", f"{c:.6g}"]
                          for a, b, c in zip(self.lrs, self.losses, self.smoothed, strict=True))
-        fsio.write_text(out / TABLE, buffer.getvalue())
-        fsio.write_json(out / RESULT, self.to_dict())
-        fsio.write_bytes(out / FIGURE, to_png(self.plot()))
+        fsio.write_outputs(out, {TABLE: buffer.getvalue().encode(),
+                                 RESULT: (json.dumps(self.to_dict(), indent=2) + "\n").encode(),
+                                 FIGURE: to_png(self.plot())})
         return out
 
 
@@ -170,6 +172,8 @@ def lr_find(recipe: str | None = None, *, model: Any = None, data: str | Path | 
     if model is not None:
         settings["model"] = model if isinstance(model, str) else spec_of(model)
     config = resolve(recipe, config_file, settings)
+    if out is not None:  # a file of the user's there stops the test now, not after it
+        fsio.check_outputs(out, [TABLE, RESULT, FIGURE])
     user_model = copy.deepcopy(model) if isinstance(model, nn.Module) else (
         None if isinstance(model, str) else model)
     with _leave_global_state():

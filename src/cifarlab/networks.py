@@ -143,6 +143,13 @@ def make_body(model: str | ModelFactory | nn.Module, num_classes: int,
         raise UserError(f"cannot build the model {getattr(factory, '__name__', factory)!r} with "
                         f"{kwargs}: {exc} (set its arguments with --set model_kwargs.NAME=VALUE)"
                         ) from exc
+    except (RuntimeError, ValueError, MemoryError, OverflowError) as exc:
+        # Sizes the machine cannot hold or torch refuses (a negative width, 10^9 classes): the
+        # allocator fails at once, with a message worth one line, not a traceback.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first.split("DefaultCPUAllocator: ")[-1][:200]
+        raise UserError(f"cannot build the model {getattr(factory, '__name__', factory)!r} with "
+                        f"{kwargs}: {first}") from exc
     if not isinstance(body, nn.Module):
         raise UserError(f"the model factory {getattr(factory, '__name__', factory)!r} returned "
                         f"{type(body).__name__}, not a torch.nn.Module")

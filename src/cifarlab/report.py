@@ -125,7 +125,8 @@ def write_report(run: RunFiles | str | Path, out: str | Path | None = None,
     In a folder of the user's (`out`), files cifarlab did not write are never replaced."""
     run = run if isinstance(run, RunFiles) else read_run(run)
     owned = out is None  # RUN/report/ is cifarlab's; in a folder of the user's, see fsio.write_outputs
-    out = Path(out) if out is not None else run.path / REPORT_DIRNAME
+    # RUN/report: checked now, before the work, and never a link to a folder of the user's
+    out = Path(out) if out is not None else rundir.output_folder(run.path, REPORT_DIRNAME)
     diagnosis = run.diagnosis()
     figures: dict[str, Figure] = {"curves.png": curves_figure(run)}
     evaluation: dict[str, Any] | None = None
@@ -372,11 +373,14 @@ def _understanding(run: RunFiles) -> list[str]:
         return (f'<figure><img src="data:image/png;base64,{data}" alt="{e(caption)}">'
                 f"<figcaption>{e(caption)}</figcaption></figure>")
 
-    explained = [run.path / rundir.EXPLAIN / f"{name}.png" for name in EXPLAIN_CAPTIONS]
-    if any(p.is_file() for p in explained):
+    explain_dir = rundir.found_output_folder(run.path, rundir.EXPLAIN)
+    explained = [explain_dir / f"{name}.png" for name in EXPLAIN_CAPTIONS] if explain_dir else []
+    explained = [p for p in explained if _embeddable(p)]
+    if explained:
         parts.append("<h2>What the network learned (cifarlab explain)</h2>")
-        parts += [embed(p, EXPLAIN_CAPTIONS[p.stem]) for p in explained if p.is_file()]
-    result = robustness.load(run.path / rundir.ROBUSTNESS)
+        parts += [embed(p, EXPLAIN_CAPTIONS[p.stem]) for p in explained]
+    robust_dir = rundir.found_output_folder(run.path, rundir.ROBUSTNESS)
+    result = robustness.load(robust_dir) if robust_dir else None
     if result is not None:
         rows = [("clean", f"{result.clean_acc:.1%}"), ("mean under corruption", f"{result.mean_acc:.1%}"),
                 ("relative drop", f"{result.relative_drop:.1%}")]
@@ -385,10 +389,20 @@ def _understanding(run: RunFiles) -> list[str]:
                   f"<p>{result.n_images:,} images, 15 CIFAR-10-C corruptions at severities "
                   f"{', '.join(map(str, result.severities))} (docs/robustness.md).</p>",
                   table(["measure", "accuracy"], rows, kinds="tn")]
-        heat = run.path / rundir.ROBUSTNESS / "robustness.png"
-        if heat.is_file():
+        heat = robust_dir / "robustness.png" if robust_dir else None
+        if heat is not None and _embeddable(heat):
             parts.append(embed(heat, "Accuracy per corruption and severity."))
     return parts
+
+
+MAX_EMBED_BYTES = 16 << 20  # a figure cifarlab draws is 50-500 KB
+
+
+def _embeddable(path: Path) -> bool:
+    """A figure `explain` or `robustness` wrote, to embed in the page: a regular file (not a
+    link, which could point at any file of the user's) of a figure's size."""
+    return (not path.is_symlink() and path.is_file()
+            and path.stat().st_size <= MAX_EMBED_BYTES)
 
 
 def page(title: str, parts: Sequence[str]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,12 +30,15 @@ from matplotlib.ticker import PercentFormatter
 from torch import nn
 from tqdm.auto import tqdm
 
-from cifarlab import fsio, plots
+from cifarlab import fsio, plaindata, plots
 from cifarlab.corruptions import CORRUPTIONS, GROUPS, SEVERITIES, check, corrupt
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_logits
 
 FORMAT = "cifarlab-robustness"
+FIELDS = {"format": str, "clean_acc": float, "table": dict[str, list[float]], "severities": list[int],
+          "n_images": int, "seed": int, "seconds": float}
+REQUIRED = ("format", "clean_acc", "table", "severities", "n_images")
 CSV_FILE, JSON_FILE, FIGURE_FILE = "robustness.csv", "robustness.json", "robustness.png"
 
 
@@ -177,16 +179,28 @@ class Robustness:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Robustness:
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} file")
-        table = {str(name): [float(v) for v in row] for name, row in data["table"].items()}
-        severities = tuple(int(s) for s in data["severities"])
-        if any(len(row) != len(severities) for row in table.values()):
-            raise ValueError("rows and severities differ in length")
-        return cls(clean_acc=float(data["clean_acc"]), table=table, severities=severities,
-                   n_images=int(data["n_images"]), seed=int(data.get("seed", 0)),
-                   seconds=float(data.get("seconds", 0.0)))
+    def from_json(cls, data: Any) -> Robustness:
+        """A measurement as `to_json` wrote it; anything else (a RUN/robustness/ from someone
+        else) is a ValueError that names what is wrong."""
+        plaindata.check_fields(data, FIELDS, JSON_FILE)
+        if data.get("format") != FORMAT or any(key not in data for key in REQUIRED):
+            raise ValueError(f"not a {FORMAT} file, or one without {', '.join(REQUIRED)}")
+        table, severities = data["table"], tuple(data["severities"])
+        if not table or not severities or len(set(severities)) != len(severities):
+            raise ValueError("no corruption or severity measured, or a severity twice")
+        if any(name not in CORRUPTIONS for name in table) or any(s not in SEVERITIES for s in severities):
+            raise ValueError(f"unknown corruptions or severities: {list(table)[:5]}, {list(severities)}")
+        cells = [data["clean_acc"], *(v for row in table.values() for v in row)]
+        if any(len(row) != len(severities) for row in table.values()) or not all(
+                plaindata.finite(v) and 0 <= v <= 1 for v in cells):
+            raise ValueError("a row that is not one accuracy in [0, 1] per severity")
+        if data["n_images"] < 1:
+            raise ValueError(f"n_images {data['n_images']}")
+        seconds = data.get("seconds", 0.0)
+        return cls(clean_acc=float(data["clean_acc"]), table={k: [float(v) for v in row]
+                                                              for k, row in table.items()},
+                   severities=severities, n_images=data["n_images"], seed=data.get("seed", 0),
+                   seconds=float(seconds) if plaindata.finite(seconds) else 0.0)
 
     def heatmap(self, title: str | None = None) -> Figure:
         """Accuracy per corruption (rows, in groups) and severity (columns), each cell annotated.
@@ -236,8 +250,8 @@ def load(folder: str | Path) -> Robustness | None:
     if not path.is_file():
         return None
     try:
-        return Robustness.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return Robustness.from_json(plaindata.read(path, "robustness file"))
+    except (ValueError, UserError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from exc
 
 

@@ -26,12 +26,13 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cifarlab import fsio
+from cifarlab import fsio, plaindata
 from cifarlab.diagnose import Diagnosis, diagnose, sizes_of
 from cifarlab.errors import UserError
 from cifarlab.history import History
@@ -127,11 +128,13 @@ def _claim(path: Path) -> None:
 
 
 def discard_if_empty(path: Path, remove_folder: bool = True) -> None:
-    """Remove what a failed start wrote (its marker and config) if no epoch was saved, and the
-    folder itself if cifarlab made it."""
+    """Remove what a failed start wrote (its marker, config and a best.pt whose checkpoint did
+    not fit on the disk) if no epoch was saved, and the folder itself if cifarlab made it: the
+    folder is then as before, free for a new run, never a half run that can be neither resumed
+    nor reused."""
     if (path / METRICS).exists() or (path / CHECKPOINT).exists():
         return
-    for file in (path / MARKER, path / CONFIG, *path.glob(".*.tmp")):
+    for file in (path / MARKER, path / CONFIG, path / BEST, *path.glob(".*.tmp")):
         with contextlib.suppress(OSError):
             file.unlink()
     if remove_folder:
@@ -148,9 +151,73 @@ def latest(root: Path = DEFAULT_ROOT) -> Path:
 
 
 def remove_stale_temp_files(path: Path) -> None:
-    """Temp files that a write cut short by kill -9 left behind (fsio names them .NAME.*.tmp)."""
+    """Temp files that a write cut short by kill -9 left behind (fsio names them .NAME.*.tmp).
+    Only under `lock`: another process's temp files are its writes in flight."""
     for stale in path.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def lock(path: Path) -> Iterator[None]:
+    """One training per run folder: an exclusive lock on the folder, held while this process
+    trains it, then the temp files that a killed writer left behind are removed (no writer is
+    left to own them). A second process training the same run gets a one-line UserError at once.
+
+    The lock is the operating system's (flock on the folder itself, so no file is made and a
+    run from before this lock needs nothing): it goes when the process ends, however it ends,
+    so kill -9 never leaves a stale lock. It holds between processes on one machine; on network
+    file systems (NFS) flock may not reach other machines (docs/security.md). Without fcntl
+    (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise UserError(f"cannot open the run folder {path}: {exc.strerror or exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another process is training {path} right now; let it finish or stop "
+                            "it (Ctrl-C) first: a run folder takes one training at a time") from None
+        remove_stale_temp_files(path)
+        yield
+    finally:
+        os.close(fd)
+
+
+def output_folder(run: Path, name: str) -> Path:
+    """RUN/NAME (report, explain, export, robustness, tensorboard), made if missing: where a
+    command writes a run's outputs, replacing what is there. Only a real folder inside the run
+    qualifies: a link, or anything that resolves outside the run, is refused, never written
+    through, since a run folder may come from someone else, and RUN/report -> ~/Documents would
+    make `report` replace the user's files there."""
+    folder = run / name
+    if not _inside(run, folder, missing_ok=True):
+        what = "a link" if folder.is_symlink() else "not a folder inside the run"
+        raise UserError(f"{folder} is {what}; cifarlab writes a run's {name} only into a real "
+                        f"folder inside it, never through a link: move it away and run again")
+    fsio.make_dir(folder)
+    return folder
+
+
+def found_output_folder(run: Path, name: str) -> Path | None:
+    """RUN/NAME for a reader (report embeds explain/ and robustness/, serve shows report/): the
+    folder if it is there and a real folder inside the run, else None (a link is ignored)."""
+    folder = run / name
+    return folder if _inside(run, folder, missing_ok=False) else None
+
+
+def _inside(run: Path, folder: Path, missing_ok: bool) -> bool:
+    if folder.is_symlink():
+        return False
+    if not folder.exists():
+        return missing_ok
+    return folder.is_dir() and folder.resolve().parent == run.resolve()
 
 
 def weights_file(path: Path, weights: str = "best") -> Path:
@@ -187,16 +254,32 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     fsio.write_text(path / METRICS, metrics_csv(history))
 
 
+# metrics.csv holds ~90 bytes an epoch; a history is held as dicts, ~30x its bytes (an 18 MB file
+# cost 560 MB before issue 22). A checkpoint holds at most ~13,000 epochs of history (its pickle
+# is capped at 2 MB, checkpoint.py), so no run that cifarlab can resume has more than 20,000.
+MAX_METRICS_BYTES = 4 << 20
+MAX_EPOCHS = 20_000
+
+
 def read_history(file: Path) -> History:
+    """metrics.csv, checked: numbers in every column, whole epoch numbers, within the bounds."""
+    text = plaindata.read_text(file, "metrics file", MAX_METRICS_BYTES)
+    history = History()
     try:
-        with file.open(newline="") as handle:
-            history = History({key: _number(row[key]) for key in METRIC_COLUMNS}
-                              for row in csv.DictReader(handle))
-        for row in history:
-            row["epoch"] = int(row["epoch"])  # a whole number of epochs; NaN/inf: ValueError
+        for row in csv.DictReader(io.StringIO(text, newline="")):
+            if len(history) == MAX_EPOCHS:
+                raise UserError(f"{file} holds more than {MAX_EPOCHS:,} epochs; cifarlab runs hold "
+                                "fewer")
+            values = {key: _number(row[key]) for key in METRIC_COLUMNS}
+            epoch = values["epoch"]
+            if not (math.isfinite(epoch) and epoch >= 1 and epoch == int(epoch)):
+                raise UserError(f"{file}: row {len(history) + 1} has the epoch {row['epoch']!r}, "
+                                "not an epoch number")
+            values["epoch"] = int(epoch)  # a whole number of epochs
+            history.append(values)
     except KeyError as exc:
         raise UserError(f"{file} has no column {exc}; is it from an older cifarlab?") from exc
-    except (OSError, ValueError, TypeError) as exc:
+    except (ValueError, TypeError, csv.Error) as exc:  # csv.Error: a field over 128 KB, a NUL
         raise UserError(f"cannot read {file}: {exc}") from exc
     if not history:
         raise UserError(f"{file} has no finished epoch yet")
@@ -207,6 +290,28 @@ def _number(text: str | None) -> float:
     if text is None:
         raise ValueError("a row is short of columns")
     return float(text) if text != "" else math.nan
+
+
+# The fields of config.json (`info`) and summary.json that readers (compare, report, Run) use,
+# with the types cifarlab writes: a run folder from someone else is checked before it is used.
+INFO_FIELDS = {"config": dict, "classes": list[str], "versions": dict, "train_images": int,
+              "val_images": int, "device": str, "threads": int, "command": str}
+SUMMARY_FIELDS: dict[str, Any] = {
+    "recipe": str, "model": str, "monitor": str, "device": str, "stopped_early": bool,
+    "epochs": int, "final_epoch": int, "best_epoch": int | None, "best_weights_epoch": int | None,
+    **dict.fromkeys(["train_loss", "train_acc", "train_acc_clean", "val_loss", "val_acc",
+                     "best_val_acc", "best_weights_value", "val_acc_tta", "tta_seconds",
+                     "seconds_per_epoch", "total_seconds", "wall_seconds", "temperature", "ece",
+                     "ece_calibrated", "train_images_per_second", "peak_rss_mb"], float | None),
+}
+
+
+def config_fields() -> dict[str, Any]:
+    """TrainConfig's fields and their types, as a stored config (config.json, a model file) holds
+    them: `augment` as a mapping. Unknown keys (other versions) are left to those who read them."""
+    from cifarlab.config import TYPES
+
+    return {**TYPES, "augment": dict}
 
 
 @dataclass
@@ -246,7 +351,8 @@ class RunFiles:
 
     @property
     def summary(self) -> dict[str, Any]:
-        return read_json(self.path / SUMMARY) or {}
+        summary = read_json(self.path / SUMMARY) or {}
+        return plaindata.check_fields(summary, SUMMARY_FIELDS, str(self.path / SUMMARY))
 
     def diagnosis(self) -> Diagnosis:
         """The diagnosis of the history, judged with the sample sizes config.json records."""
@@ -254,13 +360,20 @@ class RunFiles:
 
 
 def read_json(file: Path) -> dict[str, Any] | None:
+    """A JSON file of a run or search folder (plaindata: bounded, plain data), None if there is
+    none or it holds no mapping."""
     if not file.is_file():
         return None
-    try:
-        value = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {file}: {exc}") from exc
+    value = plaindata.read(file, "file")
     return value if isinstance(value, dict) else None
+
+
+def read_info(file: Path) -> dict[str, Any]:
+    """config.json, checked: the fields readers use have the types cifarlab writes."""
+    info = read_json(file) or {}
+    plaindata.check_fields(info, INFO_FIELDS, str(file))
+    plaindata.check_fields(info.get("config", {}), config_fields(), str(file), "config")
+    return info
 
 
 def read(path: str | os.PathLike[str]) -> RunFiles:
@@ -271,4 +384,4 @@ def read(path: str | os.PathLike[str]) -> RunFiles:
     if not (path / METRICS).is_file():
         raise UserError(f"{path} is not a cifarlab run: it has no {METRICS} "
                         "(run directories are written by cifarlab train)")
-    return RunFiles(path, read_json(path / CONFIG) or {}, read_history(path / METRICS))
+    return RunFiles(path, read_info(path / CONFIG), read_history(path / METRICS))

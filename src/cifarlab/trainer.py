@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -248,6 +248,9 @@ class Trainer:
             raise UserError(f"the checkpoint in {self.path} does not fit this run "
                             f"({first_line})") from exc
         state = self.epoch_state
+        if not 0 <= state.step < self.steps_per_epoch:
+            raise UserError(f"{self.path / rundir.CHECKPOINT} is damaged: it stopped at step "
+                            f"{state.step} of an epoch of {self.steps_per_epoch} steps")
         self.last_saved = (f"epoch {self.start_epoch + 1}, step {state.step}" if state.step
                            else f"end of epoch {self.start_epoch}")
 
@@ -285,8 +288,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train from where the run stands to its last epoch (or an early stop); summary.json."""
-        if self.ctx.is_main:
-            rundir.remove_stale_temp_files(self.path)  # left by a write that kill -9 cut short
+        if self.ctx.is_main:  # (temp files a killed write left behind went when rundir.lock was taken)
             self.write_config()
         self._print_header()
         try:
@@ -637,14 +639,15 @@ def train(config: TrainConfig, out: str | Path | None = None, *, model: ModelArg
         raise UserError("under torchrun every process needs the same --out DIR")
     else:
         run_dir = Path(out)
-    try:
-        with distributed.owned_group(run_dir):
-            trainer = _prepare(config, run_dir, model, callbacks, quiet, started, dataset=dataset)
-            return run_dir, trainer.fit()
-    except BaseException:
-        if ctx.is_main:  # a start that failed leaves nothing behind (but a folder the user made)
-            rundir.discard_if_empty(run_dir, remove_folder=not existed and not claimed)
-        raise
+    with rundir.lock(run_dir) if ctx.is_main else nullcontext():
+        try:
+            with distributed.owned_group(run_dir):
+                trainer = _prepare(config, run_dir, model, callbacks, quiet, started, dataset=dataset)
+                return run_dir, trainer.fit()
+        except BaseException:
+            if ctx.is_main:  # a start that failed leaves nothing behind (but a folder the user made)
+                rundir.discard_if_empty(run_dir, remove_folder=not existed and not claimed)
+            raise
 
 
 # What --resume may change: where the data is (not what it is), where to run, and how long to
@@ -686,7 +689,8 @@ def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
     if done >= config.epochs and (run_dir / rundir.FINAL).exists():
         raise UserError(f"{run_dir} is already complete ({plural(config.epochs, 'epoch')}); extend it with "
                         f"--epochs N (N > {config.epochs})")
-    with distributed.owned_group(run_dir):
+    main = distributed.from_env().is_main
+    with rundir.lock(run_dir) if main else nullcontext(), distributed.owned_group(run_dir):
         trainer = _prepare(config, run_dir, model if model is not None else _model_of(config),
                            callbacks, quiet, started=None, saved=saved, dataset=dataset)
         trainer.restore(saved)

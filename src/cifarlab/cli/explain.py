@@ -21,7 +21,8 @@ def register(commands: Any) -> None:
                    help="the conv layer Grad-CAM reads, e.g. body.6 (default: the last conv; an "
                         "unknown name lists them)")
     e.add_argument("--count", type=int, default=8,
-                   help="heat maps per figure, right and wrong each (default: 8)")
+                   help="heat maps per figure, right and wrong each, at most 32 (default: 8); "
+                        "of your own IMAGES the first 32 are drawn")
     options.data(e, "the data the run trained on")
     options.split(e)
     options.weights(e)

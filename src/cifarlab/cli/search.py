@@ -80,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
         if key in changes:
             raise UserError(f"'{key}' cannot be fixed in a search: the search has one budget "
                             "(--budget); fix epochs with --set epochs=N")
-    if args.resume is not None and (args.recipe or args.space or args.config or args.set or args.model):
+    if args.resume is not None and (args.recipe or args.space or args.config or args.set):
         raise UserError("--resume continues a search as it was set up: leave out --recipe, "
-                        "--space, --config, --set and --model (--trials, --budget, --data, --jobs "
-                        "may change)")
+                        "--space, --config and --set (--trials, --budget, --data, --jobs may "
+                        "change; a search of your own model needs its --model again)")
     import cifarlab as cl
 
     resume = args.resume is not None

@@ -39,6 +39,7 @@ from cifarlab.hpsearch.storage import (
     open_study,
     optuna_module,
     read_pointer,
+    settings_of,
 )
 from cifarlab.text import plural
 
@@ -57,15 +58,20 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
 
 
 class Search:
-    """A search folder, read back from its study: trials, the best one, figures and the page."""
+    """A search folder, read back from its study: trials, the best one, figures and the page.
 
-    def __init__(self, path: PathLike, study: optuna.Study | None = None):
+    `storage`: the study's database URL, for a folder whose study is not in its own study.db (a
+    study shared by several machines); a folder never opens another database on its own.
+    """
+
+    def __init__(self, path: PathLike, study: optuna.Study | None = None,
+                 storage: str | None = None):
         self.path = Path(path)
         if study is None:
-            url, name, _ = read_pointer(self.path)
+            url, name, _ = read_pointer(self.path, storage)
             study = open_study(url, name)
         self.study = study
-        self.settings: dict[str, Any] = study.user_attrs["cifarlab"]
+        self.settings: dict[str, Any] = settings_of(study)
         self.params = list(self.settings["space"])
 
     def __repr__(self) -> str:
@@ -80,14 +86,19 @@ class Search:
         rows = []
         for t in self.study.get_trials(deepcopy=False):
             values = [v for v in t.intermediate_values.values() if math.isfinite(v)]
-            config = t.user_attrs.get("config") or {}
+            # A trial's attributes are what its worker wrote, or what whoever handed over the
+            # folder wrote: each is used only if it has the type a worker writes.
+            attrs = t.user_attrs
+            config = attrs.get("config")
+            epochs = config.get("epochs") if isinstance(config, dict) else None
             rows.append({
                 "trial": t.number, "state": t.state.name.lower(),
                 "val_acc": t.value if t.value is not None and t.state.name == "COMPLETE"
                 else (max(values) if values else None),
-                "epochs": len(t.intermediate_values), "of": config.get("epochs"),
-                "seconds": round(trial_seconds(t), 1), "baseline": bool(t.user_attrs.get("baseline")),
-                "note": t.user_attrs.get("note", ""), "run": t.user_attrs.get("run", ""),
+                "epochs": len(t.intermediate_values),
+                "of": epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None,
+                "seconds": round(trial_seconds(t), 1), "baseline": attrs.get("baseline") is True,
+                "note": _text(attrs.get("note")), "run": _text(attrs.get("run")),
                 **{key: t.params.get(key) for key in self.params},
             })
         return rows
@@ -109,7 +120,10 @@ class Search:
         if best is None:
             raise UserError(f"{self.path} has no finished trial yet")
         trial = self.study.trials[best["trial"]]
-        return TrainConfig.from_dict(trial.user_attrs["config"])
+        config = trial.user_attrs.get("config")
+        if not isinstance(config, dict):
+            raise UserError(f"{self.path}: trial {best['trial']} holds no config")
+        return TrainConfig.from_dict(config)
 
     def best_run(self) -> Any:
         """The best trial's run directory as a Run (on the machine that trained it)."""
@@ -206,7 +220,14 @@ class Search:
                 f"{plural(len(finished), 'trial')} finished ({pruned} pruned: {trained} of "
                 f"{plural(planned, 'epoch')} "
                 f"trained){f', {failed} failed or running' if failed else ''}; {minutes:.1f} min "
-                f"of trials. Rerun the best: cifarlab train --config {self.path / BEST}")
+                f"of trials. Rerun the best: {self._rerun()}")
+
+    def _rerun(self) -> str:
+        """The command that trains the best trial again: a model of the user's (an import spec,
+        which is code) is named on the command line, never taken from best.yaml alone."""
+        model = self.settings["fixed"].get("model")
+        named = f" --model {model}" if isinstance(model, str) and ":" in model else ""
+        return f"cifarlab train --config {self.path / BEST}{named}"
 
     # ------------------------------------------------------------------------------------------
     # Figures (LabFigures: Jupyter shows them inline)
@@ -311,7 +332,7 @@ class Search:
 
             head = (f"# cifarlab search {self.path.name}: trial {best['trial']}, best val_acc "
                     f"{best['val_acc']:.4f} in {plural(best['epochs'], 'epoch')}\n"
-                    f"# rerun it: cifarlab train --config {self.path / BEST}\n")
+                    f"# rerun it: {self._rerun()}\n")
             body = yaml.safe_dump(self.best_config.to_dict(), sort_keys=False)
             fsio.write_text(self.path / BEST, head + body)
 
@@ -371,6 +392,10 @@ class Search:
             parts += [f"<h2>Best config (trial {best['trial']}): {e(BEST)}</h2>",
                       table(["setting", "value"], config, "tl")]
         return page(f"cifarlab search: {self.path.name}", parts)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 FEW_TRIALS = 20  # below this many finished trials, importance is a hint: its best quarter is < 5 trials

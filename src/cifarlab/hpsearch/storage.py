@@ -166,7 +166,7 @@ def write_pointer(path: Path, storage: str, study: str, spent: float,
                   joined: bool | None = None) -> None:
     """search.json. `joined`: this folder joined a study another folder made (kept as it was
     when not given)."""
-    default = f"sqlite:///{(path / STUDY_DB).resolve()}"
+    default = own_storage(path)
     if joined is None:
         joined = bool((rundir.read_json(path / POINTER) or {}).get("joined"))
     fsio.write_json(path / POINTER, {"storage": None if storage == default else storage,
@@ -184,12 +184,91 @@ def sampler_salt(path: Path) -> int:
     return int.from_bytes(digest[:4], "big") or 1
 
 
-def read_pointer(path: Path) -> tuple[str, str, float]:
-    pointer = rundir.read_json(path / POINTER)
-    if pointer is None:
+def own_storage(path: Path) -> str:
+    """The URL of the folder's own study.db (where a search started here keeps its study)."""
+    return f"sqlite:///{(path / STUDY_DB).resolve()}"
+
+
+POINTER_FIELDS = {"storage": str | None, "study": str, "spent_seconds": float, "joined": bool}
+
+
+def read_pointer(path: Path, storage: str | None = None) -> tuple[str, str, float]:
+    """(storage URL, study name, seconds spent) of the search in folder `path`.
+
+    A search folder may come from someone else, so its search.json is a claim, not an order: it
+    may name the folder's own study.db (a file inside it, not a link), or a database elsewhere
+    only when the user names that same URL (`storage`, `--storage`). Otherwise a crafted folder
+    could make cifarlab create a SQLite file anywhere, add Optuna's tables to one of the user's,
+    or connect to a server of its choosing.
+    """
+    from cifarlab import plaindata
+
+    if not (path / POINTER).is_file():
         raise UserError(f"{path} is not a cifarlab search: it has no {POINTER}")
-    storage = pointer.get("storage") or f"sqlite:///{(path / STUDY_DB).resolve()}"
-    return storage, str(pointer["study"]), float(pointer.get("spent_seconds", 0.0))
+    where = str(path / POINTER)
+    pointer = plaindata.check_fields(plaindata.read(path / POINTER, "search file"), POINTER_FIELDS,
+                                     where)
+    if not pointer.get("study"):
+        raise UserError(f"{where} is damaged: it names no study")
+    spent = pointer.get("spent_seconds", 0.0)
+    if not plaindata.finite(spent) or spent < 0:
+        raise UserError(f"{where} is damaged: 'spent_seconds' should be a number of seconds, not {spent}")
+    url = pointer.get("storage")
+    if url is None:
+        database = path / STUDY_DB
+        if database.is_symlink() or not database.is_file():
+            raise UserError(f"{path} has no {STUDY_DB} of its own (" + (
+                "it is a link" if database.is_symlink() else "missing or not a file")
+                + "); a search folder's study lives in that file, or in the database --storage names")
+        url = own_storage(path)
+        if storage is not None and storage != url:
+            raise UserError(f"{path} keeps its study in its own {STUDY_DB}, not in "
+                            f"{redact(storage)}; leave out --storage to continue it")
+    elif storage is None:
+        raise UserError(f"{where} says the study is in {redact(url)}; cifarlab opens a database "
+                        f"outside the search folder only when you name it: --storage {redact(url)}")
+    elif storage != url:
+        raise UserError(f"{path} belongs to the study in {redact(url)}, not in {redact(storage)}")
+    return url, pointer["study"], float(spent)
+
+
+SETTINGS_FIELDS = {"recipe": str, "space": dict, "fixed": dict, "trials": int | None,
+                   "budget": float | None, "sampler": str, "pruner": str, "seed": int, "startup": int}
+
+
+def settings_of(study: optuna.Study) -> dict[str, Any]:
+    """The search's settings as its study stores them, checked like the user input they were.
+
+    The study is in a file anyone can hand over with the folder: its fixed settings must be
+    settings (not other keywords of cl.train, such as config_file or nproc), with values that
+    check out, and its space must be a space; a model it names is imported only when the user
+    names it again (study.py).
+    """
+    from cifarlab import plaindata
+    from cifarlab.hpsearch.space import read_space
+
+    where = f"the settings of study '{study.study_name}'"
+    settings = study.user_attrs.get("cifarlab")
+    if not isinstance(settings, dict):
+        raise UserError(f"study '{study.study_name}' was not made by cifarlab search")
+    plaindata.check_fields(settings, SETTINGS_FIELDS, f"study '{study.study_name}'")
+    missing = [key for key in ("recipe", "space", "fixed", "sampler", "pruner", "seed", "startup")
+               if key not in settings]
+    if missing:
+        raise UserError(f"{where} are damaged: no {', '.join(missing)}")
+    trials, budget = settings.get("trials"), settings.get("budget")
+    if (trials is not None and trials < 1) or (budget is not None and not (
+            plaindata.finite(budget) and budget > 0)) or settings["startup"] < 0:
+        raise UserError(f"{where} are damaged: trials {trials}, budget {budget}, "
+                        f"startup {settings['startup']}")
+    try:
+        for key in settings["fixed"]:
+            configuration.field_type(key)  # an unknown key is a did-you-mean error
+        base = configuration.resolve(settings["recipe"], None, settings["fixed"])
+        read_space(settings["space"], base.recipe, base)
+    except UserError as exc:
+        raise UserError(f"{where} do not check out: {exc}") from None
+    return settings
 
 
 def open_study(storage: str, name: str, worker: int = 0, salt: int = 0) -> optuna.Study:
@@ -199,9 +278,7 @@ def open_study(storage: str, name: str, worker: int = 0, salt: int = 0) -> optun
         study = optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         raise UserError(f"no study '{name}' in {redact(storage)}") from None
-    settings = study.user_attrs.get("cifarlab")
-    if not isinstance(settings, dict):
-        raise UserError(f"study '{name}' was not made by cifarlab search")
+    settings = settings_of(study)
     # A fresh seed per (seed, trials so far, worker, and the joining folder's salt): a resumed or
     # parallel sampler never replays the draws of the first.
     from cifarlab.runtime import seed_for

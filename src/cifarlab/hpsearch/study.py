@@ -81,6 +81,7 @@ from cifarlab.hpsearch.storage import (
     read_pointer,
     redact,
     sampler_salt,
+    settings_of,
     write_pointer,
 )
 
@@ -148,7 +149,7 @@ def _work(work: _Work) -> None:
     if work.threads:
         os.environ["CIFARLAB_THREADS"] = str(work.threads)
     study = open_study(work.storage, work.study, work.worker, work.salt)
-    settings = study.user_attrs["cifarlab"]
+    settings = settings_of(study)
     params = [Param(key, kind, tuple(values)) for key, spec in settings["space"].items()
               for kind, values in spec.items()]
     fail_dead_trials(study)
@@ -211,8 +212,7 @@ class _Objective:
         trial.set_user_attr("run", str(run_dir.resolve()))
         report = _Report(trial)
         fixed = dict(self.settings["fixed"])
-        model = fixed.pop("model", None) if self.work.model is None else self.work.model
-        fixed.pop("model", None)
+        model = trial_model(fixed.pop("model", None), self.work.model, self.work.path)
         if self.work.data is not None:
             fixed["data"] = self.work.data
         tracker = self._tracker(trial)
@@ -322,9 +322,10 @@ def search(recipe: str | None = None, *, space: dict[str, Any] | PathLike | None
         if recipe or space is not None or settings or config_file is not None:
             raise UserError("--resume continues a search as it was set up: leave out --recipe, "
                             "--space, --config and --set (only --trials, --budget, --data, --jobs "
-                            "may change)")
+                            "and --model, for a search of your own model, may change)")
         path, storage_url, study_name, spent = _resume_dir(out, storage, study)
-        saved = open_study(storage_url, study_name).user_attrs["cifarlab"]
+        saved = settings_of(open_study(storage_url, study_name))
+        trial_model(saved["fixed"].get("model"), model, path)  # before any trial starts
         trials = trials if trials is not None else saved.get("trials")
         seconds = seconds if seconds is not None else saved.get("budget")
     else:
@@ -342,9 +343,9 @@ def search(recipe: str | None = None, *, space: dict[str, Any] | PathLike | None
     if mlflow:
         from cifarlab import tracking
 
-        record = open_study(storage_url, study_name).user_attrs["cifarlab"]
+        record = settings_of(open_study(storage_url, study_name))
         work.mlflow_parent = tracking.study_run(mlflow, study_name, str(path.resolve()), record)
-    result = Search(path)
+    result = Search(path, storage=storage_url)
     if not quiet:
         print(result.header(trials, seconds, spent, jobs), flush=True)
     try:
@@ -357,8 +358,8 @@ def search(recipe: str | None = None, *, space: dict[str, Any] | PathLike | None
     finally:
         write_pointer(path, storage_url, study_name, spent + time.perf_counter() - started)
         with contextlib.suppress(UserError, optuna.exceptions.OptunaError):
-            Search(path).write()
-    result = Search(path)
+            Search(path, storage=storage_url).write()
+    result = Search(path, storage=storage_url)
     if work.mlflow_parent is not None:  # reached only when this worker's search is done
         from cifarlab import tracking
 
@@ -370,6 +371,29 @@ def _study_files(path: Path) -> list[Path]:
     """What the study's MLflow run keeps: the tables, figures, best config and page."""
     names = (PAGE, TRIALS_CSV, BEST, HISTORY_PNG, CURVES_PNG, IMPORTANCE_PNG)
     return [path / name for name in names if (path / name).is_file()]
+
+
+def trial_model(stored: Any, model: Any, path: Path) -> Any:
+    """What the trials train: the user's `model`, else the model the study names if it is a
+    registered name. A study names a model of the user's by its import spec ("x.py:Net"), which
+    is code, and a search folder may come from anyone: resuming such a search imports the model
+    only when the user names it again (--model), as `train --resume` asks."""
+    from cifarlab.networks import spec_of
+
+    if stored is not None and not isinstance(stored, str):
+        raise UserError(f"the study in {path} names the model {stored!r}, which is not a model name")
+    if model is None:
+        if stored is not None and ":" in stored:
+            raise UserError(f"the search in {path} trains the model '{stored}', and a search folder "
+                            "never makes cifarlab import code: name it yourself to go on: "
+                            f"--model {stored}")
+        return stored
+    named = model if isinstance(model, str) else spec_of(model)
+    if named != stored:
+        trains = f"the model '{stored}'" if stored is not None else "its recipe's model"
+        raise UserError(f"the search in {path} trains {trains}, not '{named}': every trial of a "
+                        "search trains the same model")
+    return model
 
 
 def _budget(budget: float | str | None) -> float | None:
@@ -390,10 +414,12 @@ def _create(recipe: str | None, space: Any, trials: int | None, seconds: float |
     optuna = optuna_module()
     from cifarlab.networks import spec_of
 
-    fixed = {**(configuration.read_file(os.fspath(config_file)) if config_file is not None else {}),
+    from_file = configuration.read_file(os.fspath(config_file)) if config_file is not None else {}
+    fixed = {**from_file,
              **{k: (str(v) if k == "data" and v is not None else v) for k, v in settings.items()}}
     if model is not None:
         fixed["model"] = model if isinstance(model, str) else spec_of(model)
+    configuration.check_named_model(from_file, {"model": model}, config_file)
     if data is not None:  # absolute: a resume may start from another folder
         fixed["data"] = str(Path(data).resolve()) if Path(data).exists() else str(data)
     name = recipe or fixed.pop("recipe", None) or "base"
@@ -491,10 +517,10 @@ def _resume_dir(out: PathLike | None, storage: str | None,
         out = searches[-1].parent
     path = Path(out)
     if (path / POINTER).exists():
-        url, name, spent = read_pointer(path)
-        if (storage and storage != url) or (study and study != name):
+        url, name, spent = read_pointer(path, storage)
+        if study and study != name:
             raise UserError(f"{path} belongs to study '{name}' in {redact(url)}; leave out "
-                            "--storage and --study to continue it")
+                            "--study to continue it")
         return path, url, name, spent
     if storage is None or study is None:
         raise UserError(f"{path} is not a cifarlab search (no {POINTER}); to join a study that "

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cifarlab import checkpoint
+from cifarlab import checkpoint, rundir
 from cifarlab.errors import UserError
 from cifarlab.evaluate import predict_logits
 from cifarlab.serve.limits import Limits
@@ -58,7 +58,8 @@ class Predictor:
         self.model, record = checkpoint.load_model(self.model_file, model=model)
         self.classes: list[str] = list(record["classes"])
         self.max_pixels = max_pixels
-        self.report_dir = self.model_file.parent / REPORT_DIR
+        # None where RUN/report is missing or a link: /report/ must not serve another folder
+        self.report_dir = rundir.found_output_folder(self.model_file.parent, REPORT_DIR)
         metrics = record.get("metrics", {})
         self.info: dict[str, Any] = {
             "name": str(record.get("model")), "recipe": record.get("config", {}).get("recipe"),
@@ -154,7 +155,7 @@ def create_app(run_or_ckpt: str | Path, limits: Limits = Limits(), host: str = "
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        has_report = (predictor.report_dir / "report.html").is_file()
+        has_report = predictor.report_dir is not None and (predictor.report_dir / "report.html").is_file()
         return HTMLResponse(render_page(predictor.info, limits.max_upload_bytes, has_report))
 
     @app.get("/health", response_model=Health)
@@ -175,12 +176,14 @@ def create_app(run_or_ckpt: str | Path, limits: Limits = Limits(), host: str = "
     @app.get("/report/{path:path}", include_in_schema=False)
     def report(path: str) -> FileResponse:
         """Files of RUN/report/ only: the resolved path (symlinks too) must stay inside it."""
-        root = predictor.report_dir.resolve()
-        try:
-            target = (root / (path or "report.html")).resolve()
-            found = target.is_relative_to(root) and target.is_file()
-        except (OSError, ValueError):  # e.g. a NUL byte in the path
-            found = False
+        found = False
+        if predictor.report_dir is not None:
+            root = predictor.report_dir.resolve()
+            try:
+                target = (root / (path or "report.html")).resolve()
+                found = target.is_relative_to(root) and target.is_file()
+            except (OSError, ValueError):  # e.g. a NUL byte in the path
+                found = False
         if not found:
             raise HTTPException(404, "not found")
         return FileResponse(target)
