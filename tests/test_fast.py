@@ -71,6 +71,50 @@ def test_optimizer_groups_and_frozen_whitening_bias() -> None:
     assert [g["lr"] for g in optimizer.param_groups] == [0.5, 32.0, 0.0]
 
 
+def test_whitening_bias_at_its_own_rate_falls_linearly_to_zero() -> None:
+    """airbench94_muon: the whitening bias at the BatchNorm shifts' rate, down to 0 at its epochs."""
+    config = make_config("fast", whiten_bias_lr_scale=36.2, whiten_bias_decay=True,
+                         whiten_bias_epochs=0.5)
+    model = create_model("fastnet_small", 10)
+    optimizer = optim.build(config, model)
+    whiten = next(g for g in optimizer.param_groups if "until_epoch" in g)
+    assert whiten["params"] == [model.body.whiten.bias]
+    # the same decay per step as the rest of the SGD groups: lr x weight_decay
+    assert whiten["lr_scale"] * whiten["weight_decay"] == pytest.approx(config.weight_decay)
+    for epoch, fraction in [(0.0, 1.0), (0.25, 0.5), (0.4, 0.2), (0.5, 0.0), (3.0, 0.0)]:
+        optim.set_lr(optimizer, 0.1, epoch)  # the schedule's lr does not move this group
+        assert whiten["lr"] == pytest.approx(config.lr * 36.2 * fraction)
+    plain = optim.build(make_config("fast"), model)
+    optim.set_lr(plain, 0.1, 2.9)
+    assert next(g for g in plain.param_groups if "until_epoch" in g)["lr"] == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_whitening_bias_stops_mid_epoch(toy_data: Path, tmp_path: Path) -> None:
+    """Fractions of an epoch count: 0.5 and 0.9 epochs of bias training end apart, in epoch 1."""
+    biases: dict[float, list[torch.Tensor]] = {0.5: [], 0.9: []}
+    for epochs, seen in biases.items():
+        config = toy_fast(toy_data, epochs=2, whiten_bias_epochs=epochs, whiten_bias_decay=True,
+                          tta=False, calibrate=False)
+        trainer.train(config, out=tmp_path / str(epochs), quiet=True, callbacks=[
+            lambda run, metrics, seen=seen: seen.append(run.model.body.whiten.bias.detach().clone())])
+        assert torch.equal(seen[0], seen[1])  # frozen in epoch 2
+    assert not torch.equal(biases[0.5][0], biases[0.9][0])
+
+
+def test_fastnet_takes_widths_activation_and_bn_momentum() -> None:
+    model = create_model("fastnet", 10, kwargs={"widths": [64, 128, 128], "act": "silu",
+                                                 "bn_momentum": 0.1})
+    body = model.body
+    assert [g.conv2.out_channels for g in body.groups] == [64, 128, 128]
+    assert isinstance(body.groups[0].act, torch.nn.SiLU)
+    assert {m.momentum for m in body.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    for bad in [{"widths": [64, 128]}, {"act": "swish"}, {"bn_momentum": 0}]:
+        with pytest.raises(UserError, match="model_kwargs"):
+            create_model("fastnet_small", 10, kwargs=bad)
+
+
 def test_lookahead_pulls_weights_to_their_average() -> None:
     model = torch.nn.Linear(2, 1)
     look = optim.Lookahead(model, batch_size=1024)
@@ -104,13 +148,16 @@ def test_fast_recipe_trains_and_reports_tta(toy_data: Path, tmp_path: Path) -> N
 
 def test_fast_interrupt_and_resume_is_exact(toy_data: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lookahead's average and the frozen whitening bias survive a resume mid-epoch."""
-    config = toy_fast(toy_data, whiten_bias_epochs=1)
+    """The whitening bias (decaying, frozen mid-epoch 2) and colour jitter survive a resume
+    mid-epoch."""
+    settings = {"whiten_bias_epochs": 1.5, "whiten_bias_decay": True,
+                "augment": {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1}}
+    config = toy_fast(toy_data, **settings)
     trainer.train(config, out=tmp_path / "straight", quiet=True)
     monkeypatch.setattr(trainer, "_StopFlag", StopAfter)
     StopAfter.limit, StopAfter.reads = 9, 0  # 6 steps per epoch: mid-epoch 2, off the 5-step grid
     with pytest.raises(Interrupted):
-        trainer.train(toy_fast(toy_data, whiten_bias_epochs=1), out=tmp_path / "cut", quiet=True)
+        trainer.train(toy_fast(toy_data, **settings), out=tmp_path / "cut", quiet=True)
     monkeypatch.setattr(trainer, "_StopFlag", StopAfter.__mro__[1])
     trainer.resume(tmp_path / "cut", quiet=True)
     assert read_metrics(tmp_path / "cut")[-1]["val_acc"] == read_metrics(

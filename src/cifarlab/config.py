@@ -41,10 +41,21 @@ class Augment:
     rotation: float = 0.0  # max rotation as a fraction of a full turn (Keras RandomRotation)
     zoom: float = 0.0  # max zoom in or out as a fraction (Keras RandomZoom)
     translate: int = 0  # max shift in pixels, reflect-padded (random crop with padding)
+    # Colour jitter, one random factor per image (Keras' RandomBrightness/RandomContrast and
+    # torchvision's ColorJitter saturation), clipped to 0..255:
+    brightness: float = 0.0  # add up to +-brightness x 255 to every pixel
+    contrast: float = 0.0  # scale each channel about its image mean by 1 +- contrast
+    saturation: float = 0.0  # scale the colour about the image's grey by 1 +- saturation
 
     @property
     def active(self) -> bool:
-        return self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
+        return (self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
+                or self.colour)
+
+    @property
+    def colour(self) -> bool:
+        """Whether any colour jitter is on."""
+        return self.brightness > 0 or self.contrast > 0 or self.saturation > 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,7 +83,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     bias_lr_scale: float = 1.0  # sgd: lr multiplier for BatchNorm shifts (their decay / the same)
     lookahead: bool = False  # pull the weights to an EMA of themselves every 5 steps (airbench)
-    whiten_bias_epochs: int = 0  # models with a whitening layer: train its bias this long (0: always)
+    whiten_bias_epochs: float = 0.0  # models with a whitening layer: train its bias this long (0: always)
+    whiten_bias_lr_scale: float = 1.0  # the whitening bias's lr, as a multiple of lr
+    whiten_bias_decay: bool = False  # its lr falls linearly to 0 at whiten_bias_epochs (airbench94_muon)
     augment: Augment = field(default_factory=Augment)
     alternate_flip: bool = False  # mirror each image in every other epoch, not at random
     tta: bool = False  # also report the final val accuracy with test-time augmentation
@@ -293,6 +306,11 @@ def validate(config: TrainConfig) -> None:
         (config.augment.rotation >= 0 and config.augment.zoom >= 0 and config.augment.translate >= 0,
          "augment values must not be negative"),
         (config.augment.zoom < 1, "augment.zoom must be below 1"),
+        (0 <= config.augment.brightness <= 1, "augment.brightness must be in [0, 1]"),
+        (0 <= config.augment.contrast < 1 and 0 <= config.augment.saturation < 1,
+         "augment.contrast and augment.saturation must be in [0, 1)"),
+        (config.whiten_bias_epochs >= 0, "whiten_bias_epochs must not be negative"),
+        (config.whiten_bias_lr_scale > 0, "whiten_bias_lr_scale must be positive"),
         (config.optimizer in OPTIMIZERS, f"unknown optimizer '{config.optimizer}' "
          f"({', '.join(OPTIMIZERS)}){suggest(config.optimizer, OPTIMIZERS)}"),
         (config.muon_lr > 0, "muon_lr must be positive"),

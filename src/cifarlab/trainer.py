@@ -500,7 +500,7 @@ class Trainer:
                                            antialias=True, align_corners=False)
                 torch.manual_seed(seed_for(config.seed, epoch, step, 2, ctx.rank))  # dropout
                 lr = optim.lr_at(config, (epoch * steps + step) / (config.epochs * steps))
-                optim.set_lr(self.optimizer, lr, epoch)
+                optim.set_lr(self.optimizer, lr, epoch + step / steps)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                     logits = self.net(images)
                     loss = F.cross_entropy(logits.float(), labels,
