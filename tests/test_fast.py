@@ -14,7 +14,7 @@ from cifarlab.augment import flip_where
 from cifarlab.cli import main
 from cifarlab.config import RECIPES, make_config
 from cifarlab.errors import Interrupted, UserError
-from cifarlab.evaluate import predict_logits
+from cifarlab.evaluate import predict_logits, tta_views
 from cifarlab.networks import create_model
 from conftest import StopAfter, read_metrics
 
@@ -280,6 +280,20 @@ def test_tta_on_the_least_confident_share_only() -> None:
     unsure = torch.argsort(plain.softmax(1).max(1).values)[:10]
     assert set(torch.nonzero(changed).flatten().tolist()) == set(unsure.tolist())
     torch.testing.assert_close(part[changed], full[changed])
+
+
+@pytest.mark.parametrize("fraction", [0.25, 1.0])
+def test_tta_costs_the_views_it_says(fraction: float) -> None:
+    """The budget counts tta_views(...) forward passes an image: the unsure share reuses its
+    plain view."""
+    torch.manual_seed(0)
+    model = create_model("fastnet_small", 10)
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    images = torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8).numpy()
+    predict_logits(model, images, torch.device("cpu"), tta=True, tta_fraction=fraction)
+    assert sum(seen) == 40 * tta_views(True, fraction) == {0.25: 90, 1.0: 240}[fraction]
+    assert tta_views(False, 0.25) == 1
 
 
 def test_low_res_epochs_train_on_smaller_images(toy_data: Path, tmp_path: Path) -> None:
