@@ -18,10 +18,11 @@ from cifarlab.report import read_run
 from cifarlab.rundir import METRIC_COLUMNS
 
 
-def write_run(path: Path, recipe: str, model: str, clean: list[float], val: list[float | None],
+def write_run(path: Path, recipe: str, model: str, clean: list[float | None], val: list[float | None],
               seconds: float = 30.0, summary: dict[str, object] | None = None) -> Path:
     """A run directory as `cifarlab train` leaves it, minus the model files. A val of None is an
-    empty cell, as a run with --val-fraction 0 writes it."""
+    empty cell, as a run with --val-fraction 0 writes it; a clean of None too, as an epoch that
+    eval_every skipped."""
     path.mkdir(parents=True)
     config = {"recipe": recipe, "model": model, "epochs": len(val), "seed": 0}
     if summary is not None:
@@ -31,7 +32,8 @@ def write_run(path: Path, recipe: str, model: str, clean: list[float], val: list
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         for i, (c, v) in enumerate(zip(clean, val, strict=True)):
-            writer.writerow({"epoch": i + 1, "train_loss": 1.0, "train_acc": c - 0.04, "train_acc_clean": c,
+            writer.writerow({"epoch": i + 1, "train_loss": 1.0, "train_acc": (c or 0.5) - 0.04,
+                             "train_acc_clean": "" if c is None else c,
                              "val_loss": "" if v is None else 1.0, "val_acc": "" if v is None else v,
                              "lr": 1e-3, "seconds": seconds,
                              "train_seconds": seconds - 2})
@@ -156,3 +158,15 @@ def test_a_run_without_validation_compares(tmp_path: Path) -> None:
     [row] = compare_rows([read_run(final)])
     assert row["val_acc"] is None and row["gap"] is None and row["diagnosis"] == "no validation"
     assert "no validation" in format_rows([row], "table")
+
+
+def test_epochs_without_evaluation_compare_and_chart(tmp_path: Path) -> None:
+    """eval_every leaves empty cells in the skipped epochs: best and chart read the measured ones."""
+    sparse = write_run(tmp_path / "sparse", "fast", "fastnet", [None, 0.8, None, 0.95],
+                       [None, 0.82, None, 0.81])
+    [row] = compare_rows([read_run(sparse)])
+    assert row["val_acc"] == pytest.approx(0.81) and row["best_val_acc"] == pytest.approx(0.82)
+    assert row["best_epoch"] == 2 and row["gap"] == pytest.approx(0.14)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert Image.open(write_chart([read_run(sparse)], out)).size[0] > 100

@@ -85,6 +85,21 @@ def test_trend_looks_back_three_epochs() -> None:
     assert d.still_rising is False
 
 
+def test_epochs_without_evaluation_are_passed_over() -> None:
+    """eval_every: skipped epochs hold NaN; the verdict reads the last epoch, the trend and the
+    lowest val loss the measured ones."""
+    nan = float("nan")
+    d = diagnose(history(clean=[nan, 0.5, nan, 0.6, nan, 0.7], val=[nan, 0.49, nan, 0.58, nan, 0.66],
+                         val_loss=[nan, 1.2, nan, 1.1, nan, 1.15]))
+    assert d.verdict == "good generalization" and d.gap == pytest.approx(0.04)
+    assert d.val_acc_change == pytest.approx(0.66 - 0.49)  # epoch 6 against 2 (<= 6 - 3)
+    assert d.still_rising is True and d.best_val_loss_epoch == 4
+    only_last = diagnose(history(clean=[nan, nan, 0.7], val=[nan, nan, 0.6]))
+    assert only_last.verdict == "overfitting" and only_last.gap == pytest.approx(0.1)
+    assert only_last.val_acc_change is None and only_last.still_rising is None
+    assert only_last.best_val_loss_epoch == 3
+
+
 def test_lines_print_the_inputs_and_to_dict_is_json() -> None:
     d = diagnose(history(clean=[0.6, 0.8], val=[0.6, 0.69]))
     text = "\n".join(d.lines())

@@ -14,6 +14,7 @@ calling `run.stop()`, ends training after this epoch (best.pt and model.pt are s
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Any
 
 from cifarlab import rundir
@@ -43,7 +44,9 @@ class TensorBoard:
         step = int(metrics["epoch"])
         for group, keys in (("loss", ("train_loss", "val_loss")),
                             ("accuracy", ("train_acc", "train_acc_clean", "val_acc"))):
-            self.writer.add_scalars(group, {k: metrics[k] for k in keys}, step)
+            values = {k: metrics[k] for k in keys if math.isfinite(metrics[k])}  # eval_every
+            if values:
+                self.writer.add_scalars(group, values, step)
         self.writer.add_scalar("lr", metrics["lr"], step)
         self.writer.add_scalar("seconds", metrics["seconds"], step)
         self.writer.flush()

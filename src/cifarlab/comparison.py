@@ -65,7 +65,7 @@ def compare_rows(runs: list[Run], tta: list[float | None] | None = None) -> list
                                    tta or [None] * len(runs), strict=True):
         last, verdict, summary = run.history[-1], diagnose(run.history), run.summary
         has_val = math.isfinite(last["val_acc"])
-        best = max(run.history, key=lambda r: r["val_acc"]) if has_val else None
+        best = max(rundir.measured(run.history), key=lambda r: r["val_acc"]) if has_val else None
         rows.append({
             "run": name, "path": str(run.path), "model_recipe": run.model_recipe,
             "seed": run.config.get("seed"), "epochs": len(run.history),

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from cifarlab.rundir import measured
+
 # The thresholds, with the reason beside each number.
 OVERFIT_GAP = 0.05  # 5 points: ~5x the noise of two 5,000-image accuracies; the seed base CNN shows 11
 LOW_ACCURACY = 0.60  # the seed base CNN passes 60% on CIFAR-10 val after 1 epoch: below it, not yet fit
@@ -90,7 +92,7 @@ def diagnose(history: list[dict[str, float]]) -> Diagnosis:
             gap=math.nan, val_acc_change=None, still_rising=None, best_val_loss_epoch=0,
             best_val_loss=math.nan, final_val_loss=math.nan)
     change, rising = val_acc_trend(history)
-    best = min(history, key=lambda row: row["val_loss"])
+    best = min(measured(history, "val_loss") or [last], key=lambda row: row["val_loss"])
     if gap > OVERFIT_GAP:
         verdict = "overfitting"
         reason = f"clean train accuracy exceeds val accuracy by {gap:.3f} > {OVERFIT_GAP:.2f}"
@@ -116,8 +118,15 @@ def diagnose(history: list[dict[str, float]]) -> Diagnosis:
 
 
 def val_acc_trend(history: list[dict[str, float]]) -> tuple[float | None, bool | None]:
-    """Change of val accuracy over the last RISING_EPOCHS epochs, and whether that is still rising."""
-    if len(history) < 2:
+    """Change of val accuracy over the last RISING_EPOCHS epochs, and whether that is still rising.
+
+    Epochs without a val figure (`eval_every`) are passed over: the change runs from the latest
+    measured epoch at least RISING_EPOCHS before the last (else the first measured) to the last.
+    None when fewer than two epochs were measured.
+    """
+    rows = measured(history)
+    if len(rows) < 2 or rows[-1] is not history[-1]:
         return None, None
-    change = round(history[-1]["val_acc"] - history[-1 - min(RISING_EPOCHS, len(history) - 1)]["val_acc"], 6)
+    start = [r for r in rows[:-1] if r["epoch"] <= history[-1]["epoch"] - RISING_EPOCHS] or rows[:1]
+    change = round(history[-1]["val_acc"] - start[-1]["val_acc"], 6)
     return change, change > RISING_DELTA

@@ -86,22 +86,25 @@ def _epoch_axis(ax: Axes) -> None:
 @plain_text
 def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int) -> LabFigure:
     """Loss and accuracy per epoch, train vs val, the gap shaded, running and clean train accuracy."""
-    epochs = [row["epoch"] for row in history]
-    col = {key: [row[key] for row in history] for key in history[0]}
+    epochs = np.array([row["epoch"] for row in history])
+    col = {key: np.array([row[key] for row in history], dtype=float) for key in history[0]}
+    # Evaluated epochs only (eval_every skips some): their points, joined by lines.
+    seen = np.isfinite(col["train_acc_clean"])
     fig = LabFigure(figsize=(12, 5.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     has_val = any(np.isfinite(col["val_acc"]))  # --val-fraction 0: train curves only
     loss_ax.plot(epochs, col["train_loss"], "o--", color=TRAIN, alpha=0.6)
     if has_val:
-        loss_ax.plot(epochs, col["val_loss"], "o-", color=VAL)
+        loss_ax.plot(epochs[seen], col["val_loss"][seen], "o-", color=VAL)
     loss_ax.set(title="Cross-entropy loss per epoch", ylabel="loss")
     acc_ax.plot(epochs, col["train_acc"], "o--", color=TRAIN, alpha=0.6,
                 label="train, running (as Keras reports it: dropout + augmentation on, mid-epoch weights)")
-    acc_ax.plot(epochs, col["train_acc_clean"], "o-", color=TRAIN, label="train, clean: eval mode")
+    acc_ax.plot(epochs[seen], col["train_acc_clean"][seen], "o-", color=TRAIN,
+                label="train, clean: eval mode")
     if has_val:
-        acc_ax.plot(epochs, col["val_acc"], "o-", color=VAL, label="val")
-        acc_ax.fill_between(epochs, col["train_acc_clean"], col["val_acc"], color=GAP, alpha=0.15,
-                            label="gap: clean train − val")
+        acc_ax.plot(epochs[seen], col["val_acc"][seen], "o-", color=VAL, label="val")
+        acc_ax.fill_between(epochs[seen], col["train_acc_clean"][seen], col["val_acc"][seen],
+                            color=GAP, alpha=0.15, label="gap: clean train − val")
     acc_ax.set(title="Accuracy per epoch" + ("" if has_val else " (no validation images)"),
                ylabel="accuracy")
     _percent_axis(acc_ax)
@@ -222,7 +225,8 @@ def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
     for label, history in runs:
         if not np.isfinite(history[-1]["val_acc"]):  # --val-fraction 0: nothing to draw
             continue
-        ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], "o-", markersize=3,
+        rows = [r for r in history if np.isfinite(r["val_acc"])]  # eval_every skips some epochs
+        ax.plot([r["epoch"] for r in rows], [r["val_acc"] for r in rows], "o-", markersize=3,
                 label=f"{label}: {history[-1]['val_acc']:.1%}")
     ax.set(title="Validation accuracy per epoch (legend: final val accuracy)", ylabel="val accuracy")
     _percent_axis(ax)

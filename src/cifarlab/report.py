@@ -315,7 +315,7 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
     e = html.escape
     history, last = run.history, run.history[-1]
     has_val = not np.isnan(last["val_acc"])  # --val-fraction 0: no val figures
-    best = max(history, key=lambda row: row["val_acc"]) if has_val else last
+    best = max(rundir.measured(history), key=lambda row: row["val_acc"]) if has_val else last
     config = run.config
 
     def figure(name: str, caption: str) -> str:
