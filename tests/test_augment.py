@@ -8,6 +8,7 @@ from cifarlab.augment import (
     GREY,
     augment_batch,
     colour_jitter,
+    flip_where,
     random_flip,
     random_rotate_zoom,
     random_translate,
@@ -107,3 +108,7 @@ def test_colour_jitter_keeps_channels_last() -> None:
     x = (torch.rand(4, 3, 32, 32) * 255).contiguous(memory_format=torch.channels_last)
     out = colour_jitter(x, torch.Generator().manual_seed(0), 0.1, 0.1, 0.1)
     assert out.is_contiguous(memory_format=torch.channels_last)
+def test_flip_where_mirrors_only_the_masked_images() -> None:
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    out = flip_where(x, torch.tensor([True, False]))
+    assert torch.equal(out[0], x[0].flip(2)) and torch.equal(out[1], x[1])

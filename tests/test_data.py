@@ -83,8 +83,10 @@ def test_bad_val_fraction() -> None:
 
 def test_describe(official_dir: Path) -> None:
     dataset = data.load_dataset(official_dir, quiet=True)
-    text = data.describe(dataset, data.make_splits(dataset, 0.1))
+    text = dataset.describe(0.1)
     assert "cifar10-python" in text and "test" in text and "class3" in text
+    counts = dataset.class_counts(0.1)
+    assert set(counts) == {"train", "val", "test"} and sum(counts["val"]) > 0
 
 
 class FakeResponse(io.BytesIO):
@@ -232,7 +234,7 @@ def test_split_folders_in_any_case_and_a_val_folder(tmp_path: Path,
     assert {name: len(split) for name, split in dataset.splits.items()} == {"train": 12, "val": 4, "test": 6}
     splits = data.make_splits(dataset, 0.5)  # the folder wins over the fraction
     assert len(splits["train"]) == 12 and len(splits["val"]) == 4 and len(splits["test"]) == 6
-    assert "the source's val/ folder" in data.describe(dataset, splits)
+    assert "the source's val/ folder" in dataset.describe(0.5)
     (root / "train" / "cat").mkdir(parents=True)  # a second spelling of the train folder
     (root / "train" / "cat" / "x.png").write_bytes(flat_png(1))
     with pytest.raises(UserError, match="both Train/ and train/ look like the train split"):
@@ -257,6 +259,7 @@ def test_zip_paths_with_backslashes(tmp_path: Path) -> None:
     assert dataset.classes == ["cat", "dog"] and set(dataset.splits) == {"train", "test"}
 
 
+@pytest.mark.slow
 def test_deep_folder_trees_are_a_user_error(tmp_path: Path) -> None:
     """Issue 12: a tree ~1000 folders deep gave RecursionError while fingerprinting."""
     root = tmp_path / "f"

@@ -62,6 +62,36 @@ class Dataset:
         return (f"Dataset({self.kind} at {self.source}: {len(self.classes)} classes "
                 f"({', '.join(self.classes)}); {sizes} images)")
 
+    def class_counts(self, val_fraction: float = 0.1, split_seed: int = 0) -> dict[str, list[int]]:
+        """Images per class in each split, with val carved as a run with `val_fraction` carves it."""
+        return {name: np.bincount(split.labels, minlength=len(self.classes)).tolist()
+                for name, split in make_splits(self, val_fraction, split_seed).items()}
+
+    def describe(self, val_fraction: float = 0.1, split_seed: int = 0) -> str:
+        """What the source holds, for `cifarlab data`: kind, classes, cache, and images per class
+        in each split (val carved as a run with `val_fraction` carves it)."""
+        if "val" in self.splits:
+            val_from = "the source's val/ folder (--val-fraction is not used)"
+        elif val_fraction > 0:
+            val_from = "carved from train: a seeded per-class shuffle (--val-fraction)"
+        else:
+            val_from = "none"
+        lines = [
+            f"source:      {self.source}",
+            f"kind:        {self.kind}",
+            f"classes:     {len(self.classes)} ({', '.join(self.classes)})",
+            "image shape: 32x32x3 uint8",
+            f"cache:       {self.cache_file or '(not cached)'}",
+            f"validation:  {val_from}",
+            "splits:",
+        ]
+        width = max(len(c) for c in self.classes)
+        for name, counts in self.class_counts(val_fraction, split_seed).items():
+            lines.append(f"  {name:<5} {sum(counts):>7} images")
+            for cls, count in zip(self.classes, counts, strict=True):
+                lines.append(f"      {cls:<{width}} {count:>6}")
+        return "\n".join(lines)
+
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -238,29 +268,3 @@ def make_splits(dataset: Dataset, val_fraction: float, split_seed: int = 0) -> d
     if "test" in dataset.splits:
         splits["test"] = dataset.splits["test"]
     return splits
-
-
-def describe(dataset: Dataset, splits: dict[str, Split]) -> str:
-    """A human-readable summary for `cifarlab data`."""
-    if "val" in dataset.splits:
-        val_from = "the source's val/ folder (--val-fraction is not used)"
-    elif "val" in splits:
-        val_from = "carved from train: a seeded per-class shuffle (--val-fraction)"
-    else:
-        val_from = "none"
-    lines = [
-        f"source:      {dataset.source}",
-        f"kind:        {dataset.kind}",
-        f"classes:     {len(dataset.classes)} ({', '.join(dataset.classes)})",
-        "image shape: 32x32x3 uint8",
-        f"cache:       {dataset.cache_file or '(not cached)'}",
-        f"validation:  {val_from}",
-        "splits:",
-    ]
-    width = max(len(c) for c in dataset.classes)
-    for name, split in splits.items():
-        counts = np.bincount(split.labels, minlength=len(dataset.classes))
-        lines.append(f"  {name:<5} {len(split):>7} images")
-        for cls, count in zip(dataset.classes, counts, strict=True):
-            lines.append(f"      {cls:<{width}} {count:>6}")
-    return "\n".join(lines)
