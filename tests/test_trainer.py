@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from cifarlab import callbacks as cl_callbacks
 from cifarlab import checkpoint, rundir, trainer
 from cifarlab.api import make_config
 from cifarlab.errors import Interrupted, TrainingError, UserError
@@ -179,3 +180,40 @@ def test_whitening_bias_stops_mid_epoch(toy_data: Path, tmp_path: Path) -> None:
             lambda run, metrics, seen=seen: seen.append(run.model.body.whiten.bias.detach().clone())])
         assert torch.equal(seen[0], seen[1])  # frozen in epoch 2
     assert not torch.equal(biases[0.5][0], biases[0.9][0])
+
+
+@pytest.mark.slow
+def test_eval_every_skips_evaluation_but_not_training(toy_data: Path, tmp_path: Path) -> None:
+    """eval_every 0: empty cells until the last epoch, whose figures, weights, TTA and temperature
+    are those of a run that evaluates every epoch (evaluation draws nothing at random)."""
+    runs = {k: trainer.train(toy_fast(toy_data, eval_every=k), out=tmp_path / str(k), quiet=True)[1]
+            for k in (0, 1)}
+    sparse, full = read_metrics(tmp_path / "0"), read_metrics(tmp_path / "1")
+    assert [r["val_acc"] == "" and r["train_acc_clean"] == "" for r in sparse] == [True, True, False]
+    assert all(r["val_acc"] != "" for r in full)
+    assert sparse[-1] | {"seconds": 0, "train_seconds": 0} == full[-1] | {"seconds": 0, "train_seconds": 0}
+    for key in ("val_acc", "val_acc_tta", "temperature", "ece"):
+        assert runs[0][key] == runs[1][key], key
+    a, _ = checkpoint.load_model(tmp_path / "0", weights="best")
+    b, _ = checkpoint.load_model(tmp_path / "0", weights="final")
+    assert runs[0]["best_epoch"] == 3  # the only evaluated epoch: best.pt holds the final weights
+    assert float(a.temperature) == float(b.temperature) == pytest.approx(runs[0]["temperature"])
+    assert runs[0]["temperature"] != 1.0
+
+
+def test_stopping_between_evaluations_measures_the_last_epoch(toy_data: Path, tmp_path: Path) -> None:
+    class StopAt2(cl_callbacks.Callback):
+        def on_epoch_end(self, trainer: Any, metrics: dict[str, Any]) -> None:
+            if metrics["epoch"] == 2:
+                trainer.stop()
+
+    _, summary = trainer.train(toy_fast(toy_data, epochs=5, eval_every=3, tta=False, calibrate=False),
+                               out=tmp_path / "run", quiet=True, callbacks=[StopAt2()])
+    rows = read_metrics(tmp_path / "run")
+    assert [r["val_acc"] != "" for r in rows] == [False, True]
+    assert summary["stopped_early"] and summary["val_acc"] == float(rows[-1]["val_acc"])
+
+
+def test_early_stop_needs_evaluations() -> None:
+    with pytest.raises(UserError, match="eval_every"):
+        make_config("fast", early_stop=2, eval_every=0)

@@ -109,6 +109,9 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool = True  # NHWC memory layout: ~1.6x faster CNN training on this CPU
     clean_train_size: int = 5000  # training images measured in eval mode each epoch
+    # Measure val and clean train accuracy every N epochs and always after the last (0: after the
+    # last only); other epochs' cells stay empty. The timed recipes spend that time training.
+    eval_every: int = 1
     checkpoint_every: int = 0  # also save a resumable checkpoint every N steps (0: every epoch)
     tensorboard: bool = False  # also log to RUN/tensorboard (needs the tensorboard package)
 
@@ -303,6 +306,17 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or ""]
 
 
+def evaluates(config: TrainConfig, epoch: int, epochs: int | None = None) -> bool:
+    """Whether epoch `epoch` (counted from 1) of `epochs` (else config.epochs) is evaluated:
+    every `eval_every`-th, and always the last.
+
+        >>> [e for e in range(1, 9) if evaluates(TrainConfig(epochs=8, eval_every=3), e)]
+        [3, 6, 8]
+    """
+    last = config.epochs if epochs is None else epochs
+    return epoch == last or (config.eval_every > 0 and epoch % config.eval_every == 0)
+
+
 def low_res_epochs(config: TrainConfig, epochs: int | None = None) -> int:
     """How many of the first epochs (of `epochs`, else config.epochs) train at config.low_res."""
     return round(config.low_res_share * (config.epochs if epochs is None else epochs))
@@ -332,6 +346,10 @@ def validate(config: TrainConfig) -> None:
         (config.checkpoint_every >= 0,
          "--checkpoint-every must be 0 (every epoch only) or a number of steps"),
         (config.clean_train_size >= 0, "clean_train_size must not be negative"),
+        (config.eval_every >= 0, "eval_every must be 0 (after the last epoch only) or a number of epochs"),
+        (config.early_stop == 0 or config.eval_every > 0,
+         "--early-stop watches val after every eval_every epochs, and eval_every 0 validates only "
+         "after the last: set eval_every to 1 (or N)"),
         (config.budget is None or config.budget > 0, "--budget must be positive"),
         (config.max_epochs is None or config.max_epochs >= 1, "max_epochs must be at least 1"),
         (config.augment.rotation >= 0 and config.augment.zoom >= 0 and config.augment.translate >= 0,

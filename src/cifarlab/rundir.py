@@ -64,6 +64,12 @@ def measured(history: list[dict[str, Any]], key: str = "val_acc") -> list[dict[s
     return [row for row in history if math.isfinite(row[key])]
 
 
+def is_measured(row: dict[str, Any]) -> bool:
+    """Whether an epoch's row holds an evaluation (clean train accuracy, measured in every
+    evaluated epoch, with or without validation images)."""
+    return math.isfinite(row["train_acc_clean"])
+
+
 def is_run(path: Path) -> bool:
     """A folder cifarlab wrote: its marker, or (runs from before the marker) a checkpoint or ledger."""
     return path.is_dir() and any((path / name).exists() for name in (MARKER, CHECKPOINT, METRICS))

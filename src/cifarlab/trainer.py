@@ -47,7 +47,7 @@ from cifarlab import budget, checkpoint, distributed, fsio, optim, rundir
 from cifarlab.augment import augment_batch, flip_where
 from cifarlab.calibrate import ece, fit_temperature
 from cifarlab.callbacks import Callback, as_callbacks
-from cifarlab.config import TrainConfig, low_res_epochs, validate
+from cifarlab.config import TrainConfig, evaluates, low_res_epochs, validate
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, predict_logits
 from cifarlab.history import History
@@ -177,6 +177,7 @@ class Trainer:
         self.last_saved = "none yet"  # where the last good checkpoint stands, for error messages
         self.best: dict[str, Any] = {"epoch": 0, "value": None}
         self.stopped_early = False
+        self._val_logits: tuple[int, torch.Tensor] | None = None  # (epoch, logits): see _evaluate
         self._stop_asked = False
         self._interrupt_asked = False
 
@@ -311,7 +312,8 @@ class Trainer:
             rundir.write_metrics(self.path, self.history)
         self._print_row(row)
         asked = self._call("on_epoch_end", row) or self._stop_asked
-        patience = config.early_stop and epoch + 1 - self.best["epoch"] >= config.early_stop
+        patience = (config.early_stop and rundir.is_measured(row)
+                    and epoch + 1 - self.best["epoch"] >= config.early_stop)
         interrupt, stop = distributed.all_sum(  # every process agrees on both
             [ctrl_c.pressed or self._interrupt_asked, bool(asked or patience)], self.device)
         last = epoch + 1 == config.epochs
@@ -319,6 +321,12 @@ class Trainer:
             raise Interrupted(self.path)
         if stop and not last:
             self.stopped_early = True
+            if not rundir.is_measured(row):  # stopped between evaluations: the last row is measured
+                row.update(self._evaluate(epoch + 1))
+                self._keep_if_best(row)
+                if self.ctx.is_main:
+                    rundir.write_metrics(self.path, self.history)
+                self._print_row(row)
             if not self.quiet:
                 why = (f"no better {config.monitor} for {config.early_stop} epochs"
                        if patience else "a callback asked to stop")
@@ -331,23 +339,29 @@ class Trainer:
         summary = self.summary()
         if not self.has_val and not self.quiet:
             print(f"note: {NO_VALIDATION}", flush=True)
+        plain = self._final_val_logits() if main else None  # the last evaluation's, if current
         if config.tta and self.has_val:  # the final figure with TTA (6 views: see evaluate)
             tta_started = time.perf_counter()
-            tta = [evaluate_split(self.model, self.data.val, self.device, tta=True,
-                                  tta_fraction=config.tta_fraction)["accuracy"]
-                   if main else 0.0]
+            labels = torch.from_numpy(self.data.val.labels)
+            tta = [(predict_logits(self.model, self.data.val.images, self.device, tta=True,
+                                   tta_fraction=config.tta_fraction, plain=plain).argmax(1)
+                    == labels).float().mean().item() if main else 0.0]
             summary["val_acc_tta"] = distributed.from_main(tta, self.device)[0]
             summary["tta_seconds"] = time.perf_counter() - tta_started
             if not self.quiet:
                 print(f"val_acc with test-time augmentation: {summary['val_acc_tta']:.4f} "
                       f"({summary['tta_seconds']:.1f} s)", flush=True)
+        calibrated: dict[str, float] = {}
         if config.calibrate and main and self.has_val:
-            summary.update(self._calibrate(self.model, "final"))
+            calibrated = self._calibrate(self.model, "final", plain)
+            summary.update(calibrated)
         summary["wall_seconds"] = time.perf_counter() - self.started
         summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if main:
             if config.calibrate and self.has_val and (self.path / rundir.BEST).is_file():
-                self._calibrate_best()
+                # best.pt of the last epoch holds the final weights: their temperature is known
+                same = self.best["epoch"] == len(self.history) and plain is not None
+                self._calibrate_best(calibrated if same else None)
             checkpoint.save(self.path / rundir.FINAL,
                             self._model_record("final", len(self.history), summary))
             fsio.write_json(self.path / rundir.SUMMARY, summary)
@@ -441,37 +455,59 @@ class Trainer:
             yield bar
 
     def _scores(self, epoch: int, state: EpochState, started: float) -> dict[str, Any]:
-        """The epoch's row of metrics.csv. Rank 0 evaluates on the full sets, exactly as one process
-        would; the others wait for its numbers."""
+        """The epoch's row of metrics.csv: the running train figures, and the evaluation's in the
+        epochs `eval_every` picks (NaN, an empty cell, in the others)."""
         train_seconds = time.perf_counter() - started
-        scores = [0.0, 0.0, 0.0]
-        if self.ctx.is_main:
-            clean = evaluate_split(self.model, self.data.clean, self.device)
-            val = (evaluate_split(self.model, self.data.val, self.device) if self.has_val
-                   else {"loss": math.nan, "accuracy": math.nan})  # metrics.csv: empty cells
-            scores = [clean["accuracy"], val["loss"], val["accuracy"]]
-        clean_acc, val_loss, val_acc = distributed.from_main(scores, self.device)
+        skipped = {"train_acc_clean": math.nan, "val_loss": math.nan, "val_acc": math.nan}
+        measured = self._evaluate(epoch + 1) if evaluates(self.config, epoch + 1) else skipped
         # The lr in the row is the one the epoch's last step used (the schedule at its start).
         last_step = (epoch + 1) * self.steps_per_epoch - 1
         return {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / max(1, state.seen),
-            "train_acc": state.correct / max(1, state.seen),
-            "train_acc_clean": clean_acc, "val_loss": val_loss, "val_acc": val_acc,
+            "train_acc": state.correct / max(1, state.seen), **measured,
             "lr": optim.lr_at(self.config, last_step / self.total_steps),
             "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         }
+
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        """Clean train accuracy and val loss and accuracy of the weights after `epoch` (from 1).
+        Rank 0 evaluates on the full sets, exactly as one process would; the others wait for its
+        numbers. The val logits are kept: the final TTA and calibration reuse them."""
+        scores = [0.0, 0.0, 0.0]
+        if self.ctx.is_main:
+            clean = evaluate_split(self.model, self.data.clean, self.device)
+            scores = [clean["accuracy"], math.nan, math.nan]  # no val: metrics.csv's empty cells
+            if self.has_val:
+                logits = predict_logits(self.model, self.data.val.images, self.device)
+                labels = torch.from_numpy(self.data.val.labels)
+                scores[1:] = [F.cross_entropy(logits, labels).item(),
+                              (logits.argmax(1) == labels).float().mean().item()]
+                self._val_logits = (epoch, logits)
+        clean_acc, val_loss, val_acc = distributed.from_main(scores, self.device)
+        return {"train_acc_clean": clean_acc, "val_loss": val_loss, "val_acc": val_acc}
+
+    def _final_val_logits(self) -> torch.Tensor | None:
+        """The val logits of the final weights at temperature 1, if the last epoch's evaluation
+        (in this process: not before a resume) computed them."""
+        kept = self._val_logits
+        if kept is None or kept[0] != len(self.history) or float(self.model.temperature) != 1:
+            return None
+        return kept[1]
 
     @property
     def has_val(self) -> bool:
         """False for a final fit on every training image (--val-fraction 0)."""
         return len(self.data.val) > 0
 
-    def _calibrate(self, model: Classifier, which: str) -> dict[str, float]:
+    def _calibrate(self, model: Classifier, which: str,
+                   logits: torch.Tensor | None = None) -> dict[str, float]:
         """Fit the temperature of `model` on the validation split (calibrate.py); the predicted
-        classes, and so every accuracy, stay as they are."""
+        classes, and so every accuracy, stay as they are. `logits`: its val logits at temperature
+        1, if known already."""
         model.temperature.fill_(1.0)
-        logits = predict_logits(model, self.data.val.images, self.device)
+        if logits is None:
+            logits = predict_logits(model, self.data.val.images, self.device)
         labels = torch.from_numpy(self.data.val.labels)
         temperature = fit_temperature(logits, labels)
         model.temperature.fill_(temperature)
@@ -483,11 +519,14 @@ class Trainer:
                   "(val split)", flush=True)
         return result
 
-    def _calibrate_best(self) -> None:
+    def _calibrate_best(self, known: dict[str, float] | None = None) -> None:
+        """Calibrate best.pt; `known`: its calibration, when its weights are the final ones."""
         record = checkpoint.load(self.path / rundir.BEST, checkpoint.MODEL_FORMAT)
         best = copy.deepcopy(self.model)
         best.load_state_dict(record["state_dict"])
-        record["metrics"] = {**record.get("metrics", {}), **self._calibrate(best, "best")}
+        if known is not None:
+            best.temperature.fill_(known["temperature"])
+        record["metrics"] = {**record.get("metrics", {}), **(known or self._calibrate(best, "best"))}
         record["state_dict"] = {k: v.detach().cpu().contiguous() for k, v in best.state_dict().items()}
         checkpoint.save(self.path / rundir.BEST, record)
 
@@ -500,7 +539,7 @@ class Trainer:
                                "best_epoch": None, "best_weights_epoch": len(self.history),
                                "best_weights_value": None, "no_validation": NO_VALIDATION}
         if self.has_val:
-            best = max(self.history, key=lambda r: r["val_acc"])
+            best = max(rundir.measured(self.history), key=lambda r: r["val_acc"])
             val = {"val_loss": last["val_loss"], "val_acc": last["val_acc"],
                    "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
                    "best_weights_epoch": self.best["epoch"], "best_weights_value": self.best["value"]}

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import multiprocessing
 import os
 import statistics
@@ -107,6 +108,8 @@ class _Report(Callback):
 
     def on_epoch_end(self, trainer: Any, metrics: dict[str, Any]) -> bool:
         epoch = int(metrics["epoch"])
+        if not math.isfinite(metrics["val_acc"]):  # an epoch eval_every does not evaluate
+            return False
         self.trial.report(float(metrics["val_acc"]), step=epoch)
         if epoch < trainer.config.epochs and self.trial.should_prune():
             self.pruned_at = epoch
@@ -191,7 +194,7 @@ class _Objective:
         except Interrupted:
             raise KeyboardInterrupt from None  # the trial fails; the search stops
         history = self._note(trial, run_dir)
-        best = max(row["val_acc"] for row in history)
+        best = max(row["val_acc"] for row in rundir.measured(history))
         if report.pruned_at is not None:
             trial.set_user_attr("note", f"pruned after epoch {report.pruned_at}")
             raise optuna.TrialPruned(f"pruned after epoch {report.pruned_at}")
