@@ -217,3 +217,28 @@ def test_stopping_between_evaluations_measures_the_last_epoch(toy_data: Path, tm
 def test_early_stop_needs_evaluations() -> None:
     with pytest.raises(UserError, match="eval_every"):
         make_config("fast", early_stop=2, eval_every=0)
+
+
+@pytest.mark.slow
+def test_a_last_epoch_cut_short_trains_its_share_and_resumes_exactly(toy_data: Path,
+                                                                     tmp_path: Path) -> None:
+    """last_epoch_share (the budget's fill): 6 steps, then 3 of 6; the schedule ends on the last
+    of them; an interruption inside the short epoch resumes to the same weights."""
+    lrs: list[float] = []
+
+    class Steps(cl_callbacks.Callback):
+        def on_step_end(self, trainer: Any, step: dict[str, float]) -> None:
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    config = toy_fast(toy_data, epochs=2, last_epoch_share=0.5, tta=False, calibrate=False)
+    _, summary = trainer.train(config, out=tmp_path / "straight", quiet=True, callbacks=[Steps()])
+    assert len(lrs) == 6 + 3
+    assert lrs[-1] == pytest.approx(config.muon_lr / 9)  # the linear decay's last step of 9
+    assert summary["train_images_per_second"] > 0
+    with pytest.raises(Interrupted):
+        trainer.train(config, out=tmp_path / "cut", quiet=True, callbacks=[InterruptAfter(8)])
+    trainer.resume(tmp_path / "cut", quiet=True)
+    a, _ = checkpoint.load_model(tmp_path / "straight")
+    b, _ = checkpoint.load_model(tmp_path / "cut")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name

@@ -100,6 +100,10 @@ class TrainConfig:
     monitor: str = "val_acc"  # best weights (best.pt) and early stopping follow this metric
     early_stop: int = 0  # stop after this many epochs without a better `monitor` (0: never)
     budget: float | None = None  # seconds ("10m" reads as 600): `epochs` is sized to fit it
+    # --budget with fastnet: the widest net of budget.WIDTHS that fits this many epochs (0: keep
+    # the recipe's net; a model_kwargs.widths of yours is kept too)
+    budget_min_epochs: int = 0
+    last_epoch_share: float = 1.0  # the last epoch trains this share of its steps (--budget: to fill)
     max_epochs: int | None = None  # with a budget: at most this many epochs (a given `epochs`)
     data: str | None = None  # data source path, str or Path (resolved when the run starts)
     val_fraction: float = 0.1
@@ -352,6 +356,8 @@ def validate(config: TrainConfig) -> None:
          "after the last: set eval_every to 1 (or N)"),
         (config.budget is None or config.budget > 0, "--budget must be positive"),
         (config.max_epochs is None or config.max_epochs >= 1, "max_epochs must be at least 1"),
+        (config.budget_min_epochs >= 0, "budget_min_epochs must not be negative"),
+        (0 < config.last_epoch_share <= 1, "last_epoch_share must be in (0, 1]"),
         (config.augment.rotation >= 0 and config.augment.zoom >= 0 and config.augment.translate >= 0,
          "augment values must not be negative"),
         (config.augment.zoom < 1, "augment.zoom must be below 1"),

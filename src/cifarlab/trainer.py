@@ -171,7 +171,9 @@ class Trainer:
         self.start_epoch = 0
         self.epoch_state = EpochState()
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-        self.total_steps = config.epochs * self.steps_per_epoch
+        # --budget may cut the last epoch short to fill its time (last_epoch_share)
+        self.last_epoch_steps = max(1, math.ceil(config.last_epoch_share * self.steps_per_epoch))
+        self.total_steps = (config.epochs - 1) * self.steps_per_epoch + self.last_epoch_steps
         self.diverged_loss = DIVERGED_FACTOR * max(math.log(len(self.classes)), 1.0)
         self.steps_above = 0  # consecutive steps with the loss above diverged_loss
         self.last_saved = "none yet"  # where the last good checkpoint stands, for error messages
@@ -375,7 +377,7 @@ class Trainer:
         self.net.train()
         started = time.perf_counter() - state.seconds
         with self._progress_bar(epoch, state) as bar:
-            for step in range(state.step, self.steps_per_epoch):
+            for step in range(state.step, self.steps_in(epoch)):
                 idx = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
                 if len(idx) < 2 * self.ctx.world_size:  # a batch of one breaks BatchNorm (1 in 50,000)
                     continue
@@ -387,11 +389,11 @@ class Trainer:
                                           weight=len(mine) * self.ctx.world_size / len(idx))
                 stop = self._tally(state, loss, logits, labels, ctrl_c, epoch, step, lr)
                 bar.update(1)
-                if step % PROGRESS_EVERY == 0 or step + 1 == self.steps_per_epoch:
+                if step % PROGRESS_EVERY == 0 or step + 1 == self.steps_in(epoch):
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
                                     acc=f"{state.correct / state.seen:.4f}", refresh=False)
                 every = self.config.checkpoint_every
-                if (stop or (every and state.step % every == 0)) and step + 1 < self.steps_per_epoch:
+                if (stop or (every and state.step % every == 0)) and step + 1 < self.steps_in(epoch):
                     state.seconds = time.perf_counter() - started
                     self.save_checkpoint(epoch, state)
                     if stop:
@@ -449,7 +451,7 @@ class Trainer:
 
     @contextmanager
     def _progress_bar(self, epoch: int, state: EpochState) -> Iterator[Any]:
-        with tqdm(total=self.steps_per_epoch, initial=state.step, unit="step", leave=False,
+        with tqdm(total=self.steps_in(epoch), initial=state.step, unit="step", leave=False,
                   desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=self.quiet,
                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar:
             yield bar
@@ -461,7 +463,7 @@ class Trainer:
         skipped = {"train_acc_clean": math.nan, "val_loss": math.nan, "val_acc": math.nan}
         measured = self._evaluate(epoch + 1) if evaluates(self.config, epoch + 1) else skipped
         # The lr in the row is the one the epoch's last step used (the schedule at its start).
-        last_step = (epoch + 1) * self.steps_per_epoch - 1
+        last_step = epoch * self.steps_per_epoch + self.steps_in(epoch) - 1
         return {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / max(1, state.seen),
@@ -469,6 +471,10 @@ class Trainer:
             "lr": optim.lr_at(self.config, last_step / self.total_steps),
             "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         }
+
+    def steps_in(self, epoch: int) -> int:
+        """Steps of epoch `epoch` (from 0): all of them, but in a last epoch cut short."""
+        return self.last_epoch_steps if epoch + 1 == self.config.epochs else self.steps_per_epoch
 
     def _evaluate(self, epoch: int) -> dict[str, float]:
         """Clean train accuracy and val loss and accuracy of the weights after `epoch` (from 1).
@@ -550,11 +556,17 @@ class Trainer:
             "final_epoch": len(self.history), "stopped_early": self.stopped_early,
             "steps_per_epoch": self.steps_per_epoch,
             "seconds_per_epoch": total / len(self.history), "total_seconds": total,
-            "train_images_per_second": len(self.data.train) * len(self.history)
+            "train_images_per_second": len(self.data.train) * self._epochs_trained()
             / max(1e-9, sum(r["train_seconds"] for r in self.history)),
             "device": str(self.device), "threads": torch.get_num_threads(),
             "processes": self.ctx.world_size,
         }
+
+    def _epochs_trained(self) -> float:
+        """Epochs of images trained, a last epoch cut short counted by its share."""
+        done = len(self.history)
+        return done - (1 - self.last_epoch_steps / self.steps_per_epoch
+                       if done == self.config.epochs else 0)
 
     # --------------------------------------------------------------------------------------
     # Console output: one fixed-width row per epoch
@@ -573,13 +585,19 @@ class Trainer:
         print(f"{c.name + ': ' if c.name else ''}{what}, {params:,} "
               f"parameters, {flops / 1e6:,.1f} MFLOPs per image forward{'' if own else ')'}: "
               f"{len(self.data.train)} train images / {val}, {c.epochs} "
-              f"{'epoch' if c.epochs == 1 else 'epochs'} of {self.steps_per_epoch} steps, "
+              f"{'epoch' if c.epochs == 1 else 'epochs'} of {self.steps_per_epoch} steps"
+              + (f" (the last {self.last_epoch_steps})" if self.last_epoch_steps < self.steps_per_epoch
+                 else "") + ", "
               f"batch {c.batch_size}, {self.device} x{torch.get_num_threads()} threads"
               + (f" x{self.ctx.world_size} processes" if self.ctx.enabled else ""))
         if own:
             print(f"settings: {c.optimizer} lr {c.lr:g}, {c.schedule} schedule, batch "
                   f"{c.batch_size}, {c.epochs} epochs{', augmentation' if c.augment.active else ''}"
                   f" (recipe '{c.recipe}'s defaults where you set none)")
+        if c.eval_every != 1:  # the empty cells in between are on purpose
+            print(f"evaluating every {c.eval_every} epochs and after the last" if c.eval_every else
+                  "evaluating after the last epoch only", f"(eval_every {c.eval_every}): the time "
+                  "goes to training")
         print(f"run directory: {self.path}")
         print(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'clean_acc':>9} "
               f"{'val_loss':>8} {'val_acc':>7} {'lr':>8} {'seconds':>7} {'eta':>7}", flush=True)
@@ -618,8 +636,9 @@ def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Seq
             raise UserError("--budget sizes a run for one process; leave out --nproc/torchrun")
         data = carve(dataset, config)  # the budget plans for the run's own images
         config = budget.fit(config, data, device,
-                            lambda: build_model(config, data, device, _copy(model)),
-                            time.perf_counter() - started, quiet=quiet)
+                            lambda probe: build_model(probe, data, device, _copy(model)),
+                            time.perf_counter() - started, quiet=quiet,
+                            widths=not isinstance(model, nn.Module))  # yours is kept as it is
     data = carve(dataset, config)  # after the budget, which may choose a subset
     classifier = build_model(config, data, device, model)
     return Trainer(with_source(config, data), run_dir, data, classifier, device, callbacks, quiet,
