@@ -32,7 +32,7 @@ def test_loud_config_errors() -> None:
         make_config("base", epochz=3)
     with pytest.raises(UserError, match="expects int"):
         make_config("base", epochs="3")
-    with pytest.raises(UserError, match="--epochs must be at least 1"):
+    with pytest.raises(UserError, match="^epochs must be at least 1"):  # from Python: a keyword
         make_config("base", epochs=0)
 
 
@@ -77,3 +77,14 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(UserError, match="budget"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(("keras", "ours"), [("validation_split", "val_fraction"), ("learning_rate", "lr"),
+                                             ("batch", "batch_size"), ("epoch", "epochs"),
+                                             ("patience", "early_stop")])
+def test_keras_names_get_a_did_you_mean(keras: str, ours: str) -> None:
+    with pytest.raises(UserError) as caught:
+        make_config("base", **{keras: 1})
+    message = str(caught.value)
+    assert f"unknown setting '{keras}' (did you mean '{ours}'?)" in message
+    assert "help(cl.TrainConfig) lists them all" in message and "the settings are" not in message

@@ -77,7 +77,7 @@ def test_make_splits_keeps_test(official_dir: Path) -> None:
 
 
 def test_bad_val_fraction() -> None:
-    with pytest.raises(UserError, match="val-fraction"):
+    with pytest.raises(UserError, match="val_fraction must be in"):
         data.split_indices(np.zeros(10, np.int64), 1.5, 0)
 
 
@@ -119,7 +119,7 @@ def test_offline_says_how_to_pass_local_data(monkeypatch: pytest.MonkeyPatch) ->
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(download, "urlopen", offline)
-    with pytest.raises(UserError, match="pass local data with --data PATH or set CIFARLAB_DATA"):
+    with pytest.raises(UserError, match="pass local data with data=PATH or set CIFARLAB_DATA"):
         data.load_dataset(None, quiet=True)
 
 
@@ -290,7 +290,7 @@ def test_a_fraction_too_small_for_the_data_names_the_fraction(tmp_path: Path) ->
         for i in range(3):
             (root / cls / f"{i}.png").write_bytes(flat_png(i))
     dataset = data.load_dataset(root, quiet=True)
-    with pytest.raises(UserError, match=r"--val-fraction 0\.1 leaves no validation images \(the smallest"):
+    with pytest.raises(UserError, match=r"val_fraction=0\.1 leaves no validation images \(the smallest"):
         data.make_splits(dataset, 0.1)
     assert "val" not in data.make_splits(dataset, 0.0)
     assert len(data.make_splits(dataset, 0.5)["val"]) == 4

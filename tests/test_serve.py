@@ -299,7 +299,7 @@ def test_limits_refuse_nan_inf_and_zero() -> None:
     for bad in (float("nan"), float("inf"), 0, -1):
         with pytest.raises(UserError, match="must be a positive number"):
             Limits.from_megabytes(bad)
-        with pytest.raises(UserError, match="--max-pixels must be a positive number"):
+        with pytest.raises(UserError, match="^max_pixels must be a positive number"):
             Limits(max_pixels=bad)  # type: ignore[arg-type]
     assert Limits.from_megabytes(0.5).max_upload_bytes == 2**19
 

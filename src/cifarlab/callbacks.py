@@ -70,6 +70,34 @@ def as_callbacks(items: Iterable[Any]) -> list[Callback]:
     return out
 
 
+class LiveCurves(Callback):
+    """Loss and accuracy, train against val, redrawn in place after every epoch in a notebook
+    (livelossplot's, or fastai's ShowGraphCallback's, job). cl.train adds it by itself in
+    Jupyter unless `quiet=True` or `live_plot=False`."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        from IPython.display import display
+
+        from cifarlab import plots
+
+        history = trainer.history
+        title = (f"{trainer.config.name or trainer.path.name}: epoch {metrics['epoch']} of "
+                 f"{trainer.config.epochs}")
+        best = min((r for r in history if r["val_loss"] == r["val_loss"]),  # NaN: not measured
+                   key=lambda r: r["val_loss"], default=None)
+        figure = plots.curves(history, title, int(best["epoch"]) if best else 0)
+        if self.handle is None:
+            self.handle = display(figure, display_id=True)
+        else:
+            self.handle.update(figure)
+
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        self.handle = None
+
+
 class TensorBoard(Callback):
     """Scalars per epoch (losses, accuracies, lr, seconds) and, at the end, the confusion matrix
     of the validation split, into RUN/tensorboard (`tensorboard --logdir runs`)."""

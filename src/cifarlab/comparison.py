@@ -67,7 +67,7 @@ def compare_rows(runs: list[RunFiles], tta: list[float | None] | None = None) ->
         has_val = math.isfinite(last["val_acc"])
         best = max(rundir.measured(run.history), key=lambda r: r["val_acc"]) if has_val else None
         rows.append({
-            "run": name, "path": str(run.path), "model_recipe": run.model_recipe,
+            "run": run.run_name or name, "path": str(run.path), "model_recipe": run.model_recipe,
             "seed": run.config.get("seed"), "epochs": len(run.history),
             "train_acc": last["train_acc"], "train_acc_clean": last["train_acc_clean"],
             "val_acc": last["val_acc"] if has_val else None,

@@ -148,10 +148,27 @@ def suggest(word: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+# What Keras (and PyTorch) users type, and cifarlab's name for it: spelled differently enough that
+# difflib would not find it ("validation_split" and "val_fraction" share too few letters).
+KERAS_NAMES = {
+    "validation_split": "val_fraction", "learning_rate": "lr", "batch": "batch_size",
+    "batchsize": "batch_size", "epoch": "epochs", "num_epochs": "epochs", "n_epochs": "epochs",
+    "optimiser": "optimizer", "decay": "weight_decay", "lr_schedule": "schedule",
+    "random_state": "seed", "random_seed": "seed", "shuffle_seed": "seed",
+    "patience": "early_stop", "early_stopping": "early_stop", "verbose": "quiet (the opposite)",
+    "validation_data": "val_data (a keyword of cl.train)", "x": "data=(x, y)", "y": "data=(x, y)",
+    "steps_per_epoch": "subset (images an epoch, not steps)", "initial_epoch": "cl.resume(path)",
+    "dropout": "a model's own setting (model_kwargs)",
+}
+
+
 def unknown_key(key: str, known: typing.Iterable[str], what: str = "setting") -> UserError:
     known = list(known)
-    return UserError(f"unknown {what} '{key}'{suggest(key, known)}; the settings are: "
-                     f"{', '.join(known)}")
+    alias = KERAS_NAMES.get(key.lower())
+    hint = f" (did you mean '{alias}'?)" if alias and alias != key else suggest(key, known)
+    if hint:  # a good guess says more than a list of 40 names
+        return UserError(f"unknown {what} '{key}'{hint}; cifarlab train --print-config lists them all")
+    return UserError(f"unknown {what} '{key}'; the settings are: {', '.join(known)}")
 
 
 def type_name(kind: Any) -> str:

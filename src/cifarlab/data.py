@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ CACHE_VERSION = 2  # 2: the key holds inodes and ctimes, the name the path's own
 STALE_TMP_SECONDS = 3600  # a .tmp this old in the cache is from a write that died (one takes seconds)
 OLD_CACHE_NAME = re.compile(r"[0-9a-f]{20}\.npz")  # version 1's names, which nothing reads any more
 NOTICE_AFTER = 0.5  # seconds of decoding before saying so
+MEMORY_PREFIX = "memory:"  # the `data` of a run trained on arrays: "memory:<fingerprint>"
 
 
 @dataclass
@@ -51,11 +53,16 @@ class Split:
 
 @dataclass
 class Dataset:
+    """A data source's images in memory: `classes`, and `splits` ("train", and "val" and "test"
+    where there are such); `origin` holds the settings that load it again (`cl.train(data=...)`
+    of a Dataset read from a file trains from that file, with its carve-out)."""
+
     source: Path
     kind: str
     classes: list[str]
     splits: dict[str, Split]
     cache_file: Path | None = None
+    origin: dict[str, Any] | None = None
 
     def __repr__(self) -> str:  # the arrays are far too long to print
         sizes = ", ".join(f"{name} {len(split):,}" for name, split in self.splits.items())
@@ -198,9 +205,15 @@ def _check_arrays(raw: RawData) -> None:
             raise ValueError(f"{split} labels out of range")
 
 
-def load_dataset(data: str | os.PathLike[str] | None = None, quiet: bool = False,
+def load_dataset(data: str | os.PathLike[str] | Dataset | None = None, quiet: bool = False,
                  use_cache: bool = True) -> Dataset:
-    """Read a source (or its cached arrays) into a Dataset with `train` and, if any, `val`, `test`."""
+    """Read a source (or its cached arrays) into a Dataset with `train` and, if any, `val`, `test`.
+    A Dataset already in memory (arrays.py) is returned as it is."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str) and data.startswith(MEMORY_PREFIX):
+        raise UserError(f"this run trained on images in memory ({data}), which a run folder does "
+                        "not keep: pass them again, data=(x, y)")
     source = resolve_source(data, quiet=quiet)
     if not source.exists():
         raise UserError(f"data source not found: {source}")

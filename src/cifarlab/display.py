@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +50,27 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], limit: int 
     if len(shown) < len(rows):
         lines.append(f"... {len(rows) - len(shown)} more")
     return "\n".join(lines)
+
+
+def in_notebook() -> bool:
+    """Whether this code runs in a Jupyter kernel (where figures and tables display inline)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def progress_bar(**options: Any) -> Any:
+    """tqdm's bar: a widget in a notebook that has ipywidgets, else text (tqdm.auto would warn
+    "IProgress not found" in a notebook without them; this degrades without a word)."""
+    if in_notebook():
+        import importlib.util
+
+        if importlib.util.find_spec("ipywidgets") is not None:
+            from tqdm.notebook import tqdm as notebook_bar
+
+            return notebook_bar(**options)
+    from tqdm import tqdm
+
+    return tqdm(**options)
 
 
 def number(value: Any, digits: int = 4) -> str:

@@ -13,17 +13,25 @@ caller's: from Python (the default) `str(error)` names keywords and calls instea
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 _shell = False  # True once the command line runs: messages keep their flags
 
 
-def speak_shell() -> None:
-    """The caller is the `cifarlab` command: messages name its flags (cli.guarded calls it)."""
+@contextlib.contextmanager
+def shell_voice() -> Iterator[None]:
+    """While a `cifarlab` command runs, messages name its flags (cli.main and the --nproc
+    workers speak so); a Python caller around it, as a test is, keeps its own words after."""
     global _shell
-    _shell = True
+    before, _shell = _shell, True
+    try:
+        yield
+    finally:
+        _shell = before
 
 
 # Shell phrases and what a Python caller writes instead, in order. Placeholders in upper case
@@ -40,7 +48,7 @@ def _keyword(flag: str, value: str | None = None) -> str:
     name = flag.replace("-", "_")
     if value is None:
         return name
-    plain = re.fullmatch(r"[-+0-9][\w.+-]*|N|DIR|FILE|SRC|RUN|'.*'|\".*\"", value)
+    plain = re.fullmatch(r"[-+0-9][\w.+-]*|N|DIR|FILE|SRC|RUN|PATH|'.*'|\".*\"", value)
     return f"{name}={value}" if plain else f"{name}='{value}'"
 
 
@@ -53,6 +61,7 @@ def _command(match: re.Match[str]) -> str:
 
 _PYTHON_FORMS: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(rf"cifarlab train --resume ({_VALUE})"), r"cl.resume('\1')"),
+    (re.compile(r"cifarlab train --print-config"), "help(cl.TrainConfig)"),
     (re.compile(rf"--resume ({_VALUE}) --epochs ({_VALUE})"), r"cl.resume('\1', epochs=\2)"),
     (re.compile(r"--resume (?=continues)"), "cl.resume "),
     (re.compile(rf"--resume (?!continues)({_VALUE})"), r"cl.resume('\1')"),
@@ -66,7 +75,8 @@ _PYTHON_FORMS: list[tuple[re.Pattern[str], Any]] = [
     (re.compile(rf"cifarlab (evaluate|report|explain|robustness|predict|export) (\S+)"
                 rf"((?: --{_FLAG}(?: [^\s-][^\s,;)]*)?)*)"), _command),
     (re.compile(rf"--({_FLAG}) ({_WORDS})\b(?![\w'-])"), lambda m: _keyword(m.group(1), m.group(2))),
-    (re.compile(rf"--({_FLAG}) ([^\s,;)]*/[^\s,;)]*|N|DIR|FILE|SRC|[-+0-9][\w.+-]*)(?=[\s,;.)]|$)"),
+    (re.compile(rf"--({_FLAG}) ([^\s,;)]*/[^\s,;)]*|N|DIR|FILE|SRC|RUN|PATH|[-+0-9][\w.+-]*)"
+                rf"(?=[\s,;.)]|$)"),
      lambda m: _keyword(m.group(1), m.group(2).rstrip("."))),
     (re.compile(rf"--({_FLAG})"), lambda m: _keyword(m.group(1))),
 ]

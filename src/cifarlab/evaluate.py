@@ -21,7 +21,7 @@ from torch import nn
 
 from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import ModelArg, load_model
-from cifarlab.data import Split, load_dataset, make_splits
+from cifarlab.data import Dataset, Split, load_dataset, make_splits
 from cifarlab.display import MAX_TEXT_ROWS, fields, table, text_table
 from cifarlab.errors import UserError
 from cifarlab.runtime import pick_device
@@ -155,16 +155,17 @@ def read_images(files: list[Path]) -> np.ndarray:
 
 def as_images(items: Any) -> tuple[np.ndarray, list[str]]:
     """What `Run.predict` accepts, as (uint8 NHWC 32x32 images, a name for each): image files or
-    folders (str or Path), a uint8 array (N, 32, 32, 3) or (32, 32, 3), PIL images, or a list."""
+    folders (str or Path), PIL images, a list of them, or arrays and tensors as training takes
+    them (uint8 0..255 or float 0..1, N x 32 x 32 x 3 or N x 3 x 32 x 32; one image without N)."""
     from PIL import Image
 
+    from cifarlab.arrays import as_images as array_images
     from cifarlab.sources import IMAGE_SIZE, _to_rgb
 
-    if isinstance(items, np.ndarray):
-        array = items[None] if items.ndim == 3 else items
-        if array.ndim != 4 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or array.dtype != np.uint8:
-            raise UserError(f"image arrays must be uint8 of shape (N, 32, 32, 3), got {array.dtype} "
-                            f"{array.shape}; pass files or PIL images for other sizes")
+    if isinstance(items, np.ndarray) or hasattr(items, "detach"):
+        array = items.detach().cpu().numpy() if hasattr(items, "detach") else items
+        one = array.ndim == 3 and (array.shape[-1] in (1, 3) or array.shape[0] in (1, 3))
+        array = array_images(array[None] if one else array, "images")
         return array, [f"image {i}" for i in range(len(array))]
     if isinstance(items, str | Path | Image.Image):
         items = [items]
@@ -278,18 +279,19 @@ def predict_files(model: nn.Module, classes: list[str], files: list[Path], k: in
 # Which images a model is judged on
 
 
-def evaluation_split(record: dict[str, Any], data: str | None, split: str | None,
+def evaluation_split(record: dict[str, Any], data: str | Dataset | None, split: str | None,
                      quiet: bool = False) -> tuple[str, Split]:
     """The split a model is judged on: the run's own data and its val carve-out unless asked
-    otherwise. One rule for evaluate and report: the test split is used only when asked for."""
+    otherwise. One rule for evaluate and report: the test split is used only when asked for.
+    Images given in memory that are not the run's own are judged as a whole (their "test")."""
     config = record.get("config", {})
-    dataset = load_dataset(data or config.get("data"), quiet=quiet)
+    dataset = load_dataset(data if data is not None else config.get("data"), quiet=quiet)
     if dataset.classes != record["classes"]:
         raise UserError(f"the data's classes {dataset.classes} differ from the model's "
                         f"{record['classes']}")
     splits = make_splits(dataset, float(config.get("val_fraction", 0.1)),
                          int(config.get("split_seed", 0)))
-    name = split or "val"
+    name = split or ("test" if list(splits) == ["test"] else "val")
     if name == "val" and "val" not in splits and "train" in splits:
         raise UserError("this run kept no validation images (--val-fraction 0): use --split test "
                         "(with a source that has one) or --split train")
@@ -362,7 +364,7 @@ class Predictions:
                 f"({len(self.labels):,} images{', TTA' if self.tta else ''})")
 
 
-def predict_split(run: RunFiles, data: str | None = None, split: str | None = "val",
+def predict_split(run: RunFiles, data: str | Dataset | None = None, split: str | None = None,
                   device: str = "auto", weights: str = "best", tta: bool = False,
                   model: ModelArg = None, quiet: bool = False) -> Predictions:
     """Load the run's model (best weights by default) and predict one split of its data."""

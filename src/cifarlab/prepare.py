@@ -51,13 +51,19 @@ def sample(split: Split, size: int, seed: int) -> Split:
 
 
 def read_dataset(config: TrainConfig, ctx: distributed.Context, device: torch.device,
-                 quiet: bool) -> Dataset:
-    """Decode (or read the cache of) config.data.
+                 quiet: bool, given: Dataset | None = None) -> Dataset:
+    """Decode (or read the cache of) config.data; or the Dataset `given` in memory (arrays.py),
+    which must be the one config.data names (its fingerprint).
 
     Under torchrun, local rank 0 of each machine decodes the data and fills the cache; the other
     processes then read the cache. The all-reduce between is a barrier that also tells them
     whether the load failed, so that they stop quietly with rank 0 instead of waiting for it.
     """
+    if given is not None:
+        if str(given.source) != config.data:
+            raise UserError(f"these images are not the ones the run trained on ({config.data}); "
+                            f"their fingerprint is {given.source}")
+        return given
     if not ctx.enabled:
         return load_dataset(config.data, quiet=quiet)
     dataset, error = None, None

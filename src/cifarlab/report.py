@@ -28,6 +28,7 @@ from cifarlab import fsio, plots, rundir
 from cifarlab.calibrate import BINS as CALIBRATION_BINS
 from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import ModelArg
+from cifarlab.data import Dataset
 from cifarlab.diagnose import Diagnosis, diagnose
 from cifarlab.display import table
 from cifarlab.evaluate import Predictions, confusion_counts, predict_split, scores
@@ -108,8 +109,9 @@ class Report:
         return f"Report({str(self.path)!r}: {self.diagnosis.verdict}, {len(self.files)} files)"
 
 
-def write_report(run: RunFiles | str | Path, out: str | Path | None = None, data: str | None = None,
-                 split: str = "val", device: str = "auto", quiet: bool = False,
+def write_report(run: RunFiles | str | Path, out: str | Path | None = None,
+                 data: str | Dataset | None = None, split: str | None = None,
+                 device: str = "auto", quiet: bool = False,
                  weights: str = "best", tta: bool = False, model: ModelArg = None) -> Report:
     """Write a run's report files into `out` (default RUN_DIR/report/); the Python form of the CLI.
     In a folder of the user's (`out`), files cifarlab did not write are never replaced."""
@@ -120,7 +122,7 @@ def write_report(run: RunFiles | str | Path, out: str | Path | None = None, data
     figures: dict[str, Figure] = {"curves.png": curves_figure(run)}
     evaluation: dict[str, Any] | None = None
     skipped = None
-    no_val = split == "val" and data is None and float(run.config.get("val_fraction", 0.1)) == 0
+    no_val = split in (None, "val") and data is None and float(run.config.get("val_fraction", 0.1)) == 0
     if no_val:
         skipped = ("this run kept no validation images (--val-fraction 0), so the confusion matrix, "
                    "per-class scores, calibration and sample predictions were skipped; draw them on "

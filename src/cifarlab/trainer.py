@@ -41,13 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from cifarlab import budget, checkpoint, distributed, fsio, optim, rundir
 from cifarlab.augment import augment_batch, flip_where
 from cifarlab.calibrate import ece, fit_temperature
 from cifarlab.callbacks import Callback, as_callbacks
 from cifarlab.config import TrainConfig, evaluates, low_res_epochs, validate
+from cifarlab.data import Dataset
+from cifarlab.display import progress_bar
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, predict_logits
 from cifarlab.history import History
@@ -391,7 +392,7 @@ class Trainer:
                 bar.update(1)
                 if step % PROGRESS_EVERY == 0 or step + 1 == self.steps_in(epoch):
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
-                                    acc=f"{state.correct / state.seen:.4f}", refresh=False)
+                                    acc=f"{state.correct / state.seen:.4f}")
                 every = self.config.checkpoint_every
                 if (stop or (every and state.step % every == 0)) and step + 1 < self.steps_in(epoch):
                     state.seconds = time.perf_counter() - started
@@ -451,9 +452,9 @@ class Trainer:
 
     @contextmanager
     def _progress_bar(self, epoch: int, state: EpochState) -> Iterator[Any]:
-        with tqdm(total=self.steps_in(epoch), initial=state.step, unit="step", leave=False,
-                  desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=self.quiet,
-                  file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar:
+        with progress_bar(total=self.steps_in(epoch), initial=state.step, unit="step", leave=False,
+                          desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=self.quiet,
+                          file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar:
             yield bar
 
     def _scores(self, epoch: int, state: EpochState, started: float) -> dict[str, Any]:
@@ -619,7 +620,8 @@ class Trainer:
 
 
 def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Sequence[Any],
-             quiet: bool, started: float | None, saved: dict[str, Any] | None = None) -> Trainer:
+             quiet: bool, started: float | None, saved: dict[str, Any] | None = None,
+             dataset: Dataset | None = None) -> Trainer:
     """Device, data, budget, model: the pieces of a run, built in order and handed in."""
     started = time.perf_counter() if started is None else started
     ctx = distributed.from_env()
@@ -627,7 +629,7 @@ def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Seq
     device = pick_device(config.device, ctx.local_rank if ctx.enabled else None)
     distributed.init(ctx, device)
     torch.set_num_threads(available_cores())
-    dataset = read_dataset(config, ctx, device, quiet)
+    dataset = read_dataset(config, ctx, device, quiet, given=dataset)
     if saved is not None and saved.get("classes") != dataset.classes:
         raise UserError(f"the data's classes {dataset.classes} differ from the run's "
                         f"{saved.get('classes')}; resume with the data the run trained on (--data)")
@@ -652,11 +654,12 @@ def _copy(model: ModelArg) -> ModelArg:
 
 def train(config: TrainConfig, out: str | Path | None = None, *, model: ModelArg = None,
           callbacks: Sequence[Any] = (), quiet: bool = False, started: float | None = None,
-          claimed: bool = False) -> tuple[Path, dict[str, Any]]:
+          claimed: bool = False, dataset: Dataset | None = None) -> tuple[Path, dict[str, Any]]:
     """Train a new run; returns (run directory, summary). `cifarlab.train` is the friendly form.
 
     `started` (a time.perf_counter() value) is when a budget's clock started, if not now.
     `claimed`: `out` is a run folder the caller already created and claimed (--nproc's parent).
+    `dataset`: images in memory (arrays.py), which config.data names by their fingerprint.
     """
     ctx = distributed.from_env()
     existed = out is not None and Path(out).is_dir()
@@ -668,7 +671,7 @@ def train(config: TrainConfig, out: str | Path | None = None, *, model: ModelArg
         run_dir = Path(out)
     try:
         with distributed.owned_group():
-            trainer = _prepare(config, run_dir, model, callbacks, quiet, started)
+            trainer = _prepare(config, run_dir, model, callbacks, quiet, started, dataset=dataset)
             return run_dir, trainer.fit()
     except BaseException:
         if ctx.is_main:  # a start that failed leaves nothing behind (but a folder the user made)
@@ -682,7 +685,7 @@ RESUMABLE = ("epochs", "data", "device", "checkpoint_every")
 
 
 def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
-           model: ModelArg = None, callbacks: Sequence[Any] = (),
+           model: ModelArg = None, callbacks: Sequence[Any] = (), dataset: Dataset | None = None,
            quiet: bool = False) -> tuple[Path, dict[str, Any]]:
     """Continue a run from its checkpoint: to its own end, or (`epochs=N`) to a later one."""
     run_dir = Path(run_dir)
@@ -718,7 +721,7 @@ def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
                         f"--epochs N (N > {config.epochs})")
     with distributed.owned_group():
         trainer = _prepare(config, run_dir, model if model is not None else _model_of(config),
-                           callbacks, quiet, started=None, saved=saved)
+                           callbacks, quiet, started=None, saved=saved, dataset=dataset)
         trainer.restore(saved)
         if not trainer.quiet:
             state = trainer.epoch_state

@@ -45,11 +45,13 @@ def _work(job: dict[str, Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from cifarlab.cli import guarded
+    from cifarlab.errors import shell_voice
 
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0], encoding="utf-8") as handle:
         job = json.load(handle)
-    return guarded(lambda: _work(job))
+    with shell_voice():
+        return guarded(lambda: _work(job))
 
 
 if __name__ == "__main__":

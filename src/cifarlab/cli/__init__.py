@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from cifarlab import __version__, clock
 from cifarlab.config import suggest
-from cifarlab.errors import Interrupted, TrainingError, UserError, WorkersFailed, speak_shell
+from cifarlab.errors import Interrupted, TrainingError, UserError, WorkersFailed, shell_voice
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     clock.mark_start()  # a --budget counts from here
-    speak_shell()  # messages name the flags of this command line, not Python keywords
-    argv = sys.argv[1:] if argv is None else argv
+    with shell_voice():  # messages name the flags of this command line, not Python keywords
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         print(f"cifarlab: error: unknown command '{argv[0]}'{suggest(argv[0], COMMANDS)}; "
               f"the commands are: {', '.join(COMMANDS)}", file=sys.stderr)
