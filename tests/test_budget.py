@@ -33,7 +33,7 @@ def test_size_to_budget(seconds: float, epochs: int, share: float, subset: int |
                         monkeypatch: pytest.MonkeyPatch) -> None:
     # 1 s per step of 256, 1 ms per evaluated image: an epoch of 45,000 is 176 + 10 s of eval
     monkeypatch.setattr(budget, "measure_rates", lambda *a, **k: (1.0, 0.001))
-    config = make_config("fast", budget=float(seconds), tta=False, eval_every=1)
+    config = make_config("fast", budget=float(seconds), tta=False, eval_every=1, budget_min_epochs=0)
     config = budget.fit(config, sized(), torch.device("cpu"), nothing, spent=0.0, quiet=True)
     assert (config.epochs, config.subset) == (epochs, subset)
     assert config.last_epoch_share == pytest.approx(share)
@@ -92,11 +92,15 @@ def test_budget_picks_the_widest_net_that_trains_enough_epochs(monkeypatch: pyte
     probed.clear()
     kept = budget.fit(fast, sized(), torch.device("cpu"), nothing, 0.0, quiet=True, widths=False)
     assert "widths" not in kept.model_kwargs and len(probed) == 1
+    probed.clear()  # an epochs cap: the widest net that trains all the epochs allowed
+    capped = budget.fit(dataclasses.replace(fast, max_epochs=4), sized(), torch.device("cpu"),
+                        nothing, 0.0, quiet=True)
+    assert capped.model_kwargs["widths"] == [64, 192, 192] and capped.epochs == 4
 
 
 def test_too_small_a_budget_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(budget, "measure_rates", lambda *a, **k: (5.0, 0.01))
-    config = make_config("fast", budget=30.0)
+    config = make_config("fast", budget=30.0, budget_min_epochs=0)
     with pytest.raises(UserError, match="too short"):
         budget.fit(config, sized(), torch.device("cpu"), nothing, 0.0, quiet=True)
 
@@ -130,8 +134,9 @@ def test_budget_and_seeds_from_the_command_line(toy_data: Path, tmp_path: Path,
 
 def test_budget_counts_low_res_epochs_as_cheaper(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(budget, "measure_rates", lambda *a, **k: (1.0, 0.001))
-    plain = make_config("fast", budget=1000.0, tta=False)
-    resized = make_config("fast", budget=1000.0, tta=False, low_res_share=0.5)
+    plain = make_config("fast", budget=1000.0, tta=False, eval_every=1, budget_min_epochs=0)
+    resized = make_config("fast", budget=1000.0, tta=False, eval_every=1, budget_min_epochs=0,
+                          low_res_share=0.5)
     fitted = [budget.fit(c, sized(), torch.device("cpu"), nothing, 0.0, quiet=True)
               for c in (plain, resized)]
     # 970 s planned: 5 full epochs of 176 steps + 10.3 s (933.5 s with saving and best.pt's

@@ -151,6 +151,8 @@ def fit(config: TrainConfig, data: Data, device: torch.device,
             and "widths" not in config.model_kwargs):
         candidates = [dataclasses.replace(config, model_kwargs={**config.model_kwargs, "widths": list(w)})
                       for w in WIDTHS]
+    # enough epochs: budget_min_epochs, or all that the user allows (an epochs cap below it)
+    enough = min(config.budget_min_epochs, config.max_epochs or MAX_EPOCHS)
     chosen: tuple[TrainConfig, Plan | None, float, float] | None = None
     notes = []
     for candidate in candidates:  # narrowest first: stop at the first that is too wide
@@ -163,7 +165,7 @@ def fit(config: TrainConfig, data: Data, device: torch.device,
         fitted = plan(candidate, data, step_seconds, image_seconds, left)
         if len(candidates) > 1:
             notes.append(f"{_widths(candidate)}: {fitted.span if fitted else 0:.1f} epochs")
-        if chosen is not None and (fitted is None or fitted.span < config.budget_min_epochs):
+        if chosen is not None and (fitted is None or fitted.span < enough):
             break
         chosen = (candidate, fitted, step_seconds, image_seconds)
     assert chosen is not None
