@@ -46,7 +46,8 @@ def test_size_to_budget(seconds: float, epochs: int, share: float, subset: int |
 
 
 def test_fewer_evaluations_leave_time_to_train(monkeypatch: pytest.MonkeyPatch) -> None:
-    """eval_every 0: one evaluation at the end, so 8 x 10 s more of 1,000 go to training."""
+    """eval_every 0: one evaluation at the end; 5 x 10 s more, and best.pt's calibration, go to
+    training."""
     monkeypatch.setattr(budget, "measure_rates", lambda *a, **k: (1.0, 0.001))
     spans = [budget.plan(make_config("fast", tta=False, eval_every=k), sized(), 1.0, 0.001, 970.0)
              for k in (1, 0)]
@@ -144,3 +145,19 @@ def test_budget_counts_low_res_epochs_as_cheaper(monkeypatch: pytest.MonkeyPatch
     # and 142 steps of a seventh (969.1 s)
     spans = [c.epochs - 1 + c.last_epoch_share for c in fitted]
     assert spans == [pytest.approx(5 + 21 / 176), pytest.approx(6 + 142 / 176)]
+
+
+@pytest.mark.slow
+def test_final_fit_reruns_the_budget_run_on_every_image(toy_data: Path, tmp_path: Path) -> None:
+    """The shipped model (docs/fast.md): the chosen run's settings (its epochs, widths and last
+    epoch's share) again on all the training images, with no validation split."""
+    chosen, final = tmp_path / "chosen", tmp_path / "final"
+    assert main(["train", "--recipe", "fast_small", "--data", str(toy_data), "--batch-size", "64",
+                 "--budget", "1h", "--epochs", "2", "--out", str(chosen), "--quiet"]) == 0
+    assert main(["train", "--config", str(chosen / "config.json"), "--set", "budget=none",
+                 "--val-fraction", "0", "--data", str(toy_data), "--out", str(final), "--quiet"]) == 0
+    picked, shipped = (json.loads((run / "config.json").read_text()) for run in (chosen, final))
+    for key in ("epochs", "model_kwargs", "last_epoch_share", "lr", "seed"):
+        assert shipped["config"][key] == picked["config"][key], key
+    assert shipped["config"]["val_fraction"] == 0 and shipped["val_images"] == 0
+    assert shipped["train_images"] == picked["train_images"] + picked["val_images"]
