@@ -140,7 +140,8 @@ def test_set_config_file_and_print_config(tmp_path: Path, capsys: pytest.Capture
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["recipe"] == "robust" and resolved["lr"] == 0.002  # file over recipe
     assert resolved["epochs"] == 6  # flag over file
-    assert resolved["augment"] == {"flip": False, "rotation": 0.1, "zoom": 0.2, "translate": 0}
+    assert resolved["augment"] == {"flip": False, "rotation": 0.1, "zoom": 0.2, "translate": 0,
+                                   "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
     assert resolved["optimizer"] == "sgd" and resolved["model"] == "base_dropout"
     for argv, message in [
         (["--set", "epochz=3"], "unknown setting 'epochz' (did you mean 'epochs'?)"),
