@@ -25,6 +25,7 @@ DATA=${DATA:-../shared/data/cifar10-train-jpeg.tgz}
 OUT=${OUT:-/tmp/round3-timing-$(date +%Y%m%d-%H%M%S)}
 STEPS=${STEPS:-"fast budget final quick profile keras"}
 TF_PYTHON=${TF_PYTHON:-/tmp/tfvenv/bin/python}
+[ -x "$TF_PYTHON" ] || [ ! -x /work/exp/speed/tfvenv/bin/python ] || TF_PYTHON=/work/exp/speed/tfvenv/bin/python
 PY=.venv/bin/python
 CL=".venv/bin/cifarlab"
 mkdir -p "$OUT"
