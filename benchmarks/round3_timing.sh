@@ -95,8 +95,11 @@ if r := run("fast"):
 if r := run("budget"):
     s, rows, wall, train = r
     config = json.loads((out / "budget" / "config.json").read_text())["config"]
-    print(f"| budget 10m | {s.get('val_acc_tta', float('nan')):.4f} with TTA, {len(rows)} epochs of "
-          f"{config['model']} {config['model_kwargs'] or ''}, {wall:.0f} s wall | >= 0.90 in 600 s + startup |")
+    widths = "/".join(map(str, config["model_kwargs"].get("widths", []))) or config["model"]
+    share = config.get("last_epoch_share", 1.0)
+    print(f"| budget 10m | {s.get('val_acc_tta', float('nan')):.4f} with TTA, {len(rows)} epochs"
+          + (f" (the last {share:.0%})" if share < 1 else "") + f" of widths {widths}, {wall:.0f} s "
+          f"wall ({wall / 600:.1%} of the budget) | >= 0.90 in 600 s + startup |")
 if r := run("final"):
     s, rows, wall, train = r
     print(f"| final fit, 50,000 images | {len(rows)} epochs in {wall:.0f} s wall | - |")
