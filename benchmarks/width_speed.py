@@ -29,8 +29,8 @@ from cifarlab.step import train_step
 
 def stepper(recipe: str, widths: list[int], batch_size: int | None) -> tuple[Callable[[], None], int]:
     """One training step of `recipe` with fastnet at `widths`, as a closure; and its batch size."""
-    config = make_config(recipe, batch_size=batch_size,
-                         model_kwargs={"widths": widths}, model="fastnet")
+    given = {"batch_size": batch_size} if batch_size else {}
+    config = make_config(recipe, model_kwargs={"widths": widths}, model="fastnet", **given)
     torch.manual_seed(0)
     model = create_model(config.model, 10, (127.0,) * 3, (64.0,) * 3, config.model_kwargs)
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
