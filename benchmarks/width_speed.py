@@ -8,6 +8,9 @@ an image of each width, and its ratio to the first:
 
     .venv/bin/python benchmarks/width_speed.py --recipe quick --widths 32/128/128 32/96/96
     .venv/bin/python benchmarks/width_speed.py --recipe fast_small --widths 32/128/128 64/128/128
+    .venv/bin/python benchmarks/width_speed.py --recipe quick --widths 32/96/96 32/96/96@128
+
+A width written C1/C2/C3@B runs at batch B (else the recipe's, or --batch-size).
 """
 
 from __future__ import annotations
@@ -58,7 +61,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps a width a round (default: 5)")
     args = parser.parse_args()
     torch.set_num_threads(available_cores())
-    nets = {w: stepper(args.recipe, [int(c) for c in w.split("/")], args.batch_size) for w in args.widths}
+    nets = {}
+    for spec in args.widths:
+        widths, _, batch = spec.partition("@")
+        nets[spec] = stepper(args.recipe, [int(c) for c in widths.split("/")],
+                             int(batch) if batch else args.batch_size)
     for step, _ in nets.values():  # warm-up: one-off allocations and oneDNN primitive creation
         step()
         step()
