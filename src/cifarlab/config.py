@@ -41,10 +41,19 @@ class Augment:
     rotation: float = 0.0  # max rotation as a fraction of a full turn (Keras RandomRotation)
     zoom: float = 0.0  # max zoom in or out as a fraction (Keras RandomZoom)
     translate: int = 0  # max shift in pixels, reflect-padded (random crop with padding)
+    # Robustness to corruptions (docs/robustness.md): each image gets mix_width random chains of
+    # operations, mixed into it as AugMix does. None of the operations is a CIFAR-10-C corruption.
+    augmix: bool = False  # AugMix's 9 operations in the chains (autocontrast, equalize, ...)
+    prime: bool = False  # PRIME's random 3x3 filter and random colour curve in the chains
+    mix_width: int = 3  # chains per image (AugMix: 3)
+    mix_depth: int = 0  # operations per chain; 0: 1 to 3 at random (AugMix's default)
+    mix_severity: int = 3  # strength of AugMix's operations, 1-10 (AugMix for CIFAR: 3)
+    mix_share: float = 1.0  # share of the images that are mixed; the rest stay as they are
 
     @property
     def active(self) -> bool:
-        return self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
+        return (self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
+                or self.augmix or self.prime)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -293,6 +302,10 @@ def validate(config: TrainConfig) -> None:
         (config.augment.rotation >= 0 and config.augment.zoom >= 0 and config.augment.translate >= 0,
          "augment values must not be negative"),
         (config.augment.zoom < 1, "augment.zoom must be below 1"),
+        (config.augment.mix_width >= 1, "augment.mix_width must be at least 1"),
+        (0 <= config.augment.mix_depth <= 10, "augment.mix_depth must be in 0..10 (0: 1-3 at random)"),
+        (1 <= config.augment.mix_severity <= 10, "augment.mix_severity must be in 1..10"),
+        (0 < config.augment.mix_share <= 1, "augment.mix_share must be in (0, 1]"),
         (config.optimizer in OPTIMIZERS, f"unknown optimizer '{config.optimizer}' "
          f"({', '.join(OPTIMIZERS)}){suggest(config.optimizer, OPTIMIZERS)}"),
         (config.muon_lr > 0, "muon_lr must be positive"),
