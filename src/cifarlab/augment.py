@@ -225,7 +225,7 @@ def autocontrast(x: torch.Tensor, strength: torch.Tensor, gen: torch.Generator) 
     low = x.amin((2, 3), keepdim=True)
     high = x.amax((2, 3), keepdim=True)
     stretched = (x - low) * (255 / (high - low).clamp_min(1e-6))
-    return torch.where(high > low, stretched, x)
+    return torch.where(high > low, stretched.clamp(0, 255), x)
 
 
 def equalize(x: torch.Tensor, strength: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
