@@ -121,6 +121,28 @@ def test_fast_interrupt_and_resume_is_exact(toy_data: Path, tmp_path: Path,
         assert torch.equal(p, q), name
 
 
+@pytest.mark.slow
+def test_mixed_chains_resume_exactly(toy_data: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """AugMix + PRIME chains draw from the step's generator alone: a run cut mid-epoch and
+    resumed ends with the same weights as one that was never stopped."""
+    settings = {"augment": {"translate": 2, "augmix": True, "prime": True, "mix_share": 0.5}}
+    trainer.train(toy_fast(toy_data, epochs=2, **settings), out=tmp_path / "straight", quiet=True)
+    monkeypatch.setattr(trainer, "_StopFlag", StopAfter)
+    StopAfter.limit, StopAfter.reads = 8, 0  # 6 steps per epoch: mid-epoch 2
+    with pytest.raises(Interrupted):
+        trainer.train(toy_fast(toy_data, epochs=2, **settings), out=tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(trainer, "_StopFlag", StopAfter.__mro__[1])
+    trainer.resume(tmp_path / "cut", quiet=True)
+    a, _ = checkpoint.load_model(tmp_path / "straight", weights="final")
+    b, _ = checkpoint.load_model(tmp_path / "cut", weights="final")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    # ... and the chains did change what the model learned.
+    c = trainer.train(toy_fast(toy_data, epochs=2), out=tmp_path / "plain", quiet=True)[1]
+    assert c["train_loss"] != pytest.approx(float(read_metrics(tmp_path / "straight")[-1]["train_loss"]))
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600),
                                                ("1.5h", 5400), (" 2min ", 120)])
 def test_parse_duration(text: str, seconds: float) -> None:
