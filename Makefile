@@ -12,7 +12,7 @@ RECIPE ?= base
 DATA   ?= $(wildcard ../shared/data/cifar10-train-jpeg.tgz)
 ARGS   ?=
 
-.PHONY: install install-dev train test lint browser lab clean
+.PHONY: install install-dev train test test-quick lint browser lab clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ browser:
 
 test: lint browser
 	$(BIN)/pytest -q --durations=8
+
+# The edit loop: lint, types and every test not marked slow, browser or notebook (~90 s).
+test-quick: lint
+	$(BIN)/pytest -q -m "not slow and not browser and not notebook" --durations=5
 
 # JupyterLab on the notebooks in examples/ (a browser tab opens; Ctrl-C stops it).
 lab: install

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cifarlab.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from cifarlab.trainer import available_cores
+from cifarlab.runtime import available_cores
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ import statistics
 
 import torch
 
+from cifarlab.api import make_config
 from cifarlab.budget import measure_rates
-from cifarlab.config import make_config
-from cifarlab.trainer import available_cores
+from cifarlab.runtime import available_cores
 
 EPOCH_IMAGES = 45_000
 

@@ -21,10 +21,10 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from cifarlab import optim
+from cifarlab.api import make_config
 from cifarlab.augment import augment_batch
-from cifarlab.config import make_config
 from cifarlab.networks import create_model
-from cifarlab.trainer import available_cores
+from cifarlab.runtime import available_cores
 
 
 def training_step(recipe: str, batch_size: int | None) -> tuple[Callable[[], None], int]:

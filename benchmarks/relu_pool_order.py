@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.networks import create_model
-from cifarlab.trainer import available_cores
+from cifarlab.runtime import available_cores
 
 
 def keras_order(model: nn.Module) -> nn.Module:

@@ -33,15 +33,15 @@ import numpy as np
 import torch
 
 from cifarlab import fsio, plots
+from cifarlab.api import make_config
 from cifarlab.checkpoint import load_model
-from cifarlab.config import make_config
 from cifarlab.corruptions import CORRUPTIONS, SEVERITIES
 from cifarlab.data import load_dataset, make_splits
 from cifarlab.errors import UserError
-from cifarlab.evaluate import pick_device
 from cifarlab.robustness import PRESETS, Robustness, comparison_figure, markdown_table, measure_many, take
 from cifarlab.rundir import FINAL as MODEL_FILE
-from cifarlab.trainer import available_cores, train
+from cifarlab.runtime import available_cores, pick_device
+from cifarlab.trainer import train
 
 
 def parse_args() -> argparse.Namespace:

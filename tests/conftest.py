@@ -14,15 +14,15 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import trainer
-from cifarlab.config import make_config
+from cifarlab.api import make_config
+from cifarlab.callbacks import Callback
 from cifarlab.trainer import train
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-train-jpeg.tgz"
@@ -31,10 +31,12 @@ CLASSES = [f"class{i}" for i in range(10)]
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Session- and module-scoped fixtures load data too: keep them off ~/.cache as well."""
+    """Session- and module-scoped fixtures load data too: keep them off ~/.cache as well, and
+    on one thread (tiny models: threads only add overhead, and CI's 2 cores run other work)."""
     cache = tmp_path_factory.mktemp("xdg-cache-session")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(cache))
+        patch.setenv("CIFARLAB_THREADS", "1")
         patch.delenv("CIFARLAB_DATA", raising=False)
         yield cache
 
@@ -45,6 +47,18 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.delenv("CIFARLAB_DATA", raising=False)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test trains on one thread, and leaves torch's thread count as it found it."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("CIFARLAB_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def class_images(labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -126,6 +140,39 @@ def shared_archive() -> Path:
     return SHARED_ARCHIVE.resolve()
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+# Closed network, running as root: no sandbox, nothing in the background that phones home.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Debian's headless Chromium driven by selenium (scripts/install-browser.sh installs both).
+    Skipped, with the reason, where no Chromium is installed; a Chromium without its driver is
+    a broken install, and fails."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH; install it with: sh scripts/install-browser.sh")
+    if CHROMEDRIVER is None:
+        pytest.fail("chromium is installed but chromedriver is not: sh scripts/install-browser.sh")
+    from selenium import webdriver  # a dev dependency; imported here so a skip needs no selenium
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: Selenium Manager (which would go to the network) is never started.
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 @contextlib.contextmanager
 def live_server(app: Any, http: str = "auto", limits: Any = None) -> Iterator[str]:
     """Run `app` under uvicorn as `cifarlab serve` does (serve.uvicorn_config), in a thread on a
@@ -157,25 +204,28 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 TRAIN_PER_CLASS, HELD_OUT_PER_CLASS = 50, 10
 
 
+def tiny_config(data: Path, recipe: str = "base", **overrides: Any) -> Any:
+    """A small, fast run of `recipe` on toy data: 2 epochs of batch 32, 20% validation."""
+    settings = {"epochs": 2, "batch_size": 32, "val_fraction": 0.2, "seed": 1, "device": "cpu"}
+    settings.update(overrides)
+    return make_config(recipe, data=str(data), **settings)
+
+
 def read_metrics(run: Path) -> list[dict[str, str]]:
     with (run / "metrics.csv").open() as handle:
         return list(csv.DictReader(handle))
 
 
-class StopAfter(trainer._StopFlag):
-    """A Ctrl-C that arrives after `limit` training steps."""
+class InterruptAfter(Callback):
+    """A Ctrl-C that arrives after `steps` training steps (the public trainer.interrupt())."""
 
-    limit = 0
-    reads = 0
+    def __init__(self, steps: int):
+        self.steps, self.seen = steps, 0
 
-    @property  # type: ignore[override]
-    def stop(self) -> bool:
-        StopAfter.reads += 1
-        return StopAfter.reads > StopAfter.limit
-
-    @stop.setter
-    def stop(self, value: bool) -> None:
-        pass
+    def on_step_end(self, trainer: Any, step: dict[str, float]) -> None:
+        self.seen += 1
+        if self.seen >= self.steps:
+            trainer.interrupt()
 
 
 def make_dataset(root: Path, train_per_class: int = 16, test_per_class: int = 5) -> Path:
@@ -203,48 +253,25 @@ def make_run(root: Path) -> Path:
 
 
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """RUN with model.pt, trained 1 epoch; RUN/../held-out/<class>/*.jpg are images it never saw.
+    """RUN with model.pt, `base` trained 1 epoch on toy images of CLASSES;
+    RUN/../held-out/<class>/*.jpg are toy images it never saw (JPEG, as users upload photos).
 
     Built once per session (in the session's base temp folder) and shared by every test module.
-    Real CIFAR-10 images from the shared archive where it exists, else toy images.
     """
     root = tmp_path_factory.getbasetemp() / "tiny-run"
     run = root / "run"
     if (run / "model.pt").exists():
         return run
-    data = root / "data"
-    if SHARED_ARCHIVE.exists():
-        _extract(SHARED_ARCHIVE, data, root / "held-out")
-    else:
-        write_image_folder(data, CLASSES, n_train=TRAIN_PER_CLASS)
-        write_image_folder(root / "toy-held-out", CLASSES, n_train=HELD_OUT_PER_CLASS, seed=7)
-        (root / "toy-held-out" / "train").rename(root / "held-out")
-
+    data = write_image_folder(root / "data", CLASSES, n_train=TRAIN_PER_CLASS)
+    for label, cls in enumerate(CLASSES):
+        folder = root / "held-out" / cls
+        folder.mkdir(parents=True)
+        for i, image in enumerate(class_images(np.full(HELD_OUT_PER_CLASS, label), seed=7 + label)):
+            (folder / f"{i:04d}.jpg").write_bytes(png_bytes(image, "JPEG"))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CIFARLAB_THREADS", "1")
         mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
         train(make_config("base", data=str(data), epochs=1, val_fraction=0.2), out=run, quiet=True)
     return run
-
-
-def _extract(archive: Path, data: Path, held_out: Path) -> None:
-    """The first 50 images per class to data/train/<class>/, the next 10 to held-out/<class>/."""
-    counts: dict[str, int] = {}
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = PurePosixPath(member.name).parts
-            if not member.isfile() or len(parts) < 2 or not member.name.endswith(".jpg"):
-                continue
-            cls = parts[-2]
-            n = counts.get(cls, 0)
-            if n >= TRAIN_PER_CLASS + HELD_OUT_PER_CLASS:
-                continue
-            counts[cls] = n + 1
-            folder = data / "train" / cls if n < TRAIN_PER_CLASS else held_out / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            handle = tar.extractfile(member)
-            assert handle is not None
-            (folder / parts[-1]).write_bytes(handle.read())
 
 
 def held_out_files(run: Path) -> list[Path]:

@@ -14,6 +14,7 @@ from cifarlab.augment import (
     PIXEL_OPERATIONS,
     affine_thetas,
     augment_batch,
+    flip_where,
     mix_chains,
     random_colour,
     random_filter,
@@ -74,6 +75,12 @@ def test_translate_shifts_within_pad() -> None:
 
 def test_inactive_augment() -> None:
     assert not Augment().active and Augment(flip=True).active
+
+
+def test_flip_where_mirrors_only_the_masked_images() -> None:
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    out = flip_where(x, torch.tensor([True, False]))
+    assert torch.equal(out[0], x[0].flip(2)) and torch.equal(out[1], x[1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,11 +16,6 @@ from cifarlab.cli import main
 from conftest import png_bytes
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CIFARLAB_THREADS", "1")
-
-
 @pytest.fixture(scope="module")
 def trained_run(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("cli") / "run"
@@ -52,8 +47,8 @@ def test_help_mentions_every_command(capsys: pytest.CaptureFixture[str]) -> None
 @pytest.mark.parametrize("argv, message", [
     (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
     (["train", "--data", "/no/such/file.tgz"], "data source not found"),
-    (["evaluate", "/no/such/run"], "run directory not found"),
-    (["predict", "/no/such/run", "x.png"], "run directory not found"),
+    (["evaluate", "/no/such/run"], "run or model not found"),
+    (["predict", "/no/such/run", "x.png"], "run or model not found"),
     (["data", "--data", "/no/such/dir"], "data source not found"),
     (["train", "--resume", "/no/such/run"], "checkpoint not found"),
 ])
@@ -117,6 +112,7 @@ def test_not_our_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "not a readable cifarlab file" in one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_finishes(toy_data: Path, tmp_path: Path) -> None:
     """A real SIGINT to a real process: exit 130, a checkpoint, then --resume completes the run."""
     run = tmp_path / "run"
@@ -153,7 +149,7 @@ def test_every_option_says_its_default() -> None:
     missing = [f"{name} {'/'.join(action.option_strings)}"
                for name, sub in commands.choices.items() for action in sub._actions
                if action.option_strings and not isinstance(action, argparse._HelpAction)
-               and "(default:" not in (action.help or "")]
+               and action.help != argparse.SUPPRESS and "(default:" not in (action.help or "")]
     assert missing == []
 
 

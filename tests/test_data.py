@@ -77,14 +77,16 @@ def test_make_splits_keeps_test(official_dir: Path) -> None:
 
 
 def test_bad_val_fraction() -> None:
-    with pytest.raises(UserError, match="val-fraction"):
+    with pytest.raises(UserError, match="val_fraction must be in"):
         data.split_indices(np.zeros(10, np.int64), 1.5, 0)
 
 
 def test_describe(official_dir: Path) -> None:
     dataset = data.load_dataset(official_dir, quiet=True)
-    text = data.describe(dataset, data.make_splits(dataset, 0.1))
+    text = dataset.describe(0.1)
     assert "cifar10-python" in text and "test" in text and "class3" in text
+    counts = dataset.class_counts(0.1)
+    assert set(counts) == {"train", "val", "test"} and sum(counts["val"]) > 0
 
 
 class FakeResponse(io.BytesIO):
@@ -117,7 +119,7 @@ def test_offline_says_how_to_pass_local_data(monkeypatch: pytest.MonkeyPatch) ->
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(download, "urlopen", offline)
-    with pytest.raises(UserError, match="pass local data with --data PATH or set CIFARLAB_DATA"):
+    with pytest.raises(UserError, match="pass local data with data=PATH or set CIFARLAB_DATA"):
         data.load_dataset(None, quiet=True)
 
 
@@ -232,7 +234,7 @@ def test_split_folders_in_any_case_and_a_val_folder(tmp_path: Path,
     assert {name: len(split) for name, split in dataset.splits.items()} == {"train": 12, "val": 4, "test": 6}
     splits = data.make_splits(dataset, 0.5)  # the folder wins over the fraction
     assert len(splits["train"]) == 12 and len(splits["val"]) == 4 and len(splits["test"]) == 6
-    assert "the source's val/ folder" in data.describe(dataset, splits)
+    assert "the source's val/ folder" in dataset.describe(0.5)
     (root / "train" / "cat").mkdir(parents=True)  # a second spelling of the train folder
     (root / "train" / "cat" / "x.png").write_bytes(flat_png(1))
     with pytest.raises(UserError, match="both Train/ and train/ look like the train split"):
@@ -257,6 +259,7 @@ def test_zip_paths_with_backslashes(tmp_path: Path) -> None:
     assert dataset.classes == ["cat", "dog"] and set(dataset.splits) == {"train", "test"}
 
 
+@pytest.mark.slow
 def test_deep_folder_trees_are_a_user_error(tmp_path: Path) -> None:
     """Issue 12: a tree ~1000 folders deep gave RecursionError while fingerprinting."""
     root = tmp_path / "f"
@@ -287,7 +290,7 @@ def test_a_fraction_too_small_for_the_data_names_the_fraction(tmp_path: Path) ->
         for i in range(3):
             (root / cls / f"{i}.png").write_bytes(flat_png(i))
     dataset = data.load_dataset(root, quiet=True)
-    with pytest.raises(UserError, match=r"--val-fraction 0\.1 leaves no validation images \(the smallest"):
+    with pytest.raises(UserError, match=r"val_fraction=0\.1 leaves no validation images \(the smallest"):
         data.make_splits(dataset, 0.1)
     assert "val" not in data.make_splits(dataset, 0.0)
     assert len(data.make_splits(dataset, 0.5)["val"]) == 4

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab import distributed, trainer
+from cifarlab import distributed, runtime
+from cifarlab.api import make_config
 from cifarlab.cli import main
-from cifarlab.config import Augment, make_config
+from cifarlab.config import Augment
 from cifarlab.errors import UserError
 
 PER_CLASS = 200  # 2,000 real images: 1,200 to train on, 800 to validate on
@@ -40,6 +41,7 @@ def real_subset(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(real_subset: Path, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIFARLAB_THREADS", "1")  # one thread per process: 2 cores, 2 processes
@@ -67,6 +69,7 @@ def test_two_processes_match_one(real_subset: Path, tmp_path: Path,
     assert abs(one["train_loss"] - both["train_loss"]) < 0.01
 
 
+@pytest.mark.slow
 def test_worker_failures_give_the_exit_code(tmp_path: Path) -> None:
     """A user error in the workers: rank 0 says it once, and --nproc exits with its code."""
     done = subprocess.run([sys.executable, "-m", "cifarlab", "train", "--nproc", "2", "--data",
@@ -83,7 +86,7 @@ def test_workers_get_the_resolved_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
     def fake_launch(nproc: int, argv: list[str]) -> int:
         seen["nproc"], seen["argv"] = nproc, argv
-        seen["config"] = json.loads(Path(argv[argv.index("--config") + 1]).read_text())
+        seen["job"] = json.loads(Path(argv[-1]).read_text())
         return 0
 
     monkeypatch.setattr(distributed, "launch", fake_launch)
@@ -94,10 +97,12 @@ def test_workers_get_the_resolved_config(monkeypatch: pytest.MonkeyPatch, tmp_pa
             "--out", str(tmp_path / "r"), "--quiet", "--nproc", "2"]
     assert main(argv) == 0
     expected = make_config("bn", data="d.tgz", epochs=3, batch_size=8, lr=0.0125, val_fraction=0.2,
-                           seed=7, subset=100, device="cpu", checkpoint_every=5)
-    expected.augment = Augment(flip=True)
-    assert seen["nproc"] == 2 and seen["config"] == expected.to_dict()
-    assert seen["argv"][-3:] == ["--out", str(tmp_path / "r"), "--quiet"]
+                           seed=7, subset=100, device="cpu", checkpoint_every=5,
+                           augment=Augment(flip=True))
+    assert seen["nproc"] == 2 and seen["argv"][:2] == ["-m", "cifarlab.worker"]
+    assert seen["job"] == {"action": "train", "config": expected.to_dict(), "quiet": True,
+                           "run_dir": str(tmp_path / "r")}
+    assert (tmp_path / "r" / ".cifarlab-run").is_file()  # claimed once, by the parent
 
 
 def test_context_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,8 +113,8 @@ def test_context_from_torchrun_environment(monkeypatch: pytest.MonkeyPatch) -> N
     ctx = distributed.from_env()
     assert ctx == distributed.Context(3, 4, 1, 2) and ctx.enabled and not ctx.is_main
     monkeypatch.delenv("CIFARLAB_THREADS", raising=False)
-    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert trainer.available_cores() == 4  # the machine's cores, shared by its 2 processes
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert runtime.available_cores() == 4  # the machine's cores, shared by its 2 processes
     with pytest.raises(UserError, match="under torchrun leave it out"):
         distributed.launch(2, ["train"])
     monkeypatch.setenv("RANK", "9")

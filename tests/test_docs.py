@@ -39,7 +39,6 @@ def ten_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def sandbox(tmp_path: Path, ten_classes: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("CIFARLAB_THREADS", "1")
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.full((48, 64, 3), (200, 40, 40), np.uint8)).save(tmp_path / "my_cat.jpg")
     registered = set(MODELS)
@@ -48,6 +47,7 @@ def sandbox(tmp_path: Path, ten_classes: Path, monkeypatch: pytest.MonkeyPatch) 
         del MODELS[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", ["README.md", "docs/api.md", "docs/from-keras.md"])
 def test_python_examples_run(page: str, sandbox: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocks = python_blocks(ROOT / page)

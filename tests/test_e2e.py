@@ -10,6 +10,7 @@ import pytest
 from cifarlab.cli import main
 
 
+@pytest.mark.slow
 def test_base_one_epoch_beats_chance(shared_archive: Path, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -20,13 +18,6 @@ CLASSES = [f"class{i}" for i in range(10)]
 LAST_CONV = {"base": "body.6", "base_dropout": "body.6", "bn": "body.19",
              "fastnet": "body.groups.2.conv2", "fastnet_small": "body.groups.2.conv2"}
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

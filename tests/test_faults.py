@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from cifarlab import checkpoint, data, fsio, rundir, trainer
+import cifarlab as cl
+from cifarlab import checkpoint, data, fsio, rundir
 from cifarlab.cli import main
 
 # 480 toy images, 20% for validation: 12 steps of 32 per epoch. `robust` has augmentation and
@@ -33,10 +33,6 @@ ARGS = ["--recipe", "robust", "--epochs", "3", "--batch-size", "32", "--val-frac
 STEPS_PER_EPOCH = 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CIFARLAB_THREADS", "1")
-
 
 @pytest.fixture(scope="module")
 def reference(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -44,7 +40,6 @@ def reference(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     run = tmp_path_factory.mktemp("reference") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        patch.setenv("CIFARLAB_THREADS", "1")
         assert main(["train", "--data", str(toy_data), *ARGS, "--out", str(run)]) == 0
     yield run
 
@@ -68,6 +63,7 @@ def saved_state(run: Path) -> dict[str, Any]:
     return checkpoint.load(run / rundir.CHECKPOINT, checkpoint.CHECKPOINT_FORMAT)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_is_exact(reference: Path, toy_data: Path,
                                                tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -94,37 +90,47 @@ def test_kill_9_mid_epoch_then_resume_is_exact(reference: Path, toy_data: Path,
     assert_same_run(run, reference)
 
 
-class PoisonedF:
-    """Stands in for torch.nn.functional in cifarlab.trainer: the loss is NaN from step `at` on."""
+class PoisonAt(cl.Callback):
+    """Sets a weight to NaN after global step `at`, so that the next step's loss is NaN."""
 
     def __init__(self, at: int):
-        self.at, self.calls = at, 0
+        self.at, self.steps = at, 0
 
-    def cross_entropy(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self.calls += 1
-        loss = F.cross_entropy(*args, **kwargs)
-        return loss * math.nan if self.calls >= self.at else loss
+    def on_step_end(self, trainer: Any, step: dict[str, float]) -> None:
+        self.steps += 1
+        if self.steps == self.at:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(math.nan)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every, last_good", [(0, "end of epoch 1"), (5, "epoch 2, step 5")])
-def test_nan_loss_exits_1_and_the_last_good_checkpoint_resumes(
-        every: int, last_good: str, reference: Path, toy_data: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nan_loss_stops_and_the_last_good_checkpoint_resumes(
+        every: int, last_good: str, reference: Path, toy_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    monkeypatch.setattr(trainer, "F", PoisonedF(at=STEPS_PER_EPOCH + 7))
-    code = main(["train", "--data", str(toy_data), *ARGS, "--out", str(run),
-                 "--checkpoint-every", str(every)])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert (f"loss became nan at epoch 2, step 7; the last good checkpoint ({last_good}) "
-            f"is in {run}") in err and "Traceback" not in err
+    with pytest.raises(cl.TrainingError) as caught:  # the same settings as ARGS
+        cl.train("robust", data=toy_data, out=run, epochs=3, batch_size=32, val_fraction=0.2,
+                 seed=1, device="cpu", quiet=True, checkpoint_every=every,
+                 callbacks=[PoisonAt(STEPS_PER_EPOCH + 6)])
+    assert (f"loss became nan at epoch 2, step 7, lr 0.001; the last good checkpoint "
+            f"({last_good}) is in {run}") in str(caught.value)
     state = saved_state(run)  # intact, and where the message says
     assert (state["epoch"], state["epoch_state"]["step"]) == (1, every)
     assert len(metrics(run)) == 1 and not (run / rundir.FINAL).exists()
-    monkeypatch.undo()
-    monkeypatch.setenv("CIFARLAB_THREADS", "1")
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert_same_run(run, reference)
+
+
+def test_a_diverging_loss_exits_1_naming_the_lr(toy_data: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--lr 1e6: the loss explodes but stays finite; the run stops instead of "succeeding"."""
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(toy_data), *ARGS, "--lr", "1e6", "--out", str(run),
+                 "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "loss diverged" in err and "lr 1e+06" in err and "Try a lower --lr" in err
+    assert not (run / rundir.FINAL).exists()
 
 
 def test_weights_that_go_non_finite_are_never_saved(toy_data: Path, tmp_path: Path) -> None:
@@ -182,6 +188,7 @@ class SmallDisk:
         return Limited()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["fsync", "write"])
 def test_full_disk_is_one_clear_error_and_leaves_no_partial_file(
         fault: str, toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -75,5 +75,5 @@ def test_outputs_replace_only_what_cifarlab_wrote(tmp_path: Path) -> None:
     fsio.write_outputs(tmp_path, {"c.txt": b"x"}, owned=True)  # a folder that is cifarlab's anyway
     assert (tmp_path / "c.txt").read_bytes() == b"x"
     (tmp_path / fsio.OUTPUTS_FILE).write_text("not a record")
-    with pytest.raises(UserError, match="not cifarlab's record"):
+    with pytest.raises(UserError, match="not cifarlab's ledger"):
         fsio.write_outputs(tmp_path, {"a.png": b"4"})

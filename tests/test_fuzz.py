@@ -187,6 +187,7 @@ def test_object_dtypes_and_short_buffers_are_refused(blob: bytes, small_peak: No
         read_batch(blob)
 
 
+@pytest.mark.slow
 def test_object_dtype_batch_is_one_line_not_a_crash(tmp_path: Path) -> None:
     """Issue 12: in-process, the crash would take pytest down with it, so run the CLI."""
     meta = pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}, 2)
@@ -202,6 +203,7 @@ def test_object_dtype_batch_is_one_line_not_a_crash(tmp_path: Path) -> None:
     assert "refusing array type" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opcode", [b"]", b"}", b"(", b")", b"N"],
                          ids=["list", "dict", "mark", "tuple", "none"])
 def test_opcode_floods_stay_small(opcode: bytes, small_peak: None) -> None:

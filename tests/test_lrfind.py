@@ -18,10 +18,6 @@ from cifarlab.plots import to_png
 QUICK = {"batch_size": 32, "val_fraction": 0.2, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CIFARLAB_THREADS", "1")
-
 
 class TinyNet(nn.Module):
     def __init__(self, num_classes: int = 10):
@@ -33,6 +29,7 @@ class TinyNet(nn.Module):
         return self.head(torch.relu(self.conv(x)).mean((2, 3)))
 
 
+@pytest.mark.slow
 def test_lr_find_suggests_an_lr_and_leaves_nothing_behind(
         toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -55,6 +52,7 @@ def test_lr_find_suggests_an_lr_and_leaves_nothing_behind(
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+@pytest.mark.slow
 def test_lr_find_cli_writes_only_with_out(toy_data: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:

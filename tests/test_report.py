@@ -16,20 +16,16 @@ import torch
 from PIL import Image
 
 from cifarlab import fsio, plots
+from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import load_model
 from cifarlab.cli import main
 from cifarlab.diagnose import VERDICTS
 from cifarlab.errors import UserError
-from cifarlab.evaluate import evaluate_split
-from cifarlab.report import (
-    calibration,
-    class_scores,
-    confusion_counts,
+from cifarlab.evaluate import (
+    evaluate_split,
     evaluation_split,
-    most_confused,
-    read_run,
-    write_report,
 )
+from cifarlab.report import read_run, write_report
 from cifarlab.rundir import FINAL as MODEL_FILE
 from conftest import make_run
 
@@ -102,6 +98,7 @@ def test_html_is_self_contained(report: Path) -> None:
         assert text in page
 
 
+@pytest.mark.slow
 def test_cli_report_on_the_test_split_into_the_run(run: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     copy = Path(shutil.copytree(run, tmp_path / "run"))
@@ -170,7 +167,8 @@ def test_out_never_replaces_files_cifarlab_did_not_write(run: Path, tmp_path: Pa
 
 def test_bad_run_directories_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path / "nope")]) == 2
-    assert capsys.readouterr().err.strip() == f"cifarlab: error: run directory not found: {tmp_path / 'nope'}"
+    assert capsys.readouterr().err.strip() == (f"cifarlab: error: run or model not found: "
+                                               f"{tmp_path / 'nope'} (a run directory or a model file)")
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is not a cifarlab run: it has no metrics.csv" in err and len(err.strip().splitlines()) == 1
@@ -195,21 +193,6 @@ def test_data_without_the_split_or_with_other_classes(run: Path, run_root: Path,
 
 # ---------------------------------------------------------------------------------------------
 # The scores, on numbers worked out by hand
-
-
-def test_confusion_scores_and_pairs() -> None:
-    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
-    preds = np.array([0, 0, 0, 1, 1, 0, 1, 1])
-    counts = confusion_counts(labels, preds, 3)
-    assert counts.tolist() == [[3, 1, 0], [1, 1, 0], [0, 2, 0]]
-    scores = class_scores(counts, ["a", "b", "c"])
-    assert scores["a"] == pytest.approx({"precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4})
-    assert scores["b"]["precision"] == pytest.approx(0.25) and scores["b"]["recall"] == pytest.approx(0.5)
-    assert scores["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}  # never predicted
-    pairs = most_confused(counts, ["a", "b", "c"], top=5)
-    assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
-        ("c", "b", 2), ("b", "a", 1), ("a", "b", 1)]
-    assert pairs[0]["share_of_true"] == 1.0
 
 
 def test_image_grid_without_images() -> None:

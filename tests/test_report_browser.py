@@ -8,7 +8,6 @@ package. Skipped, with the reason, only when no Chromium is installed.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +17,7 @@ from cifarlab.report import write_report
 from cifarlab.rundir import FINAL as MODEL_FILE
 from conftest import make_run
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-# Closed network, running as root: no sandbox, nothing in the background that phones home.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium on PATH; install it with: sh scripts/install-browser.sh")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if CHROMEDRIVER is None:
-        pytest.fail("chromium is installed but chromedriver is not: sh scripts/install-browser.sh")
-    from selenium import webdriver  # a dev dependency; imported here so a skip needs no selenium
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # An explicit driver path: Selenium Manager (which would go to the network) is never started.
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
-        yield driver
-    finally:
-        driver.quit()
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,6 @@ def test_runs_started_at_once_never_share_a_folder(tmp_path: Path) -> None:
 def test_resume_checks_the_checkpoints_config(bad: dict[str, object], tmp_path: Path, toy_data: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 12, item 18: such configs crashed resume with TypeError/AttributeError."""
-    monkeypatch.setenv("CIFARLAB_THREADS", "1")
     config = TrainConfig(data=str(toy_data), epochs=2, batch_size=32, val_fraction=0.2)
     run, _ = trainer.train(config, out=tmp_path / "run", quiet=True)
     path = run / rundir.CHECKPOINT

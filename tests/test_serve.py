@@ -106,7 +106,8 @@ def test_predict_agrees_with_cifarlab_predict(client: TestClient, run: Path) -> 
             got = response.json()
             assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
             want_probs = [t["prob"] for t in want["top"]]
-            assert [t["prob"] for t in got["top"]] == pytest.approx(want_probs, abs=1e-6)
+            # one image a request against a batch of many: the same sums in another order
+            assert [t["prob"] for t in got["top"]] == pytest.approx(want_probs, abs=1e-5)
             assert got["model"]["run"] == run.name
     assert len(client.post("/predict?top_k=2", content=files[0].read_bytes()).json()["top"]) == 2
     assert len(client.post("/predict?top_k=50", content=files[0].read_bytes()).json()["top"]) == 10
@@ -244,6 +245,7 @@ def test_oversized_bodies_are_refused_without_reading_them(run: Path, image: Pat
         assert ok.status_code == 200 and ok.json()["top"]
 
 
+@pytest.mark.slow
 def test_serve_command_binds_loopback_and_stops_on_ctrl_c(run: Path) -> None:
     import httpx
 
@@ -297,7 +299,7 @@ def test_limits_refuse_nan_inf_and_zero() -> None:
     for bad in (float("nan"), float("inf"), 0, -1):
         with pytest.raises(UserError, match="must be a positive number"):
             Limits.from_megabytes(bad)
-        with pytest.raises(UserError, match="--max-pixels must be a positive number"):
+        with pytest.raises(UserError, match="^max_pixels must be a positive number"):
             Limits(max_pixels=bad)  # type: ignore[arg-type]
     assert Limits.from_megabytes(0.5).max_upload_bytes == 2**19
 
@@ -367,6 +369,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> float | None:
     return None
 
 
+@pytest.mark.slow
 def test_idle_sockets_cannot_take_the_cli_server_down(run: Path) -> None:
     """Issue 12: 4 idle TCP connections with --max-concurrency 4 made /health answer 503 to everyone
     until they closed. Now only requests count, and a socket without a request is dropped after 5 s."""
@@ -401,6 +404,7 @@ def test_idle_sockets_cannot_take_the_cli_server_down(run: Path) -> None:
                 proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("http", ["h11", "httptools"])
 def test_slow_clients_are_dropped(run: Path, image: Path, http: str) -> None:
     """A trickled head is closed after header_seconds, a head over 64 KB at once, a trickled body
@@ -431,6 +435,7 @@ def test_slow_clients_are_dropped(run: Path, image: Path, http: str) -> None:
             sock.close()
 
 
+@pytest.mark.slow
 def test_uploads_in_flight_are_limited_not_sockets(run: Path, image: Path) -> None:
     import httpx
 

@@ -1,4 +1,4 @@
-"""The demo page in a real headless Chromium: pick a real CIFAR image, see the model's label.
+"""The demo page in a real headless Chromium: pick an image, see the model's label.
 
 Needs Debian's chromium and chromium-driver (`sh scripts/install-browser.sh`) and the selenium
 package; skipped, with the reason, where they are missing. Nothing is downloaded: the driver is
@@ -7,7 +7,6 @@ given by path, so Selenium Manager never runs, and the page itself loads nothing
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,11 @@ from cifarlab import checkpoint
 from cifarlab.evaluate import predict_files
 from conftest import held_out_files, tiny_run
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="no chromium/chromedriver on PATH: run `sh scripts/install-browser.sh`")
+pytestmark = pytest.mark.browser
 
 pytest.importorskip("selenium", reason="needs selenium: pip install selenium")
 pytest.importorskip("fastapi", reason="needs: pip install fastapi uvicorn python-multipart")
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -53,20 +43,6 @@ def site(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     (own / "report" / "report.html").write_text("<title>Training report</title><h1>Training report</h1>")
     with live_server(create_app(own)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def upload(browser: Any, file: Path) -> None:

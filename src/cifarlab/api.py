@@ -2,7 +2,7 @@
 
     import cifarlab as cl
     run = cl.train("base", data="../shared/data/cifar10-train-jpeg.tgz", epochs=15, out="runs/nb")
-    run.history[-1]["val_acc"], run.summary["best_val_acc"]
+    run.history["val_acc"], run.results["best_val_acc"]   # Keras' names work: history["val_accuracy"]
     run.plot_curves()                    # a matplotlib Figure: shows inline in Jupyter
     run.evaluate(tta=True)               # {"accuracy": ..., "loss": ..., "per_class": ...}
     run.predict("my_cat.jpg", top_k=3)
@@ -19,10 +19,9 @@ images to N x classes logits (cifarlab wraps the normalisation around it).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,21 +29,26 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import nn
 
-from cifarlab import checkpoint, distributed, fsio, plots, rundir
+from cifarlab import checkpoint, clock, display, distributed, fsio, plots, rundir, worker
 from cifarlab import comparison as comparing
+from cifarlab import evaluate as evaluating
 from cifarlab import report as reporting
 from cifarlab import trainer as training
+from cifarlab.arrays import is_memory, to_dataset
 from cifarlab.config import Recipe, TrainConfig, list_recipes, resolve
 from cifarlab.data import Dataset
 from cifarlab.diagnose import Diagnosis, diagnose
 from cifarlab.errors import UserError
-from cifarlab.evaluate import as_images, pick_device, predict_logits
+from cifarlab.evaluate import as_images, predict_logits
 from cifarlab.evaluate import top_k as top_k_of
+from cifarlab.history import History
 from cifarlab.modelsummary import ModelSummary, summarize
-from cifarlab.networks import Classifier, create_model, list_models, register_model, spec_of
+from cifarlab.networks import Classifier, create_model, describe_models, register_model, spec_of
+from cifarlab.runtime import pick_device
 
 __all__ = ["Comparison", "Run", "compare", "load", "load_data", "make_config", "models",
-           "plot_data", "recipes", "register_model", "resume", "summary", "train", "trials"]
+           "plot_data", "recipes", "register_model", "resume", "summary", "train", "train_seeds",
+           "trials"]
 
 PathLike = str | Path
 
@@ -54,29 +58,51 @@ class Run:
 
         >>> import cifarlab as cl
         >>> run = cl.load("runs/nb")                             # doctest: +SKIP
-        >>> run.summary["best_val_acc"], run.plot_curves()       # doctest: +SKIP
+        >>> run.results["best_val_acc"], run.plot_curves()       # doctest: +SKIP
 
     `model` is the best weights (by the run's monitor) unless `weights="final"` is asked for.
     A run of your own network needs the network again: `cl.load(path, model=MyNet)`.
     """
 
-    def __init__(self, path: PathLike, model: checkpoint.ModelArg = None):
+    def __init__(self, path: PathLike, model: checkpoint.ModelArg = None,
+                 dataset: Dataset | None = None):
         self.path = Path(path)
         self._files = _read(self.path)
         self._model_arg = model
+        self._dataset = dataset  # the images in memory it trained on, if any (arrays.py)
         self._models: dict[str, Classifier] = {}
-        self._predictions: dict[tuple[Any, ...], reporting.Predictions] = {}
+        self._predictions: dict[tuple[Any, ...], evaluating.Predictions] = {}
 
     def __repr__(self) -> str:
-        s = self.summary
+        s, what = self.results, self._files.model_recipe
+        if self._files.run_name:
+            what = f"{self._files.run_name!r}, {what}"
         if not self.history:
-            return f"Run('{self.path}': a model file of {self._files.model_recipe})"
+            return f"Run('{self.path}': a model file of {what})"
+        epochs = f"{len(self.history)} epoch{'s' if len(self.history) != 1 else ''}"
         if math.isnan(self.history[-1]["val_acc"]):  # --val-fraction 0
-            return (f"Run('{self.path}': {self._files.model_recipe}, {len(self.history)} epochs, "
-                    f"no validation, clean train_acc {self.history[-1]['train_acc_clean']:.4f})")
+            return (f"Run('{self.path}': {what}, {epochs}, no validation, clean train_acc "
+                    f"{self.history[-1]['train_acc_clean']:.4f})")
         best = f", best {s['best_val_acc']:.4f} at epoch {s['best_epoch']}" if s else ""
-        return (f"Run('{self.path}': {self._files.model_recipe}, {len(self.history)} epochs, "
-                f"val_acc {self.history[-1]['val_acc']:.4f}{best})")
+        return f"Run('{self.path}': {what}, {epochs}, val_acc {self.history[-1]['val_acc']:.4f}{best})"
+
+    def _repr_html_(self) -> str:
+        rows = [("folder", str(self.path)), ("model", self._files.model_recipe)]
+        if self._files.run_name:
+            rows.insert(0, ("name", self._files.run_name))
+        if self.history:
+            last, r = self.history[-1], self.results
+            rows += [("epochs", str(len(self.history))),
+                     ("val accuracy", display.number(last["val_acc"])),
+                     ("clean train accuracy", display.number(last["train_acc_clean"]))]
+            if r.get("best_val_acc") is not None:
+                rows.append(("best val accuracy", f"{r['best_val_acc']:.4f} at epoch {r['best_epoch']}"))
+            if r.get("val_acc_tta") is not None:
+                rows.append(("val accuracy with TTA", f"{r['val_acc_tta']:.4f}"))
+            rows.append(("diagnosis", self.diagnosis().verdict))
+            if r.get("wall_seconds") is not None:
+                rows.append(("time", f"{r['wall_seconds']:.0f} s"))
+        return display.fields("Run", rows)
 
     @property
     def config(self) -> TrainConfig:
@@ -84,19 +110,27 @@ class Run:
         return TrainConfig.from_dict(self._files.config)
 
     @property
-    def history(self) -> list[dict[str, float]]:
-        """One dict per finished epoch: epoch, train_loss, train_acc, train_acc_clean, val_loss,
-        val_acc, lr, seconds, train_seconds (metrics.csv)."""
+    def history(self) -> History:
+        """The finished epochs (metrics.csv): `history["val_acc"]` is a column (Keras' names work
+        too: `history["val_accuracy"]`, `history.history["loss"]`), `history[-1]` the last row."""
         return self._files.history
 
     @property
-    def summary(self) -> dict[str, Any]:
-        """Final figures (summary.json); empty for an unfinished run."""
+    def results(self) -> dict[str, Any]:
+        """The run's final figures (summary.json): val_acc, best_val_acc and its epoch, TTA,
+        seconds ...; empty for an unfinished run."""
         return self._files.summary
 
     @property
+    def summary(self) -> _Summary:
+        """`run.summary()`: the model's layers, shapes, parameters and FLOPs, as Keras'
+        model.summary(). (summary.json's figures are `run.results`; `run.summary["..."]` still
+        reads them, with a DeprecationWarning.)"""
+        return _Summary(self)
+
+    @property
     def classes(self) -> list[str]:
-        return list(self._files.record.get("classes", []))
+        return list(self._files.info.get("classes", []))
 
     @property
     def model(self) -> Classifier:
@@ -130,30 +164,44 @@ class Run:
     # ------------------------------------------------------------------------------------------
     # Using the model
 
-    def _split(self, data: PathLike | None, split: str) -> Any:
+    def _source(self, data: Any) -> str | Dataset | None:
+        """What `data=` means here: a path; images in memory (the run's own training arrays are
+        carved as the run carved them; others are judged as a whole); None: the run's own data."""
+        if data is None:
+            return self._dataset
+        if not is_memory(data):
+            return os.fspath(data)
+        given = to_dataset(data, classes=self.classes or None)
+        if str(given.source) == self._files.config.get("data"):
+            return given
+        return Dataset(given.source, given.kind, given.classes, {"test": given.splits["train"]})
+
+    def _split(self, data: Any, split: str | None) -> Any:
         """The images and labels of a split, without running the model on them."""
-        _, part = reporting.evaluation_split(self._files.record, str(data) if data is not None
-                                             else None, split, quiet=True)
+        _, part = evaluating.evaluation_split(self._files.info, self._source(data), split, quiet=True)
         return part
 
-    def predictions(self, data: PathLike | None = None, split: str = "val", tta: bool = False,
-                    weights: str = "best", device: str = "auto") -> reporting.Predictions:
+    def predictions(self, data: Any = None, split: str | None = None, tta: bool = False,
+                    weights: str = "best", device: str = "auto") -> evaluating.Predictions:
         """The model's logits on a split (cached: evaluate and the plots share one pass)."""
-        key = (str(data) if data is not None else None, split, tta, weights, device)
+        source = self._source(data)
+        key = (str(source.source) if isinstance(source, Dataset) else source, split, tta, weights,
+               device)
         if key not in self._predictions:
-            self._predictions[key] = reporting.predict_split(
-                self._files, str(data) if data is not None else None, split, device, weights,
-                tta, self._model_factory(), quiet=True)
+            self._predictions[key] = evaluating.predict_split(
+                self._files, source, split, device, weights, tta, self._model_factory(), quiet=True)
         return self._predictions[key]
 
-    def evaluate(self, data: PathLike | None = None, split: str = "val", tta: bool = False,
-                 weights: str = "best", device: str = "auto") -> dict[str, Any]:
+    def evaluate(self, data: Any = None, split: str | None = None, tta: bool = False,
+                 weights: str = "best", device: str = "auto") -> evaluating.Evaluation:
         """Accuracy, loss, per-class precision/recall/F1, calibration (ECE) on a split.
 
-        split "val" is the run's own held-out images; "test" needs a source with a test split
-        (the official archive has one); "train" the images it trained on.
+        split "val" (the default) is the run's own held-out images; "test" needs a source with a
+        test split (the official archive has one); "train" the images it trained on. `data`:
+        another source, or images in memory, as Keras' model.evaluate(x_test, y_test) takes them:
+        `run.evaluate(data=(x_test, y_test))` judges all of them.
         """
-        return reporting.scores(self.predictions(data, split, tta, weights, device))
+        return evaluating.scores(self.predictions(data, split, tta, weights, device))
 
     def predict(self, images: Any, top_k: int = 5, weights: str = "best", tta: bool = False,
                 device: str = "auto") -> list[dict[str, Any]]:
@@ -170,19 +218,19 @@ class Run:
         """Loss and accuracy per epoch, train against val, the gap shaded."""
         return reporting.curves_figure(self._files)
 
-    def plot_confusion(self, split: str = "val", data: PathLike | None = None, tta: bool = False,
+    def plot_confusion(self, split: str | None = None, data: Any = None, tta: bool = False,
                        weights: str = "best") -> Figure:
         """Confusion matrix: counts, and each row as a share of its true class."""
         return reporting.confusion_figure(self.predictions(data, split, tta, weights))
 
-    def plot_samples(self, split: str = "val", data: PathLike | None = None, count: int = 24,
+    def plot_samples(self, split: str | None = None, data: Any = None, count: int = 24,
                      mistakes: bool = False, weights: str = "best") -> Figure:
         """A grid of images with predicted and true class; `mistakes=True`: the most confident
         wrong ones."""
         p = self.predictions(data, split, False, weights)
         return reporting.mistakes_figure(p, count) if mistakes else reporting.samples_figure(p, count)
 
-    def plot_calibration(self, split: str = "val", data: PathLike | None = None,
+    def plot_calibration(self, split: str | None = None, data: Any = None,
                          weights: str = "best") -> Figure:
         """Reliability diagram: confidence against accuracy."""
         return reporting.reliability_figure(self.predictions(data, split, False, weights))
@@ -191,7 +239,7 @@ class Run:
     # Understanding: what the network looks at, and how it holds up under corruptions
 
     def explain(self, images: Any = None, layer: str | None = None, count: int = 8,
-                split: str = "val", data: PathLike | None = None, weights: str = "best",
+                split: str | None = None, data: Any = None, weights: str = "best",
                 device: str = "auto", save: bool = True) -> dict[str, Figure]:
         """First-layer filters, feature maps by depth, and Grad-CAM heat maps for the most
         confident right and wrong predictions (on the split, or on your `images`: files,
@@ -217,7 +265,7 @@ class Run:
 
     def robustness(self, quick: bool = False, corruptions: Sequence[str] | None = None,
                    severities: Sequence[int] | None = None, images: int | None = None,
-                   seed: int = 0, split: str = "val", data: PathLike | None = None,
+                   seed: int = 0, split: str | None = None, data: Any = None,
                    weights: str = "best", device: str = "auto", quiet: bool = True,
                    save: bool = True) -> Any:
         """Accuracy under the 15 CIFAR-10-C corruptions at 5 severities (robustness.py), beside
@@ -242,13 +290,16 @@ class Run:
     # ------------------------------------------------------------------------------------------
     # Files
 
-    def report(self, out: PathLike | None = None, data: PathLike | None = None, split: str = "val",
+    def report(self, out: PathLike | None = None, data: Any = None, split: str | None = None,
                tta: bool = False, weights: str = "best", device: str = "auto",
-               quiet: bool = True) -> Path:
-        """Write the HTML report (and its PNGs and JSON); returns the path of report.html."""
-        written = reporting.write_report(self._files, out, str(data) if data is not None else None,
-                                         split, device, quiet, weights, tta, self._model_factory())
-        return written.out / "report.html"
+               quiet: bool = True) -> reporting.Report:
+        """Write the HTML report (and its PNGs and JSON) into RUN/report (or `out`); returns the
+        Report (`.path` is report.html, `.diagnosis`, `.evaluation`, `.files`)."""
+        if not self.history:
+            raise UserError(f"{self.path} is a model file: a report needs a run directory, with "
+                            "its history")
+        return reporting.write_report(self._files, out, self._source(data), split, device, quiet,
+                                      weights, tta, self._model_factory())
 
     def export(self, format: str = "onnx", out: PathLike | None = None,
                weights: str = "best") -> Path:
@@ -259,16 +310,41 @@ class Run:
         return path
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000, weights: str = "best",
-              **limits: Any) -> None:
-        """The web demo and JSON API for this model until Ctrl-C (docs/serving.md); `limits` are
-        serve.Limits fields, e.g. max_upload_bytes, max_concurrency."""
+              limits: Any = None, **limit_fields: Any) -> None:
+        """The web demo and JSON API for this model until Ctrl-C (docs/serving.md); `limits` is a
+        cifarlab.serve.Limits, or give its fields, e.g. max_upload_bytes=2**20, max_concurrency=8."""
         from cifarlab.serve import Limits, serve
 
-        serve(self.path, host, port, Limits(**limits), weights, self._model_factory())
+        serve(self.path, host, port, limits or Limits(**limit_fields), weights,
+              self._model_factory())
 
     def resume(self, epochs: int | None = None, **kwargs: Any) -> Run:
         """Train on: to the run's own end, or (constant schedules) to `epochs`. See `cl.resume`."""
         return resume(self.path, epochs=epochs, model=self._model_arg, **kwargs)
+
+
+class _Summary(dict[str, Any]):
+    """What `run.summary` is: called, the model table (Keras' model.summary()); read as a dict,
+    summary.json, as before (the old spelling of `run.results`, kept one release)."""
+
+    def __init__(self, run: Run):
+        super().__init__(run.results)
+        self._run = run
+
+    def __call__(self, weights: str = "best") -> ModelSummary:
+        model = self._run.load_model(weights)
+        return summarize(model, f"{self._run._files.label} ({weights} weights)")
+
+    def __getitem__(self, key: str) -> Any:
+        warnings.warn("run.summary[...] is now run.results[...] (run.summary() is the model "
+                      "table, as Keras' model.summary())", DeprecationWarning, stacklevel=2)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]  # warns, as [...] does
+        except KeyError:
+            return default
 
 
 def _read(path: Path) -> rundir.RunFiles:
@@ -276,7 +352,9 @@ def _read(path: Path) -> rundir.RunFiles:
     if path.is_file():
         record = checkpoint.load(path, checkpoint.MODEL_FORMAT)
         return rundir.RunFiles(path, {"config": dict(record.get("config") or {}),
-                                      "classes": list(record.get("classes") or [])}, [])
+                                      "classes": list(record.get("classes") or [])}, History())
+    if not path.exists():
+        raise UserError(f"run or model not found: {path} (a run directory or a model file)")
     return rundir.read(path)
 
 
@@ -291,100 +369,142 @@ def make_config(recipe: str | None = None, config_file: PathLike | None = None,
         >>> import cifarlab as cl
         >>> cl.make_config("robust", epochs=3).augment.flip
         True
+        >>> cl.make_config("fast", budget="10m", epochs=5).max_epochs   # with a budget, a cap
+        5
     """
-    if settings.get("data") is not None:
-        settings["data"] = str(settings["data"])  # a Path is as good as a str
     return resolve(recipe, config_file, settings)
 
 
-def train(recipe: str | None = None, *, model: Any = None, data: PathLike | None = None,
+def _settings(model: Any, data: PathLike | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """`model=` and `data=` as the settings they stand for (config.py coerces paths)."""
+    if data is not None:
+        settings["data"] = data
+    if model is not None:
+        settings["model"] = model if isinstance(model, str) else spec_of(model)
+    return settings
+
+
+def _with_loggers(cfg: TrainConfig, callbacks: Sequence[Any], live_plot: bool) -> list[Any]:
+    """The user's callbacks, plus the loggers the settings switch on, and live curves."""
+    from cifarlab.callbacks import LiveCurves, TensorBoard
+
+    return [*callbacks, *([TensorBoard()] if cfg.tensorboard else []),
+            *([LiveCurves()] if live_plot else [])]
+
+
+def train(recipe: str | None = None, *, model: Any = None, data: Any = None,
+          val_data: Any = None, classes: Sequence[str] | None = None,
           out: PathLike | None = None, config_file: PathLike | None = None,
-          callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
-          started: float | None = None, **settings: Any) -> Run:
+          callbacks: Sequence[Any] = (), quiet: bool = False, live_plot: bool | None = None,
+          nproc: int = 1, **settings: Any) -> Run:
     """Train a recipe, or your own model, and return its Run.
 
         >>> import cifarlab as cl
         >>> run = cl.train("base", data="../shared/data/cifar10-train-jpeg.tgz", epochs=1,
         ...                subset=2000, out="runs/doc")              # doctest: +SKIP
+        >>> (x, y), _ = keras.datasets.cifar10.load_data()          # doctest: +SKIP
+        >>> run = cl.train("base", data=(x, y), val_fraction=0.1)          # doctest: +SKIP
 
+    `data`: a source (an archive, a folder; None: $CIFARLAB_DATA, else the official set), or
+    images in memory: `(x, y)` arrays or tensors (uint8 0..255 or float 0..1, N x 32 x 32 x 3 or
+    N x 3 x 32 x 32; labels N or N x 1 or one-hot), a `cl.load_data` Dataset, or a torch Dataset
+    of (image, label). `val_data`: validation images the same way (Keras' validation_data), else
+    `val_fraction` of `data` is held out. `classes`: names for the labels 0, 1, ... of arrays.
     `model`: a registered name, "file.py:Class", an nn.Module (trained in place) or a factory
     (class or function; it gets num_classes if it takes it, and `model_kwargs`). Any other
-    keyword is a setting (cl.make_config shows them all). `callbacks`: objects with
-    `on_epoch_end(run, metrics)` (and optionally on_train_begin/on_train_end), or plain
-    functions f(run, metrics); returning True stops training. `nproc=N` trains with N processes
+    keyword is a setting (cl.make_config shows them all), e.g. `budget="10m"` (then `epochs`,
+    if given, is the most it may choose). `callbacks`: cl.Callback objects or functions
+    f(trainer, metrics) (callbacks.py). `live_plot`: redraw the curves after every epoch (default:
+    in a Jupyter notebook, unless quiet). `nproc=N` trains with N processes
     (DistributedDataParallel via torchrun's launcher; recipes and registered or file models only).
-    Ctrl-C saves a checkpoint and raises `cifarlab.errors.Interrupted`; `cl.resume(path)` goes on.
-    `started` (time.perf_counter()) is when a `budget`'s clock started, if before this call.
+    Ctrl-C saves a checkpoint and raises `cl.Interrupted`; `cl.resume(path)` goes on.
     """
-    if data is not None:
-        settings["data"] = str(data)
-    if model is not None:
-        settings["model"] = model if isinstance(model, str) else spec_of(model)
-    cfg = resolve(recipe, config_file, settings)
-    if cfg.tensorboard:
-        from cifarlab.callbacks import TensorBoard
-
-        callbacks = [*callbacks, TensorBoard()]
+    dataset = None
+    if isinstance(data, Dataset) and data.origin is not None and val_data is None and not classes:
+        settings = {**data.origin, **settings}  # read from a file: train from that file
+        data = None
+    elif is_memory(data) or val_data is not None or classes:
+        if data is None:
+            raise UserError("val_data and classes come with data=(x, y): the images to train on")
+        dataset = to_dataset(data, list(classes) if classes else None, val_data)
+        data = str(dataset.source)  # "memory:<fingerprint>": the run records which images
+    cfg = resolve(recipe, config_file, _settings(model, data, settings))
+    live = live_plot if live_plot is not None else display.in_notebook() and not quiet
+    callbacks = _with_loggers(cfg, callbacks, live and nproc == 1)
     if nproc != 1:
-        return _train_processes(cfg, out, nproc, quiet, model)
+        if dataset is not None:
+            raise UserError("nproc > 1 starts new processes, which cannot receive images in "
+                            "memory: save them as an image folder and pass its path")
+        return _train_processes(cfg, out, nproc, quiet, model, callbacks)
     run_dir, _ = training.train(cfg, out, model=None if isinstance(model, str) else model,
-                                callbacks=callbacks, quiet=quiet, started=started)
-    return Run(run_dir, model if not isinstance(model, str) else None)
+                                callbacks=callbacks, quiet=quiet, started=clock.take_start(),
+                                dataset=dataset)
+    return Run(run_dir, model if not isinstance(model, str) else None, dataset)
 
 
 def _train_processes(cfg: TrainConfig, out: PathLike | None, nproc: int, quiet: bool,
-                     model: Any) -> Run:
-    """N processes on this machine: the same resolved config, handed to `cifarlab train` workers."""
+                     model: Any, callbacks: Sequence[Any]) -> Run:
+    """N processes on this machine, each handed the resolved config through one job file."""
     if model is not None and not isinstance(model, str):
         raise UserError("nproc > 1 starts new processes, which cannot receive a Python object: "
                         "register the model in a file and pass model='file.py:Class'")
+    if callbacks:
+        raise UserError("nproc > 1 starts new processes, which cannot receive callbacks")
     if cfg.budget is not None:
-        raise UserError("--budget sizes a run for one process; leave out --nproc")
-    # settled once, so that every worker names it
-    run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model))
-    (run_dir / rundir.MARKER).unlink()  # the workers' rank 0 claims it again
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(cfg.to_dict(), handle)
+        raise UserError("a budget sizes a run for one process; leave out nproc")
+    existed = out is not None and Path(out).is_dir()
+    run_dir = rundir.create(out, rundir.stem(cfg.recipe, cfg.model, cfg.name))  # claimed, once
     try:
-        argv = ["train", "--config", handle.name, "--out", str(run_dir)] + (["--quiet"] if quiet else [])
-        code = distributed.launch(nproc, argv)
-    finally:
-        os.unlink(handle.name)
-    if code != 0:
-        raise distributed.WorkersFailed(code)
+        worker.run_processes(nproc, {"action": "train", "config": cfg.to_dict(),
+                                     "run_dir": str(run_dir), "quiet": quiet})
+    except BaseException:
+        rundir.discard_if_empty(run_dir, remove_folder=not existed)
+        raise
     return Run(run_dir)
 
 
-def trials(recipe: str | None = None, n: int = 3, *, out: PathLike | None = None,
-           seed: int = 0, quiet: bool = False, **kwargs: Any) -> list[Run]:
-    """`n` runs with seeds seed, seed+1, ... into OUT/seed-S; mean +- std into OUT/trials.json.
+def train_seeds(recipe: str | None = None, n: int = 3, *, out: PathLike | None = None,
+                seed: int = 0, quiet: bool = False, **kwargs: Any) -> list[Run]:
+    """`n` runs with seeds seed, seed+1, ... into OUT/seed-S; mean +- std into OUT/seeds.json.
 
     A result is a distribution (airbench reports every figure over many seeds).
+
+        >>> import cifarlab as cl
+        >>> runs = cl.train_seeds("quick", n=3)             # doctest: +SKIP
     """
     if n < 1:
-        raise UserError("--trials must be at least 1")
+        raise UserError("the number of seeds must be at least 1")
     if distributed.from_env().enabled or kwargs.get("nproc", 1) != 1:
-        raise UserError("--trials runs one process; leave out --nproc/torchrun")
+        raise UserError("training over seeds runs one process; leave out nproc/torchrun")
     name = make_config(recipe, kwargs.get("config_file")).recipe
     parent = rundir.create(out, name)
     runs = []
-    for trial in range(n):
+    for index in range(n):
         if not quiet:
-            print(f"trial {trial + 1}/{n}: seed {seed + trial}, {parent / f'seed-{seed + trial}'}",
+            print(f"seed {seed + index} ({index + 1} of {n}): {parent / f'seed-{seed + index}'}",
                   flush=True)
-        runs.append(train(recipe, out=parent / f"seed-{seed + trial}", seed=seed + trial,
+        runs.append(train(recipe, out=parent / f"seed-{seed + index}", seed=seed + index,
                           quiet=quiet, **kwargs))
-        kwargs.pop("started", None)  # a budget's clock starts once, for the first trial
-    summaries = [run.summary for run in runs]
+    summaries = [run.results for run in runs]
     table = comparing.mean_std_table(summaries)
-    fsio.write_json(parent / "trials.json", {"summaries": summaries, "mean_std": table})
+    fsio.write_json(parent / SEEDS_FILE, {"summaries": summaries, "mean_std": table})
     for key, (mean, std) in table.items():  # the result, printed even when quiet
         print(f"{key}: {mean:.4f} +- {std:.4f} over {n} seeds")
     return runs
 
 
+SEEDS_FILE = "seeds.json"
+
+
+def trials(recipe: str | None = None, n: int = 3, **kwargs: Any) -> list[Run]:
+    """The old name of `train_seeds` (a "trial" is a search's; this is seeds)."""
+    warnings.warn("cl.trials is now cl.train_seeds (trials are the search's)", DeprecationWarning,
+                  stacklevel=2)
+    return train_seeds(recipe, n, **kwargs)
+
+
 def resume(path: PathLike | None = None, *, epochs: int | None = None,
-           data: PathLike | None = None, device: str | None = None, model: Any = None,
+           data: Any = None, device: str | None = None, model: Any = None,
            callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1,
            **refused: Any) -> Run:
     """Continue an interrupted run (or extend a finished one with `epochs`, constant schedules).
@@ -396,24 +516,28 @@ def resume(path: PathLike | None = None, *, epochs: int | None = None,
         >>> cl.resume("runs/nb", epochs=20)                           # doctest: +SKIP
     """
     run_dir = Path(path) if path is not None else rundir.latest()
-    changes = {"epochs": epochs, "data": str(data) if data is not None else None,
-               "device": device, **refused}
+    dataset = to_dataset(data) if is_memory(data) else None  # checked against the run's images
+    changes = {"epochs": epochs, "data": os.fspath(data) if data is not None and dataset is None
+               else None, "device": device, **refused}
     if nproc != 1:
-        argv = ["train", "--resume", str(run_dir)] + [
-            f"--{key.replace('_', '-')}={value}" for key, value in changes.items() if value is not None]
-        code = distributed.launch(nproc, argv + (["--quiet"] if quiet else []))
-        if code != 0:
-            raise distributed.WorkersFailed(code)
+        if model is not None and not isinstance(model, str):
+            raise UserError("nproc > 1 starts new processes, which cannot receive a Python "
+                            "object: pass model='file.py:Class'")
+        if dataset is not None:
+            raise UserError("nproc > 1 cannot receive images in memory")
+        worker.run_processes(nproc, {"action": "resume", "run_dir": str(run_dir), "quiet": quiet,
+                                     "changes": changes, "model": model})
         return Run(run_dir)
-    training.resume(run_dir, changes, model=model, callbacks=callbacks, quiet=quiet)
-    return Run(run_dir, model)
+    training.resume(run_dir, changes, model=model, callbacks=callbacks, quiet=quiet,
+                    dataset=dataset)
+    return Run(run_dir, model, dataset)
 
 
 def load(path: PathLike, *, model: Any = None) -> Run:
     """Open a run directory. `model`: your network again, for runs of your own model.
 
         >>> import cifarlab as cl
-        >>> cl.load("runs/nb").summary["val_acc"]                    # doctest: +SKIP
+        >>> cl.load("runs/nb").results["val_acc"]                    # doctest: +SKIP
     """
     return Run(path, model)
 
@@ -447,33 +571,44 @@ class Comparison:
     def __str__(self) -> str:
         return self.format("table")
 
+    __repr__ = __str__  # the table is what a Comparison is
+
     def _repr_markdown_(self) -> str:
         return self.format("markdown")
 
 
-def compare(paths: Sequence[PathLike] | PathLike, skip_non_runs: bool = False, tta: bool = False,
-            device: str = "auto") -> Comparison:
+def compare(runs: Sequence[Run | PathLike] | Run | PathLike, skip_non_runs: bool = False,
+            tta: bool = False, device: str = "auto") -> Comparison:
     """Compare runs: accuracies of the last and the best epoch, TTA, the gap, the diagnosis, speed.
 
-    Runs are named by the shortest end of their path that tells them apart. `tta=True` measures
-    the val accuracy with test-time augmentation (final weights) for every run whose summary.json
-    does not hold one already (the fast recipes record it while training).
+    `runs`: Run objects (what cl.train returns), paths, or a mix. Runs are named by their `name`
+    if they have one, else by the shortest end of their path that tells them apart. `tta=True`
+    measures the val accuracy with test-time augmentation (final weights) for every run whose
+    summary.json does not hold one already (the fast recipes record it while training).
 
         >>> import cifarlab as cl
-        >>> print(cl.compare(["runs/base", "runs/robust"]))             # doctest: +SKIP
+        >>> print(cl.compare([run_a, "runs/robust"]))                  # doctest: +SKIP
     """
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
-    runs, skipped = [], []
-    for path in paths:
-        if skip_non_runs and not rundir.is_run(Path(path)):
-            skipped.append(str(path))
+    if isinstance(runs, Run | str | os.PathLike):
+        runs = [runs]
+    files, skipped = [], []
+    for item in runs:
+        if isinstance(item, Run):
+            if not item.refresh().history:
+                raise UserError(f"{item.path} is a model file: compare needs runs, with histories")
+            files.append(item._files)
             continue
-        runs.append(rundir.read(path))
-    if not runs:
+        if not isinstance(item, str | os.PathLike):
+            raise UserError(f"cl.compare takes runs (cl.Run, or a run folder's path), not "
+                            f"{type(item).__name__}")
+        if skip_non_runs and not rundir.is_run(Path(item)):
+            skipped.append(os.fspath(item))
+            continue
+        files.append(rundir.read(item))
+    if not files:
         raise UserError("no runs to compare")
-    measured = [_tta_of(run, device) if tta else None for run in runs]
-    return Comparison(runs, skipped, measured)
+    measured = [_tta_of(run, device) if tta else None for run in files]
+    return Comparison(files, skipped, measured)
 
 
 def _tta_of(run: rundir.RunFiles, device: str) -> float | None:
@@ -493,20 +628,28 @@ def _tta_of(run: rundir.RunFiles, device: str) -> float | None:
         return None
 
 
-def load_data(data: PathLike | None = None, quiet: bool = False) -> Dataset:
-    """Read a data source (decoded once, then cached): its classes and its splits, each with
-    `images` (N x 32 x 32 x 3 uint8, as stored) and `labels` (N integers, indices into `classes`).
+def load_data(data: PathLike | None = None, val_fraction: float = 0.1, split_seed: int = 0,
+              quiet: bool = False) -> Dataset:
+    """Read a data source (decoded once, then cached) as a run sees it: its classes and its
+    splits "train", "val" (the last `val_fraction` of each class of train after a shuffle by
+    `split_seed`, as a run with those settings holds out; none with 0, or the source's own val/)
+    and "test" where the source has one. Each split has `images` (N x 32 x 32 x 3 uint8, as
+    stored) and `labels` (N integers, indices into `classes`).
 
-    `data` as for `train`: an archive, a folder, or None for $CIFARLAB_DATA, else the official set.
+    `data` as for `train`: an archive, a folder, or None for $CIFARLAB_DATA, else the official
+    set. `cl.train(data=dataset)` trains from the same source with the same split.
 
         >>> import cifarlab as cl
         >>> data = cl.load_data("../shared/data/cifar10-train-jpeg.tgz")    # doctest: +SKIP
-        >>> data.classes[:3], data.splits["train"].images.shape            # doctest: +SKIP
-        (['airplane', 'automobile', 'bird'], (50000, 32, 32, 3))
+        >>> data.classes[:3], data.splits["val"].images.shape              # doctest: +SKIP
+        (['airplane', 'automobile', 'bird'], (5000, 32, 32, 3))
     """
-    from cifarlab.data import load_dataset
+    from cifarlab.data import load_dataset, make_splits
 
-    return load_dataset(str(data) if data is not None else None, quiet=quiet)
+    dataset = load_dataset(os.fspath(data) if data is not None else None, quiet=quiet)
+    splits = make_splits(dataset, val_fraction, split_seed)
+    origin = {"data": str(dataset.source), "val_fraction": val_fraction, "split_seed": split_seed}
+    return Dataset(dataset.source, dataset.kind, dataset.classes, splits, dataset.cache_file, origin)
 
 
 def plot_data(data: Dataset | PathLike | None = None, per_class: int = 8, split: str = "train",
@@ -538,9 +681,15 @@ def recipes() -> list[Recipe]:
     return list_recipes()
 
 
-def models() -> list[str]:
-    """Registered model names (add yours with `@cl.register_model("name")`)."""
-    return list_models()
+def models() -> dict[str, str]:
+    """The registered models: name -> the first line of its docstring (add yours with
+    `@cl.register_model("name")`).
+
+        >>> import cifarlab as cl
+        >>> "base" in cl.models()
+        True
+    """
+    return describe_models()
 
 
 def summary(target: Any = "base", *, num_classes: int | None = None, model: Any = None,

@@ -136,7 +136,7 @@ def build_model(record: dict[str, Any], model: ModelArg = None, where: object = 
         if name not in MODELS:
             raise UserError(
                 f"{where} holds the model '{name}', which is not registered here; pass it again: "
-                f"--model {name if is_spec(name) else 'FILE.py:Class'} (CLI) or model=... (Python)")
+                f"--model {name if is_spec(name) else 'FILE.py:Class'}")
         model = name
     try:
         classes = record["classes"]

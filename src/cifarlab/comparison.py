@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from cifarlab import fsio, plots, rundir
 from cifarlab.diagnose import diagnose
-from cifarlab.rundir import RunFiles as Run
+from cifarlab.rundir import RunFiles
 
 FORMATS = ("table", "markdown", "csv", "json")
 # (key, header, is a number): the order of the columns in every format
@@ -53,7 +53,7 @@ def distinct_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def compare_rows(runs: list[Run], tta: list[float | None] | None = None) -> list[dict[str, Any]]:
+def compare_rows(runs: list[RunFiles], tta: list[float | None] | None = None) -> list[dict[str, Any]]:
     """One row per run: its last epoch's accuracies, the best epoch, TTA, the clean-train-minus-val
     gap and the verdict. A number that was not measured (no validation, no TTA) is None.
 
@@ -67,7 +67,7 @@ def compare_rows(runs: list[Run], tta: list[float | None] | None = None) -> list
         has_val = math.isfinite(last["val_acc"])
         best = max(run.history, key=lambda r: r["val_acc"]) if has_val else None
         rows.append({
-            "run": name, "path": str(run.path), "model_recipe": run.model_recipe,
+            "run": run.run_name or name, "path": str(run.path), "model_recipe": run.model_recipe,
             "seed": run.config.get("seed"), "epochs": len(run.history),
             "train_acc": last["train_acc"], "train_acc_clean": last["train_acc_clean"],
             "val_acc": last["val_acc"] if has_val else None,
@@ -82,7 +82,7 @@ def compare_rows(runs: list[Run], tta: list[float | None] | None = None) -> list
     return rows
 
 
-def _robust_acc(run: Run) -> float | None:
+def _robust_acc(run: RunFiles) -> float | None:
     """Mean accuracy under the corruptions that `cifarlab robustness` measured, if it was run."""
     from cifarlab import robustness
 
@@ -127,18 +127,18 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def chart(runs: list[Run]) -> Figure:
+def chart(runs: list[RunFiles]) -> Figure:
     """The val accuracy per epoch of every run, one line each."""
     return plots.val_curves([(run.label, run.history) for run in runs])
 
 
-def write_chart(runs: list[Run], out_dir: Path) -> Path:
+def write_chart(runs: list[RunFiles], out_dir: Path) -> Path:
     """compare.png in `out_dir`: the val accuracy per epoch of every run. A compare.png that
     cifarlab did not write is never replaced (fsio.write_outputs)."""
     return write_chart_file(runs, out_dir / "compare.png")
 
 
-def write_chart_file(runs: list[Run], path: Path) -> Path:
+def write_chart_file(runs: list[RunFiles], path: Path) -> Path:
     """The chart as a PNG at `path`, which may replace only a file that cifarlab wrote."""
     fsio.write_outputs(path.parent, {path.name: plots.to_png(chart(runs))})
     return path

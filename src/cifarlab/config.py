@@ -1,16 +1,16 @@
 """Every training setting in one dataclass, the named recipes, and the one way to change them.
 
-`TrainConfig` is what a run trains with; its fields are the keywords of `cifarlab.trainer(...)` and
+`TrainConfig` is what a run trains with; its fields are the keywords of `cifarlab.train(...)` and
 the keys of `--set key=value` and `--config FILE`. Changes go through `apply`, which rejects
 unknown keys (with a "did you mean") and values of the wrong type, then `validate` checks ranges:
 a typo must never be silently ignored (nanoGPT's configurator does the same).
 
 This module imports no torch, so `cifarlab --help` and `--print-config` stay instant.
 
-    >>> from cifarlab.config import TrainConfig, apply, make_config
+    >>> from cifarlab.config import TrainConfig, apply, resolve
     >>> apply(TrainConfig(), {"epochs": 3, "augment.flip": True}).augment.flip
     True
-    >>> make_config("robust").augment.rotation
+    >>> resolve("robust").augment.rotation
     0.1
 """
 
@@ -20,6 +20,8 @@ import dataclasses
 import difflib
 import json
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,11 +61,13 @@ class Augment:
         return dataclasses.asdict(self)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """All settings of one training run. Recipes (recipes.py) are named sets of these values."""
+    """All settings of one training run (frozen: change one with `apply` or dataclasses.replace).
+    The recipes below are named sets of these values."""
 
-    recipe: str = "base"
+    recipe: str = "base"  # where the other settings' defaults come from
+    name: str | None = None  # a label for the run wherever runs are listed (default: its recipe or model)
     model: str = "base"  # a registered name, or "file.py:Class" / "package.module:Name"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the model's factory
     epochs: int = 15
@@ -91,9 +95,9 @@ class TrainConfig:
     calibrate: bool = True  # fit a temperature on val after training: probabilities mean what they say
     monitor: str = "val_acc"  # best weights (best.pt) and early stopping follow this metric
     early_stop: int = 0  # stop after this many epochs without a better `monitor` (0: never)
-    budget: float | None = None  # seconds: `epochs` was sized to fit this wall-clock budget
-    max_epochs: int | None = None  # with a budget: at most this many epochs
-    data: str | None = None  # data source path (resolved when the run starts)
+    budget: float | None = None  # seconds ("10m" reads as 600): `epochs` is sized to fit it
+    max_epochs: int | None = None  # with a budget: at most this many epochs (a given `epochs`)
+    data: str | None = None  # data source path, str or Path (resolved when the run starts)
     val_fraction: float = 0.1
     split_seed: int = 0  # fixes the validation images; independent of `seed`
     seed: int = 0  # fixes initialisation, shuffling, augmentation and dropout
@@ -133,10 +137,27 @@ def suggest(word: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+# What Keras (and PyTorch) users type, and cifarlab's name for it: spelled differently enough that
+# difflib would not find it ("validation_split" and "val_fraction" share too few letters).
+KERAS_NAMES = {
+    "validation_split": "val_fraction", "learning_rate": "lr", "batch": "batch_size",
+    "batchsize": "batch_size", "epoch": "epochs", "num_epochs": "epochs", "n_epochs": "epochs",
+    "optimiser": "optimizer", "decay": "weight_decay", "lr_schedule": "schedule",
+    "random_state": "seed", "random_seed": "seed", "shuffle_seed": "seed",
+    "patience": "early_stop", "early_stopping": "early_stop", "verbose": "quiet (the opposite)",
+    "validation_data": "val_data (a keyword of cl.train)", "x": "data=(x, y)", "y": "data=(x, y)",
+    "steps_per_epoch": "subset (images an epoch, not steps)", "initial_epoch": "cl.resume(path)",
+    "dropout": "a model's own setting (model_kwargs)",
+}
+
+
 def unknown_key(key: str, known: typing.Iterable[str], what: str = "setting") -> UserError:
     known = list(known)
-    return UserError(f"unknown {what} '{key}'{suggest(key, known)}; the settings are: "
-                     f"{', '.join(known)}")
+    alias = KERAS_NAMES.get(key.lower())
+    hint = f" (did you mean '{alias}'?)" if alias and alias != key else suggest(key, known)
+    if hint:  # a good guess says more than a list of 40 names
+        return UserError(f"unknown {what} '{key}'{hint}; cifarlab train --print-config lists them all")
+    return UserError(f"unknown {what} '{key}'; the settings are: {', '.join(known)}")
 
 
 def type_name(kind: Any) -> str:
@@ -262,12 +283,37 @@ def apply(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
         elif rest:
             raise UserError(f"setting '{head}' has no parts: use {head}=VALUE")
         else:
-            values[head] = check_value(head, value, TYPES[head])
+            values[head] = check_value(head, _coerce(head, value), TYPES[head])
     values["augment"] = Augment(**values["augment"])
     values["model_kwargs"] = dict(values["model_kwargs"])
     new = TrainConfig(**values)
     validate(new)
     return new
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """The values a setting takes in more than one spelling, in the one it is stored in: a path
+    (str or os.PathLike) as str, a budget as seconds ("90s", "10m", "1.5h" or a number)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if key == "budget" and isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '10m', '1.5h' -> seconds.
+
+        >>> parse_duration("1.5h")
+        5400.0
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise UserError(f"cannot read the budget '{text}': use e.g. 90s, 10m or 1h")
+    return float(match.group(1)) * _UNITS[match.group(2) or ""]
 
 
 def low_res_epochs(config: TrainConfig, epochs: int | None = None) -> int:
@@ -279,6 +325,8 @@ def validate(config: TrainConfig) -> None:
     """Ranges and choices; each message names the flag or key to change."""
     checks = [
         (config.epochs >= 1, "--epochs must be at least 1"),
+        (config.name is None or (0 < len(config.name) <= 100 and config.name.isprintable()),
+         "--name must be 1 to 100 printable characters"),
         (config.batch_size >= 2, "--batch-size must be at least 2"),
         (config.lr > 0, "--lr must be positive"),
         (0.0 <= config.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {config.val_fraction}"),
@@ -320,7 +368,7 @@ def validate(config: TrainConfig) -> None:
             raise UserError(message)
 
 
-def read_file(path: str | Path) -> dict[str, Any]:
+def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Settings from a YAML or JSON file; a run's own config.json (settings under "config")
     works too, so `--config RUN/config.json` reruns a run exactly."""
     path = Path(path)
@@ -363,7 +411,7 @@ def _yaml_number(key: str, value: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # The named recipes: a model plus the settings it trains with, each number with its reason.
-# `make_config("base", epochs=3)` starts from a recipe and applies overrides strictly; `resolve`
+# `resolve("base", changes={"epochs": 3})` starts from a recipe and applies overrides strictly; it
 # adds the precedence of the command line: recipe < config file < flags.
 
 
@@ -455,15 +503,18 @@ def base_config(recipe: str) -> TrainConfig:
     return apply(TrainConfig(recipe=recipe), RECIPES[recipe].settings)
 
 
-def make_config(recipe: str, **overrides: Any) -> TrainConfig:
-    """The recipe's config with `overrides` applied; None means "keep the recipe's value"."""
-    return resolve(recipe, changes={k: v for k, v in overrides.items() if v is not None})
-
-
-def resolve(recipe: str | None = None, config_file: str | Path | None = None,
+def resolve(recipe: str | None = None, config_file: str | os.PathLike[str] | None = None,
             changes: dict[str, Any] | None = None) -> TrainConfig:
     """recipe < config file < `changes` (flags, --set, keywords). The recipe is, in that order:
-    the `recipe` argument, the file's "recipe", else "base"."""
+    the `recipe` argument, the file's "recipe", else "base".
+
+    One rule for a budget, wherever it comes from (cl.train, cl.search, --budget, a file): with a
+    `budget`, the epochs are sized to fit it, and an `epochs` the user gave is the most it may
+    choose (max_epochs).
+
+        >>> resolve("fast", changes={"budget": "10m", "epochs": 5}).max_epochs
+        5
+    """
     from_file = read_file(config_file) if config_file is not None else {}
     changes = dict(changes or {})
     name = recipe or from_file.get("recipe") or "base"
@@ -472,6 +523,8 @@ def resolve(recipe: str | None = None, config_file: str | Path | None = None,
     config = base_config(name)
     name = config.recipe  # a renamed recipe's current name
     merged = {**from_file, **changes, "recipe": name}
+    if merged.get("budget") is not None and "epochs" in merged and "max_epochs" not in merged:
+        merged["max_epochs"] = merged.pop("epochs")
     config = apply(config, merged)
     if (config.optimizer in ("sgd", "muon") and "batch_size" in merged and "lr" not in merged
             and RECIPES[name].settings.get("optimizer") in ("sgd", "muon")):

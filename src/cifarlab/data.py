@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ CACHE_VERSION = 2  # 2: the key holds inodes and ctimes, the name the path's own
 STALE_TMP_SECONDS = 3600  # a .tmp this old in the cache is from a write that died (one takes seconds)
 OLD_CACHE_NAME = re.compile(r"[0-9a-f]{20}\.npz")  # version 1's names, which nothing reads any more
 NOTICE_AFTER = 0.5  # seconds of decoding before saying so
+MEMORY_PREFIX = "memory:"  # the `data` of a run trained on arrays: "memory:<fingerprint>"
 
 
 @dataclass
@@ -51,16 +53,51 @@ class Split:
 
 @dataclass
 class Dataset:
+    """A data source's images in memory: `classes`, and `splits` ("train", and "val" and "test"
+    where there are such); `origin` holds the settings that load it again (`cl.train(data=...)`
+    of a Dataset read from a file trains from that file, with its carve-out)."""
+
     source: Path
     kind: str
     classes: list[str]
     splits: dict[str, Split]
     cache_file: Path | None = None
+    origin: dict[str, Any] | None = None
 
     def __repr__(self) -> str:  # the arrays are far too long to print
         sizes = ", ".join(f"{name} {len(split):,}" for name, split in self.splits.items())
         return (f"Dataset({self.kind} at {self.source}: {len(self.classes)} classes "
                 f"({', '.join(self.classes)}); {sizes} images)")
+
+    def class_counts(self, val_fraction: float = 0.1, split_seed: int = 0) -> dict[str, list[int]]:
+        """Images per class in each split, with val carved as a run with `val_fraction` carves it."""
+        return {name: np.bincount(split.labels, minlength=len(self.classes)).tolist()
+                for name, split in make_splits(self, val_fraction, split_seed).items()}
+
+    def describe(self, val_fraction: float = 0.1, split_seed: int = 0) -> str:
+        """What the source holds, for `cifarlab data`: kind, classes, cache, and images per class
+        in each split (val carved as a run with `val_fraction` carves it)."""
+        if "val" in self.splits:
+            val_from = "the source's val/ folder (--val-fraction is not used)"
+        elif val_fraction > 0:
+            val_from = "carved from train: a seeded per-class shuffle (--val-fraction)"
+        else:
+            val_from = "none"
+        lines = [
+            f"source:      {self.source}",
+            f"kind:        {self.kind}",
+            f"classes:     {len(self.classes)} ({', '.join(self.classes)})",
+            "image shape: 32x32x3 uint8",
+            f"cache:       {self.cache_file or '(not cached)'}",
+            f"validation:  {val_from}",
+            "splits:",
+        ]
+        width = max(len(c) for c in self.classes)
+        for name, counts in self.class_counts(val_fraction, split_seed).items():
+            lines.append(f"  {name:<5} {sum(counts):>7} images")
+            for cls, count in zip(self.classes, counts, strict=True):
+                lines.append(f"      {cls:<{width}} {count:>6}")
+        return "\n".join(lines)
 
 
 def cache_dir() -> Path:
@@ -168,9 +205,15 @@ def _check_arrays(raw: RawData) -> None:
             raise ValueError(f"{split} labels out of range")
 
 
-def load_dataset(data: str | os.PathLike[str] | None = None, quiet: bool = False,
+def load_dataset(data: str | os.PathLike[str] | Dataset | None = None, quiet: bool = False,
                  use_cache: bool = True) -> Dataset:
-    """Read a source (or its cached arrays) into a Dataset with `train` and, if any, `val`, `test`."""
+    """Read a source (or its cached arrays) into a Dataset with `train` and, if any, `val`, `test`.
+    A Dataset already in memory (arrays.py) is returned as it is."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str) and data.startswith(MEMORY_PREFIX):
+        raise UserError(f"this run trained on images in memory ({data}), which a run folder does "
+                        "not keep: pass them again, data=(x, y)")
     source = resolve_source(data, quiet=quiet)
     if not source.exists():
         raise UserError(f"data source not found: {source}")
@@ -238,29 +281,3 @@ def make_splits(dataset: Dataset, val_fraction: float, split_seed: int = 0) -> d
     if "test" in dataset.splits:
         splits["test"] = dataset.splits["test"]
     return splits
-
-
-def describe(dataset: Dataset, splits: dict[str, Split]) -> str:
-    """A human-readable summary for `cifarlab data`."""
-    if "val" in dataset.splits:
-        val_from = "the source's val/ folder (--val-fraction is not used)"
-    elif "val" in splits:
-        val_from = "carved from train: a seeded per-class shuffle (--val-fraction)"
-    else:
-        val_from = "none"
-    lines = [
-        f"source:      {dataset.source}",
-        f"kind:        {dataset.kind}",
-        f"classes:     {len(dataset.classes)} ({', '.join(dataset.classes)})",
-        "image shape: 32x32x3 uint8",
-        f"cache:       {dataset.cache_file or '(not cached)'}",
-        f"validation:  {val_from}",
-        "splits:",
-    ]
-    width = max(len(c) for c in dataset.classes)
-    for name, split in splits.items():
-        counts = np.bincount(split.labels, minlength=len(dataset.classes))
-        lines.append(f"  {name:<5} {len(split):>7} images")
-        for cls, count in zip(dataset.classes, counts, strict=True):
-            lines.append(f"      {cls:<{width}} {count:>6}")
-    return "\n".join(lines)

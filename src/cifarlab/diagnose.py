@@ -15,6 +15,7 @@ happen with a model that fits its training images better than its validation one
 
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,14 @@ class Diagnosis:
         values = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                   for k, v in self.__dict__.items()}  # JSON has no NaN
         return {**values, "thresholds": thresholds}
+
+    def __repr__(self) -> str:  # the verdict, then one fact a line: what report and compare show
+        return "\n".join(["Diagnosis:", *(f"  {line.strip()}" for line in self.lines())])
+
+    def _repr_html_(self) -> str:
+        first, *facts = self.lines()
+        items = "".join(f"<li>{html.escape(fact.strip())}</li>" for fact in facts)
+        return f"<div><b>{html.escape(first)}</b><ul>{items}</ul></div>"
 
 
 def diagnose(history: list[dict[str, float]]) -> Diagnosis:

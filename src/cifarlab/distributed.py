@@ -25,14 +25,6 @@ import torch.distributed as dist
 from cifarlab.errors import UserError
 
 
-class WorkersFailed(Exception):
-    """A training process started by --nproc failed; it said why itself. Carries its exit code."""
-
-    def __init__(self, code: int):
-        super().__init__(f"a training process exited with code {code}")
-        self.code = code
-
-
 @dataclass(frozen=True)
 class Context:
     """Where this process stands among the training processes (all 0/1 when alone)."""
@@ -113,9 +105,10 @@ def from_main(values: Sequence[float], device: torch.device) -> list[float]:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run `cifarlab ARGV` in `nproc` processes on this machine with torchrun's elastic launcher.
+    """Run `python ARGV` (e.g. ["-m", "cifarlab.worker", JOB]) in `nproc` processes on this
+    machine with torchrun's elastic launcher.
 
-    Like `torchrun --standalone --nproc-per-node NPROC -m cifarlab ARGV`: a rendezvous on a free
+    Like `torchrun --standalone --nproc-per-node NPROC ARGV`: a rendezvous on a free
     port of 127.0.0.1 (not "localhost", which may resolve to an IPv6 address nothing listens on),
     and every worker stopped if one fails. Returns the workers' exit code.
     """
@@ -138,7 +131,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     args = torchrun.parse_args([
         "--nnodes=1", f"--nproc-per-node={nproc}", "--rdzv-backend=c10d",
         "--rdzv-endpoint=127.0.0.1:0", f"--rdzv-id=cifarlab-{uuid.uuid4().hex}",
-        "--monitor-interval=0.2", "-m", "cifarlab", *argv])
+        "--monitor-interval=0.2", *argv])
     try:
         torchrun.run(args)
     except ChildFailedError as exc:

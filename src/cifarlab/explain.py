@@ -34,8 +34,9 @@ from torch import nn
 
 from cifarlab import plots
 from cifarlab.errors import UserError
-from cifarlab.evaluate import predict_logits, to_batch
+from cifarlab.evaluate import predict_logits
 from cifarlab.plots import RIGHT, WRONG
+from cifarlab.runtime import to_batch
 
 STAGES = 4  # feature-map stages shown: the first, the last and evenly between (edges -> parts)
 CAM_BATCH = 64  # images per Grad-CAM pass: bounds the memory the backward pass holds
@@ -179,16 +180,16 @@ def _stage_outputs(model: nn.Module, batch: torch.Tensor) -> list[tuple[str, tor
     conv outputs (rectified) for a model that applies its activations as functions."""
     found: dict[str, list[tuple[str, torch.Tensor]]] = {"act": [], "conv": []}
 
-    def recorder(kind: str, name: str) -> Any:
-        def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+    def keeper(kind: str, name: str) -> Any:
+        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if isinstance(output, torch.Tensor) and output.ndim == 4:
                 value = output.detach().float()
                 found[kind].append((name, value if kind == "act" else F.relu(value)))
-        return record
+        return keep
 
-    handles = [m.register_forward_hook(recorder("act", name)) for name, m in model.named_modules()
+    handles = [m.register_forward_hook(keeper("act", name)) for name, m in model.named_modules()
                if isinstance(m, ACTIVATIONS)]
-    handles += [m.register_forward_hook(recorder("conv", name)) for name, m in conv_layers(model)]
+    handles += [m.register_forward_hook(keeper("conv", name)) for name, m in conv_layers(model)]
     try:
         with _eval_mode(model), torch.no_grad():
             model(batch)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import logging
@@ -29,6 +28,7 @@ from torch import nn
 
 from cifarlab import __version__, checkpoint, fsio
 from cifarlab.errors import UserError
+from cifarlab.extras import require_extra
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 EXPORT_FORMAT = "cifarlab-export"
@@ -49,13 +49,6 @@ class Exportable(nn.Module):
         return logits.softmax(1), logits
 
 
-def require(modules: list[str], packages: str, what: str) -> None:
-    """Optional dependencies: a clear one-line fix instead of an ImportError traceback."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UserError(f"{what} needs {', '.join(missing)}: pip install {packages}")
-
-
 def default_out(model_file: Path, fmt: str) -> Path:
     return model_file.parent / EXPORT_DIR / f"model{FORMATS[fmt]}"
 
@@ -71,7 +64,7 @@ def export_model(run_or_ckpt: str | Path, fmt: str = "onnx", out: str | Path | N
     if fmt not in FORMATS:
         raise UserError(f"unknown export format '{fmt}' (choose from: {', '.join(FORMATS)})")
     if fmt == "onnx":
-        require(["onnxscript", "onnx"], "onnx onnxscript", "ONNX export")
+        require_extra("export", "ONNX export")
     model_file = checkpoint.find_model_file(run_or_ckpt, weights)
     classifier, record = checkpoint.load_model(model_file, model=model)
     owned = out is None  # RUN/export/ is cifarlab's; in a folder of the user's, see fsio.write_outputs
@@ -83,7 +76,7 @@ def export_model(run_or_ckpt: str | Path, fmt: str = "onnx", out: str | Path | N
             out = out / f"model{FORMATS[fmt]}"
     module = Exportable(classifier.float().eval()).eval()
     example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)  # batch 2: 1 gets specialised
-    info = describe(record, fmt, out.name)
+    info = sidecar_contents(record, fmt, out.name)
     data = _onnx_bytes(module, example, info) if fmt == "onnx" else _torchscript_bytes(module, example, info)
     info["sha256"] = hashlib.sha256(data).hexdigest()
     sidecar = (json.dumps(info, indent=2) + "\n").encode()
@@ -91,7 +84,7 @@ def export_model(run_or_ckpt: str | Path, fmt: str = "onnx", out: str | Path | N
     return out, sidecar_path(out)
 
 
-def describe(record: dict[str, Any], fmt: str, file_name: str) -> dict[str, Any]:
+def sidecar_contents(record: dict[str, Any], fmt: str, file_name: str) -> dict[str, Any]:
     """The sidecar: what a consumer needs to feed the file and read its answer."""
     classes = list(record["classes"])
     metrics = record.get("metrics", {})

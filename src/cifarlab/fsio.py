@@ -108,32 +108,32 @@ def write_outputs(folder: str | os.PathLike[str], files: dict[str, bytes], owned
     cifarlab wrote there itself and nobody changed since.
 
     What cifarlab writes is recorded in the folder's OUTPUTS_FILE with each file's SHA-256, so a
-    file of the same name that is not recorded, or no longer matches its record, is the user's:
+    file of the same name that is not recorded, or no longer matches its ledger entry, is the user's:
     then nothing is written and the error names it. `owned` is for folders that belong to
     cifarlab anyway (RUN/report/, RUN/export/): there, files are replaced as before.
     """
     folder = Path(folder)
-    record_file = folder / OUTPUTS_FILE
-    record: dict[str, str] = {}
-    if record_file.exists():
+    ledger_file = folder / OUTPUTS_FILE
+    ledger: dict[str, str] = {}
+    if ledger_file.exists():
         try:
-            saved = json.loads(record_file.read_text())
+            saved = json.loads(ledger_file.read_text())
             if saved.get("format") != OUTPUTS_FORMAT:
                 raise ValueError(saved.get("format"))
-            record = {str(k): str(v) for k, v in saved["files"].items()}
+            ledger = {str(k): str(v) for k, v in saved["files"].items()}
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             if not owned:
-                raise UserError(f"{record_file} is not cifarlab's record of the files it wrote; "
+                raise UserError(f"{ledger_file} is not cifarlab's ledger of the files it wrote; "
                                 "choose another output folder") from exc
     if not owned:
         for name in files:
-            if _changed_since_written(folder / name, record.get(name)):
+            if _changed_since_written(folder / name, ledger.get(name)):
                 raise UserError(f"{folder / name} exists and was not written by cifarlab (or was "
                                 "changed since): move it away or choose another output folder")
     for name, data in files.items():
         write_bytes(folder / name, data)
-        record[name] = hashlib.sha256(data).hexdigest()
-        write_json(record_file, {"format": OUTPUTS_FORMAT, "files": record})
+        ledger[name] = hashlib.sha256(data).hexdigest()
+        write_json(ledger_file, {"format": OUTPUTS_FORMAT, "files": ledger})
 
 
 def _changed_since_written(path: Path, digest: str | None) -> bool:

@@ -37,17 +37,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
 from cifarlab import distributed, fsio, optim
-from cifarlab import trainer as training
 from cifarlab.augment import augment_batch
 from cifarlab.config import TrainConfig, resolve
 from cifarlab.errors import UserError
-from cifarlab.evaluate import pick_device, to_batch
 from cifarlab.networks import spec_of
+from cifarlab.prepare import Data, build_model, carve, read_dataset
+from cifarlab.runtime import available_cores, generator, pick_device, to_batch
+from cifarlab.step import train_step
 
 FIGURE, TABLE, RESULT = "lr_find.png", "lr_find.csv", "lr_find.json"
 SKIP_START = 0.1  # the first 10% of steps: a fresh model's loss moves for reasons other than the lr
@@ -163,10 +163,10 @@ def lr_find(recipe: str | None = None, *, model: Any = None, data: str | Path | 
     user_model = copy.deepcopy(model) if isinstance(model, nn.Module) else (
         None if isinstance(model, str) else model)
     with _leave_global_state():
-        torch.set_num_threads(training.available_cores())
+        torch.set_num_threads(available_cores())
         device = pick_device(config.device)
-        dataset = training.load_data(config, ctx, device, quiet)
-        net = training.build_model(config, dataset, device, user_model)
+        dataset = carve(read_dataset(config, ctx, device, quiet), config)
+        net = build_model(config, dataset, device, user_model)
         result = _range_test(config, dataset, net, device, start, end, steps, diverge, beta)
     result.config = dataclasses.replace(config, data=str(dataset.source)).to_dict()
     if out is not None:
@@ -174,14 +174,13 @@ def lr_find(recipe: str | None = None, *, model: Any = None, data: str | Path | 
     return result
 
 
-def _range_test(config: TrainConfig, data: training.Data, net: nn.Module, device: torch.device,
+def _range_test(config: TrainConfig, data: Data, net: nn.Module, device: torch.device,
                 start: float, end: float, steps: int, diverge: float, beta: float) -> LRFind:
     optimizer = optim.build(config, net)
     images = torch.from_numpy(data.train.images)
     labels = torch.from_numpy(data.train.labels)
     batch = min(config.batch_size, len(images))
-    order_gen = torch.Generator().manual_seed(training.seed_for(config.seed, 7))
-    augment_gen = torch.Generator().manual_seed(training.seed_for(config.seed, 8))
+    order_gen, augment_gen = generator(config.seed, 7), generator(config.seed, 8)
     order, position = torch.randperm(len(images), generator=order_gen), 0
     net.train()
     lrs, losses = [], []
@@ -196,11 +195,8 @@ def _range_test(config: TrainConfig, data: training.Data, net: nn.Module, device
         if config.augment.active:
             x = augment_batch(config.augment, x, augment_gen)
         optim.set_lr(optimizer, lr, 0)
-        loss = F.cross_entropy(net(x), labels[idx].to(device), label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
+        loss, _ = train_step(net, optimizer, x, labels[idx].to(device), config)
+        value = float(loss)
         if not math.isfinite(value):
             stopped = f"loss became {value} at lr {lr:.2g}"
             break

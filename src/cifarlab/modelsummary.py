@@ -64,7 +64,7 @@ def summarize(model: nn.Module, title: str = "model", input_shape: tuple[int, ..
     summary = ModelSummary(title)
     hooks = []
 
-    def record(name: str):
+    def keep(name: str):
         def hook(module: nn.Module, inputs: object, output: object) -> None:
             shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
             params = sum(p.numel() for p in module.parameters(recurse=False))
@@ -74,7 +74,7 @@ def summarize(model: nn.Module, title: str = "model", input_shape: tuple[int, ..
 
     for name, module in model.named_modules():
         if not list(module.children()):
-            hooks.append(module.register_forward_hook(record(name)))
+            hooks.append(module.register_forward_hook(keep(name)))
     was_training = model.training
     model.eval()
     try:

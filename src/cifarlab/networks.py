@@ -61,6 +61,12 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
+def describe_models() -> dict[str, str]:
+    """name -> the first line of the model's docstring, for every registered model."""
+    return {name: ((inspect.getdoc(MODELS[name]) or "").splitlines() or [""])[0]
+            for name in sorted(MODELS)}
+
+
 def is_spec(name: str) -> bool:
     """"file.py:Class" or "package.module:Name", as opposed to a registered name."""
     return ":" in name

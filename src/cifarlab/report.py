@@ -22,152 +22,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from cifarlab import fsio, plots, rundir
 from cifarlab.calibrate import BINS as CALIBRATION_BINS
 from cifarlab.calibrate import calibration
-from cifarlab.checkpoint import ModelArg, load_model
-from cifarlab.data import Split, load_dataset, make_splits
+from cifarlab.checkpoint import ModelArg
+from cifarlab.data import Dataset
 from cifarlab.diagnose import Diagnosis, diagnose
-from cifarlab.errors import UserError
-from cifarlab.evaluate import pick_device, predict_logits
-from cifarlab.rundir import RunFiles as Run
+from cifarlab.display import table
+from cifarlab.evaluate import Predictions, confusion_counts, predict_split, scores
+from cifarlab.rundir import RunFiles
 from cifarlab.rundir import read as read_run
 
 REPORT_DIRNAME = rundir.REPORT
 SAMPLE_COUNT = 24  # random images in samples.png (4 rows of 6: readable captions on a phone)
 SAMPLE_SEED = 0  # the same images in every report on a split, so two runs' grids compare
 MISTAKE_COUNT = 24  # most confident wrong predictions in mistakes.png
-CONFUSED_PAIRS = 5  # (true, predicted) pairs listed as most confused
 
 
 # ---------------------------------------------------------------------------------------------
-# Which images a model is judged on
-
-
-def evaluation_split(record: dict[str, Any], data: str | None, split: str | None,
-                     quiet: bool = False) -> tuple[str, Split]:
-    """The split a model is judged on: the run's own data and its val carve-out unless asked
-    otherwise. One rule for evaluate and report: the test split is used only when asked for."""
-    config = record.get("config", {})
-    dataset = load_dataset(data or config.get("data"), quiet=quiet)
-    if dataset.classes != record["classes"]:
-        raise UserError(f"the data's classes {dataset.classes} differ from the model's "
-                        f"{record['classes']}")
-    splits = make_splits(dataset, float(config.get("val_fraction", 0.1)),
-                         int(config.get("split_seed", 0)))
-    name = split or "val"
-    if name == "val" and "val" not in splits and "train" in splits:
-        raise UserError("this run kept no validation images (--val-fraction 0): use --split test "
-                        "(with a source that has one) or --split train")
-    if name not in splits:
-        hint = f"; pass --split {next(iter(splits))}" if len(splits) == 1 else ""
-        raise UserError(f"{dataset.source} has no '{name}' split (available: "
-                        f"{', '.join(splits)}){hint}")
-    return name, splits[name]
-
-
-# ---------------------------------------------------------------------------------------------
-# Scores from predictions (pure functions of arrays)
-
-
-def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """counts[true, predicted]."""
-    flat = labels.astype(np.int64) * num_classes + predictions
-    return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def class_scores(counts: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
-    """Precision, recall and F1 per class; 0 where a class is never predicted or never present."""
-    right = np.diag(counts).astype(np.float64)
-    predicted, support = counts.sum(0), counts.sum(1)
-    precision = np.divide(right, predicted, out=np.zeros_like(right), where=predicted > 0)
-    recall = np.divide(right, support, out=np.zeros_like(right), where=support > 0)
-    total = precision + recall
-    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(right), where=total > 0)
-    return {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(support[i])} for i, name in enumerate(classes)}
-
-
-def most_confused(counts: np.ndarray, classes: list[str], top: int = CONFUSED_PAIRS) -> list[dict[str, Any]]:
-    """The largest off-diagonal cells: which true class is most often taken for which other one."""
-    off = counts.copy()
-    np.fill_diagonal(off, 0)
-    support = counts.sum(1)
-    pairs = []
-    for flat in np.argsort(off, axis=None, kind="stable")[::-1][:top]:
-        i, j = divmod(int(flat), len(classes))
-        if off[i, j] == 0:
-            break
-        pairs.append({"true": classes[i], "predicted": classes[j], "count": int(off[i, j]),
-                      "share_of_true": float(off[i, j] / support[i])})
-    return pairs
-
-
-# ---------------------------------------------------------------------------------------------
-# The report
-
-
-@dataclass
-class Predictions:
-    """A model's answers on one split: what every model-based figure and score is made from."""
-
-    run_label: str
-    split: str
-    classes: list[str]
-    images: np.ndarray  # uint8 NHWC
-    labels: np.ndarray
-    logits: torch.Tensor
-    weights: str  # "best" or "final": which weights answered
-    epoch: int | None  # the epoch those weights are from
-    tta: bool = False
-
-    @property
-    def probs(self) -> np.ndarray:
-        return self.logits.softmax(1).numpy()
-
-    @property
-    def where(self) -> str:
-        epoch = f", epoch {self.epoch}" if self.epoch else ""
-        return (f"{self.run_label}, {self.weights} weights{epoch}, {self.split} split "
-                f"({len(self.labels):,} images{', TTA' if self.tta else ''})")
-
-
-def predict_split(run: Run, data: str | None = None, split: str | None = "val",
-                  device: str = "auto", weights: str = "best", tta: bool = False,
-                  model: ModelArg = None, quiet: bool = False) -> Predictions:
-    """Load the run's model (best weights by default) and predict one split of its data."""
-    torch_device = pick_device(device)
-    classifier, record = load_model(run.path, model=model, weights=weights)
-    split, part = evaluation_split(record, data, split, quiet=quiet)
-    logits = predict_logits(classifier.to(torch_device), part.images, torch_device, tta=tta)
-    return Predictions(run.label, split, list(record["classes"]), part.images, part.labels, logits,
-                       str(record.get("weights", "final")), record.get("epoch"), tta)
-
-
-def scores(p: Predictions) -> dict[str, Any]:
-    """Accuracy, loss, per-class precision/recall/F1, most confused pairs, calibration."""
-    probs = p.probs
-    predictions, confidence = probs.argmax(1), probs.max(1)
-    correct = predictions == p.labels
-    counts = confusion_counts(p.labels, predictions, len(p.classes))
-    per_class = class_scores(counts, p.classes)
-    calib = calibration(confidence, correct)
-    macro = {key: float(np.mean([s[key] for s in per_class.values()]))
-             for key in ("precision", "recall", "f1")}
-    return {
-        "split": p.split, "images": len(p.labels), "weights": p.weights, "epoch": p.epoch,
-        "tta": p.tta, "accuracy": float(correct.mean()),
-        "loss": float(F.cross_entropy(p.logits, torch.as_tensor(p.labels)).item()),
-        "ece": calib["ece"], "macro_avg": macro, "per_class": per_class,
-        "most_confused": most_confused(counts, p.classes), "calibration": calib,
-        "confusion": {"split": p.split, "classes": p.classes, "rows": "true class",
-                      "columns": "predicted", "counts": counts.tolist(),
-                      "row_normalized": (counts / np.maximum(counts.sum(1, keepdims=True), 1)).tolist()},
-    }
+# The figures (scores and predictions come from evaluate.py)
 
 
 def confusion_figure(p: Predictions) -> Figure:
@@ -207,7 +82,7 @@ def mistakes_figure(p: Predictions, count: int = MISTAKE_COUNT) -> Figure:
         "prediction (confidence) and true class" if len(wrong) else f"No wrong predictions on {p.split}")
 
 
-def curves_figure(run: Run) -> Figure:
+def curves_figure(run: RunFiles) -> Figure:
     diagnosis = diagnose(run.history)
     return plots.curves(run.history, f"Learning curves: {run.label}, diagnosis: {diagnosis.verdict}",
                         diagnosis.best_val_loss_epoch)
@@ -215,26 +90,39 @@ def curves_figure(run: Run) -> Figure:
 
 @dataclass
 class Report:
+    """A written report: where (`path` is report.html, `out` its folder), and what it found."""
+
     out: Path
     diagnosis: Diagnosis
     evaluation: dict[str, Any] | None  # None when the model-based parts were skipped
     skipped: str | None  # why they were skipped
     files: list[str]
 
+    @property
+    def path(self) -> Path:
+        return self.out / "report.html"
 
-def write_report(run: Run | str | Path, out: str | Path | None = None, data: str | None = None,
-                 split: str = "val", device: str = "auto", quiet: bool = False,
+    def __fspath__(self) -> str:  # a Report is where its page is: open(report), Path(report)
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Report({str(self.path)!r}: {self.diagnosis.verdict}, {len(self.files)} files)"
+
+
+def write_report(run: RunFiles | str | Path, out: str | Path | None = None,
+                 data: str | Dataset | None = None, split: str | None = None,
+                 device: str = "auto", quiet: bool = False,
                  weights: str = "best", tta: bool = False, model: ModelArg = None) -> Report:
     """Write a run's report files into `out` (default RUN_DIR/report/); the Python form of the CLI.
     In a folder of the user's (`out`), files cifarlab did not write are never replaced."""
-    run = run if isinstance(run, Run) else read_run(run)
+    run = run if isinstance(run, RunFiles) else read_run(run)
     owned = out is None  # RUN/report/ is cifarlab's; in a folder of the user's, see fsio.write_outputs
     out = Path(out) if out is not None else run.path / REPORT_DIRNAME
     diagnosis = diagnose(run.history)
     figures: dict[str, Figure] = {"curves.png": curves_figure(run)}
     evaluation: dict[str, Any] | None = None
     skipped = None
-    no_val = split == "val" and data is None and float(run.config.get("val_fraction", 0.1)) == 0
+    no_val = split in (None, "val") and data is None and float(run.config.get("val_fraction", 0.1)) == 0
     if no_val:
         skipped = ("this run kept no validation images (--val-fraction 0), so the confusion matrix, "
                    "per-class scores, calibration and sample predictions were skipped; draw them on "
@@ -309,7 +197,7 @@ td.num { white-space: nowrap; }
 """
 
 
-def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | None,
+def render_html(run: RunFiles, diagnosis: Diagnosis, evaluation: dict[str, Any] | None,
                 skipped: str | None, figures: dict[str, bytes]) -> str:
     """One self-contained page: images inline as base64, no script, nothing fetched from a network."""
     e = html.escape
@@ -404,13 +292,13 @@ def render_html(run: Run, diagnosis: Diagnosis, evaluation: dict[str, Any] | Non
         ]
     settings = [(key, value if isinstance(value, str) else json.dumps(value))
                 for key, value in config.items()]
-    versions = run.record.get("versions", {})
-    settings += [("classes", ", ".join(run.record.get("classes", []))),
-                 ("train / val images", f"{run.record.get('train_images', '?')} / "
-                                        f"{run.record.get('val_images', '?')}"),
-                 ("ran on", f"{run.record.get('device', '?')}, {run.record.get('threads', '?')} threads"),
+    versions = run.info.get("versions", {})
+    settings += [("classes", ", ".join(run.info.get("classes", []))),
+                 ("train / val images", f"{run.info.get('train_images', '?')} / "
+                                        f"{run.info.get('val_images', '?')}"),
+                 ("ran on", f"{run.info.get('device', '?')}, {run.info.get('threads', '?')} threads"),
                  ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
-                 ("command", str(run.record.get("command", "?")))]
+                 ("command", str(run.info.get("command", "?")))]
     parts += _understanding(run)
     parts += ["<h2>Configuration</h2>", table(["setting", "value"], settings, kinds="tl")]
     return page(f"cifarlab report: {run.name}", parts)
@@ -429,7 +317,7 @@ EXPLAIN_CAPTIONS = {
 }
 
 
-def _understanding(run: Run) -> list[str]:
+def _understanding(run: RunFiles) -> list[str]:
     """The explain and robustness sections, where `cifarlab explain` / `robustness` wrote files."""
     from cifarlab import robustness
 
@@ -477,16 +365,3 @@ def page(title: str, parts: Sequence[str]) -> str:
 </body>
 </html>
 """
-
-
-def table(header: list[str], rows: Sequence[Sequence[str]], kinds: str) -> str:
-    """A table; `kinds` has a letter per column: t text, n number (right, unbroken), l long text."""
-    css = {"t": "", "n": " class=num", "l": " class=long"}
-
-    def cell(tag: str, text: str, kind: str) -> str:
-        return f"<{tag}{css[kind]}>{html.escape(text)}</{tag}>"
-
-    head = "".join(cell("th", h, k) for h, k in zip(header, kinds, strict=True))
-    body = "".join("<tr>" + "".join(cell("td", c, k) for c, k in zip(row, kinds, strict=True)) + "</tr>"
-                   for row in rows)
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'

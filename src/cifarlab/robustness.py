@@ -65,6 +65,27 @@ class Robustness:
     seed: int = 0
     seconds: float = 0.0  # wall-clock time of the measurement
 
+    def __repr__(self) -> str:
+        groups = ", ".join(f"{name} {acc:.3f}" for name, acc in self.group_means.items())
+        worst = sorted(self.corruption_means.items(), key=lambda item: item[1])[:3]
+        return (f"Robustness({self.n_images:,} images, severities "
+                f"{', '.join(map(str, self.severities))}):\n"
+                f"  clean accuracy {self.clean_acc:.3f}, under corruption {self.mean_acc:.3f} "
+                f"(relative drop {self.relative_drop:.1%})\n  by group: {groups}\n"
+                f"  worst: {', '.join(f'{name} {acc:.3f}' for name, acc in worst)}")
+
+    def _repr_html_(self) -> str:
+        from cifarlab.display import table
+
+        rows = [[name, f"{acc:.3f}", *(f"{a:.3f}" for a in self.table[name])]
+                for name, acc in self.corruption_means.items()]
+        caption = (f"Accuracy under corruption ({self.n_images:,} images): clean "
+                   f"{self.clean_acc:.3f}, mean {self.mean_acc:.3f}, relative drop "
+                   f"{self.relative_drop:.1%}; by group: "
+                   + ", ".join(f"{g} {a:.3f}" for g, a in self.group_means.items()))
+        return table(["corruption", "mean", *(f"severity {s}" for s in self.severities)], rows,
+                     "t" + "n" * (1 + len(self.severities)), caption=caption)
+
     @property
     def mean_acc(self) -> float:
         """Mean accuracy over every corruption x severity cell."""

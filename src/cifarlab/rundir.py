@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 from cifarlab import fsio
 from cifarlab.errors import UserError
+from cifarlab.history import History
 
 MARKER = ".cifarlab-run"
 CONFIG = "config.json"
@@ -93,11 +95,16 @@ def create(out: str | os.PathLike[str] | None, recipe: str, root: Path = DEFAULT
     raise UserError(f"cannot find a free run folder name in {root}")
 
 
-def stem(recipe: str, model: str) -> str:
-    """What a new run folder is named after: the recipe, or the model when it is not the recipe's
-    own ("SmallVGG" for "__main__:SmallVGG" or "nets.py:SmallVGG"), which says more than "base"."""
+def stem(recipe: str, model: str, name: str | None = None) -> str:
+    """What a new run folder is named after: the run's name (letters, digits, '.', '_' and '-'
+    kept, the rest '-'), else the recipe, or the model when it is not the recipe's own
+    ("SmallVGG" for "__main__:SmallVGG" or "nets.py:SmallVGG"), which says more than "base"."""
     from cifarlab.config import RECIPES
 
+    if name:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+        if slug:
+            return slug[:60]
     if ":" in model:
         return model.rsplit(":", 1)[-1]
     own = RECIPES[recipe].settings.get("model") if recipe in RECIPES else None
@@ -177,11 +184,13 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     fsio.write_text(path / METRICS, metrics_csv(history))
 
 
-def read_history(file: Path) -> list[dict[str, float]]:
+def read_history(file: Path) -> History:
     try:
         with file.open(newline="") as handle:
-            history = [{key: _number(row[key]) for key in METRIC_COLUMNS}
-                       for row in csv.DictReader(handle)]
+            history = History({key: _number(row[key]) for key in METRIC_COLUMNS}
+                              for row in csv.DictReader(handle))
+        for row in history:
+            row["epoch"] = int(row["epoch"])  # a whole number of epochs; NaN/inf: ValueError
     except KeyError as exc:
         raise UserError(f"{file} has no column {exc}; is it from an older cifarlab?") from exc
     except (OSError, ValueError, TypeError) as exc:
@@ -199,11 +208,11 @@ def _number(text: str | None) -> float:
 
 @dataclass
 class RunFiles:
-    """What a run directory holds on disk: config.json's record and metrics.csv's history."""
+    """What a run directory holds on disk: config.json (`info`) and metrics.csv (`history`)."""
 
     path: Path
-    record: dict[str, Any]  # config.json: {"config": {...}, "classes": [...], ...}
-    history: list[dict[str, float]]  # metrics.csv, one row per epoch
+    info: dict[str, Any]  # config.json: {"config": {...}, "classes": [...], "versions": ...}
+    history: History  # metrics.csv, one row per epoch
 
     @property
     def name(self) -> str:
@@ -211,17 +220,26 @@ class RunFiles:
 
     @property
     def config(self) -> dict[str, Any]:
-        return dict(self.record.get("config", {}))
+        return dict(self.info.get("config", {}))
 
     @property
     def model_recipe(self) -> str:
-        """"base" where model and recipe share a name, else "model/recipe" ("base_dropout/robust")."""
-        recipe, model = self.config.get("recipe", "?"), self.config.get("model", "?")
+        """"base" where model and recipe share a name, "model/recipe" ("base_dropout/robust") for
+        a recipe's model, and your model's class name ("MyNet") for your own."""
+        recipe, model = str(self.config.get("recipe", "?")), str(self.config.get("model", "?"))
+        if ":" in model:
+            return model.rsplit(":", 1)[-1]
         return recipe if recipe == model else f"{model}/{recipe}"
 
     @property
+    def run_name(self) -> str | None:
+        """The name the run was given (`name=`, --name), if any."""
+        name = self.config.get("name")
+        return name if isinstance(name, str) and name else None
+
+    @property
     def label(self) -> str:
-        return f"{self.name} ({self.model_recipe})"
+        return f"{self.run_name or self.name} ({self.model_recipe})"
 
     @property
     def summary(self) -> dict[str, Any]:

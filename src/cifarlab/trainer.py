@@ -2,9 +2,9 @@
 
 Per epoch it measures what a learner needs to diagnose a model: the running train loss and
 accuracy as Keras reports them (dropout and augmentation active), a clean train accuracy (eval
-mode, on a fixed 5,000-image subset of train), validation loss and accuracy, learning rate and
-seconds. After every epoch it writes the run directory (rundir.py has the layout), each file
-atomically, and keeps the best weights by `config.monitor` in best.pt beside the final model.pt.
+mode, on a fixed sample of train), validation loss and accuracy, learning rate and seconds.
+After every epoch it writes the run directory (rundir.py has the layout), each file atomically,
+and keeps the best weights by `config.monitor` in best.pt beside the final model.pt.
 
 checkpoint.pt is rewritten after every epoch, every `checkpoint_every` steps if asked, and on
 Ctrl-C. Every random draw is seeded from (seed, epoch, step, rank), so a run resumed from any
@@ -12,9 +12,10 @@ checkpoint, even after kill -9, replays the same shuffles, augmentations and dro
 CPU, with the same number of threads, it ends with the same numbers as an uninterrupted run
 (another thread count splits floating-point sums differently: equal to about 1e-7, not bit for bit).
 
-Under torchrun each process trains on its share of every global batch with
-DistributedDataParallel; rank 0 alone evaluates, prints and writes (see distributed.py).
-`cifarlab.trainer(...)` (api.py) is the front door; this module is the engine under it.
+The step itself is step.train_step, which the budget's probe and the lr finder call too. Under
+torchrun each process trains on its share of every global batch with DistributedDataParallel;
+rank 0 alone evaluates, prints and writes (see distributed.py). `cifarlab.train(...)` (api.py) is
+the front door; this module is the engine under it.
 
     cifarlab train --recipe bn                                          # one process
     torchrun --standalone --nproc-per-node 2 -m cifarlab train --recipe bn   # two, with DDP
@@ -25,92 +26,48 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
-import platform
 import resource
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from cifarlab import __version__, budget, checkpoint, distributed, fsio, optim, rundir
+from cifarlab import budget, checkpoint, distributed, fsio, optim, rundir
 from cifarlab.augment import augment_batch, flip_where
 from cifarlab.calibrate import ece, fit_temperature
+from cifarlab.callbacks import Callback, as_callbacks
 from cifarlab.config import TrainConfig, low_res_epochs, validate
-from cifarlab.data import Dataset, Split, load_dataset, make_splits
+from cifarlab.data import Dataset
+from cifarlab.display import progress_bar
 from cifarlab.errors import Interrupted, TrainingError, UserError
-from cifarlab.evaluate import evaluate_split, pick_device, predict_logits, to_batch
+from cifarlab.evaluate import evaluate_split, predict_logits
+from cifarlab.history import History
 from cifarlab.modelsummary import forward_flops
-from cifarlab.networks import Classifier, create_model
+from cifarlab.networks import Classifier
+from cifarlab.prepare import Data, build_model, carve, read_dataset, with_source
+from cifarlab.runtime import available_cores, generator, pick_device, seed_for, to_batch, versions
+from cifarlab.step import train_step
 
 ModelArg = checkpoint.ModelArg
 
-
-def available_cores() -> int:
-    """Threads to use: $CIFARLAB_THREADS, else the cores this process may run on.
-
-    More threads than free cores is far worse than fewer: OpenMP threads spin-wait for each
-    other, and two 2-thread trainings on 2 cores each run ~10x slower. Set CIFARLAB_THREADS=1
-    for a second job running beside a first. Processes that torchrun starts on one machine share
-    its cores.
-    """
-    env = os.environ.get("CIFARLAB_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // distributed.from_env().local_world_size)
-
-
-def versions() -> dict[str, str]:
-    return {"cifarlab": __version__, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine()}
-
-
-def seed_for(seed: int, *keys: int) -> int:
-    """A distinct, reproducible seed per (run seed, epoch, step, stream, rank ...): a hash, so
-    nearby keys never share a seed (a linear mix would: epoch 1 step 0 = epoch 0 step 101)."""
-    state = np.random.SeedSequence([seed % 2**64, *keys]).generate_state(1, np.uint64)
-    return int(state[0] >> 1)  # torch seeds must fit in an int64
-
-
-def mean_std(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 HWC images, in pixel units (0..255).
-
-    From each channel's histogram of (up to) 10,000 images: exact, and ~10x faster than
-    numpy's std over a float copy (1.4 s of every run's start before).
-    """
-    sample = images[:: max(1, len(images) // 10000)].reshape(-1, 3)
-    values = np.arange(256, dtype=np.float64)
-    means, stds = [], []
-    for channel in range(3):
-        counts = np.bincount(sample[:, channel], minlength=256).astype(np.float64)
-        mean = float(counts @ values / counts.sum())
-        means.append(mean)
-        stds.append(max(float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum())), 1e-3))
-    return means, stds
-
-
-def _sample(split: Split, size: int, seed: int) -> Split:
-    """A fixed random subset of `size` images (all of them if the split is smaller)."""
-    if size >= len(split):
-        return split
-    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:size])
-    return Split(split.images[idx], split.labels[idx])
+# Training has diverged when the loss stays above DIVERGED_FACTOR x ln(classes) (the loss of a
+# uniform guess, where training starts: 46 nats for 10 classes, confidently wrong on every image)
+# for DIVERGED_STEPS steps in a row. A high lr can spike one early step that high and recover
+# (Adam at lr 0.02 on the base CNN: 38 at step 2); --lr 1e6 stays at 1e32. The run stops there,
+# with the last good checkpoint kept, instead of training on into overflow.
+DIVERGED_FACTOR = 20
+DIVERGED_STEPS = 10
+PROGRESS_EVERY = 20  # steps between refreshes of the progress bar's loss and accuracy
 
 
 @dataclass
@@ -124,7 +81,7 @@ class EpochState:
     seconds: float = 0.0
 
 
-class _StopFlag:
+class _CtrlC:
     """SIGINT sets a flag that the loop checks between steps: a checkpoint is never half-updated.
 
     A second Ctrl-C stops at once (Python's default behaviour). Under torchrun every process gets
@@ -132,11 +89,11 @@ class _StopFlag:
     """
 
     def __init__(self, announce: bool = True) -> None:
-        self.stop = False
+        self.pressed = False
         self.announce = announce
         self._previous: Any = None
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> _CtrlC:
         try:
             self._previous = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not in the main thread: Ctrl-C handling is the caller's
@@ -144,9 +101,9 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop:
+        if self.pressed:
             raise KeyboardInterrupt
-        self.stop = True
+        self.pressed = True
         if self.announce:
             print("\ncifarlab: stopping after this step and saving a checkpoint "
                   "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
@@ -172,112 +129,23 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-@dataclass
-class Data:
-    """The splits a run trains and validates on (uint8 NHWC arrays in memory)."""
-
-    classes: list[str]
-    source: Path
-    train: Split
-    val: Split
-    clean: Split  # a fixed sample of train, measured in eval mode each epoch
-
-
-def load_data(config: TrainConfig, ctx: distributed.Context, device: torch.device,
-              quiet: bool) -> Data:
-    """Decode (or read the cache of) the source and carve train/val/clean from it.
-
-    Under torchrun, local rank 0 of each machine decodes the data and fills the cache; the other
-    processes then read the cache. The all-reduce between is a barrier that also tells them
-    whether the load failed, so that they stop quietly with rank 0 instead of waiting for it.
-    """
-    dataset: Dataset | None = None
-    if not ctx.enabled:
-        dataset = load_dataset(config.data, quiet=quiet)
-    else:
-        error = None
-        if ctx.local_rank == 0:
-            try:
-                dataset = load_dataset(config.data, quiet=quiet)
-            except UserError as exc:
-                error = exc
-        if distributed.all_sum([error is not None], device)[0]:
-            raise error or UserError("another process could not load the data")
-        dataset = dataset or load_dataset(config.data, quiet=True)
-    splits = make_splits(dataset, config.val_fraction, config.split_seed)
-    if "train" not in splits:
-        raise UserError(f"{dataset.source} holds only a test split: it can evaluate a model "
-                        "(cifarlab evaluate RUN --data SRC --split test), not train one")
-    train = splits["train"]
-    if config.subset is not None:  # a seeded random sample: train is ordered by class
-        train = _sample(train, config.subset, config.split_seed)
-    # --val-fraction 0: the final fit on every training image, with no validation at all.
-    val = splits.get("val", Split(train.images[:0], train.labels[:0]))
-    return Data(dataset.classes, dataset.source, train, val,
-                _sample(train, config.clean_train_size, config.split_seed + 1))
-
-
-def build_model(config: TrainConfig, data: Data, device: torch.device,
-                model: ModelArg = None) -> Classifier:
-    """The network (config.model, or `model` from Python), wrapped with the data's normalisation,
-    on the device, and initialised from the data if it asks to be (`init_from_data`)."""
-    torch.manual_seed(config.seed)
-    mean, std = mean_std(data.train.images)
-    classifier = create_model(model if model is not None else config.model, len(data.classes),
-                              mean, std, config.model_kwargs)
-    _check_output(classifier, len(data.classes))
-    if low_res_epochs(config):
-        _check_output(classifier, len(data.classes), config.low_res)
-    classifier.to(device)
-    if config.channels_last:
-        classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    init = getattr(classifier.body, "init_from_data", None)
-    if callable(init):
-        sample = _sample(data.train, 5000, config.seed)
-        with torch.no_grad():
-            init(classifier.normalize(to_batch(sample.images, device)))
-    return classifier
-
-
-def _check_output(model: Classifier, num_classes: int, side: int = 32) -> None:
-    """A user's model must map N x 3 x side x side to N x classes: say so before training starts."""
-    try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            out = model(torch.zeros(2, 3, side, side))
-            model.train(was)
-    except Exception as exc:  # the user's forward failed: one line, with the cause
-        hint = (" (low_res_share trains the first epochs at this size; a model with a fixed-size "
-                "head, such as the seed CNNs, cannot)" if side != 32 else "")
-        raise UserError(f"the model fails on a batch of 2 x 3 x {side} x {side} images{hint}: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"the model must return logits of shape (N, {num_classes}) for "
-                        f"{num_classes} classes; it returned {shape}")
-
-
-Callback = Any  # an object with on_epoch_end(run, metrics) (and optionally on_train_begin/end),
-# or a plain function f(run, metrics); returning True stops training after this epoch.
-
-
 class Trainer:
     """One run in progress: its config, data, model, optimizer, history and run directory.
 
-    Callbacks receive the Trainer as `run`: `run.path`, `run.config`, `run.history`,
-    `run.model`, `run.classes`, and `run.stop()` to end training after the current epoch.
+    Callbacks (callbacks.py) get the Trainer: `trainer.path`, `.config`, `.history`, `.model`,
+    `.classes`, `.epoch`, and `stop()` (after this epoch) or `interrupt()` (after this step,
+    with a resumable checkpoint, as Ctrl-C).
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path, data: Data, model: Classifier,
-                 device: torch.device, callbacks: Sequence[Callback] = (), quiet: bool = False,
+                 device: torch.device, callbacks: Sequence[Any] = (), quiet: bool = False,
                  started: float | None = None):
         validate(config)
         self.started = time.perf_counter() if started is None else started
         self.ctx = ctx = distributed.from_env()
         self.config, self.path, self.data, self.device = config, run_dir, data, device
         self.classes = data.classes
-        self.callbacks = list(callbacks)
+        self.callbacks: list[Callback] = as_callbacks(callbacks)
         self.quiet = quiet or not ctx.is_main  # rank 0 alone prints
         self.model = model
         # The whole training set lives on the device as uint8 NHWC (150 MB for CIFAR-10).
@@ -286,8 +154,8 @@ class Trainer:
         self.lookahead = optim.Lookahead(model, config.batch_size) if config.lookahead else None
         # alternate_flip: a fixed random half of the images is mirrored in even epochs, the other
         # half in odd ones, so any two epochs show every image both ways (airbench).
-        self.flip_parity = torch.randint(0, 2, (len(data.train),), generator=torch.Generator()
-                                         .manual_seed(seed_for(config.seed, 3))).to(device)
+        self.flip_parity = torch.randint(0, 2, (len(data.train),),
+                                         generator=generator(config.seed, 3)).to(device)
         # What the training step calls: the model itself, or its DDP wrapper, which all-reduces
         # gradients during backward. On GPUs BatchNorm is synchronised over the processes, so it
         # normalises over the global batch; gloo has no SyncBatchNorm, so on the CPU each process
@@ -300,24 +168,34 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = optim.build(config, self.model)
-        self.history: list[dict[str, Any]] = []
+        self.history = History()
         self.start_epoch = 0
         self.epoch_state = EpochState()
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.diverged_loss = DIVERGED_FACTOR * max(math.log(len(self.classes)), 1.0)
+        self.steps_above = 0  # consecutive steps with the loss above diverged_loss
         self.last_saved = "none yet"  # where the last good checkpoint stands, for error messages
         self.best: dict[str, Any] = {"epoch": 0, "value": None}
         self.stopped_early = False
-        self._stop_requested = False
+        self._stop_asked = False
+        self._interrupt_asked = False
 
     # --------------------------------------------------------------------------------------
     # For callbacks
 
     def stop(self) -> None:
-        """End training after the current epoch (a callback's way to stop early)."""
-        self._stop_requested = True
+        """End training after the current epoch; best.pt, model.pt and summary.json are written."""
+        self._stop_asked = True
+
+    def interrupt(self) -> None:
+        """End training after the current step with a resumable checkpoint, as Ctrl-C does
+        (`cifarlab.Interrupted` is raised; `cl.resume(path)` goes on)."""
+        self._interrupt_asked = True
 
     @property
     def epoch(self) -> int:
+        """Epochs finished so far."""
         return len(self.history)
 
     # --------------------------------------------------------------------------------------
@@ -328,7 +206,7 @@ class Trainer:
             "format": checkpoint.CHECKPOINT_FORMAT, "version": 2,
             "config": self.config.to_dict(), "classes": self.classes,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "epoch": epoch, "history": self.history, "best": dict(self.best),
+            "epoch": epoch, "history": [dict(row) for row in self.history], "best": dict(self.best),
             "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "epoch_state": dataclasses.asdict(state),
         }
@@ -353,7 +231,7 @@ class Trainer:
             self.optimizer.load_state_dict(saved["optimizer"])
             if self.lookahead is not None:
                 self.lookahead.load_state_dict(saved["lookahead"])
-            self.history = [dict(row) for row in saved["history"]]
+            self.history = History(dict(row) for row in saved["history"])
             self.start_epoch = int(saved["epoch"])
             es = saved["epoch_state"]
             self.epoch_state = EpochState(int(es["step"]), float(es["loss_sum"]),
@@ -400,45 +278,54 @@ class Trainer:
         """Call each callback's `hook`; True if any asked to stop."""
         stop = False
         for callback in self.callbacks:
-            method = getattr(callback, hook, None)
-            if method is None and hook == "on_epoch_end" and callable(callback):
-                method = callback
-            if method is not None and method(self, *args) is True:
+            if getattr(callback, hook)(self, *args) is True:
                 stop = True
         return stop
 
     def fit(self) -> dict[str, Any]:
-        config, main = self.config, self.ctx.is_main
-        if main:
+        """Train from where the run stands to its last epoch (or an early stop); summary.json."""
+        if self.ctx.is_main:
             rundir.remove_stale_temp_files(self.path)  # left by a write that kill -9 cut short
             self.write_config()
         self._print_header()
-        self._call("on_train_begin")
-        with _StopFlag(announce=main) as flag:
-            for epoch in range(self.start_epoch, config.epochs):
-                state = self.epoch_state if epoch == self.start_epoch else EpochState()
-                row = self._train_epoch(epoch, state, flag)
-                self.history.append(row)
-                self._keep_if_best(row)
-                self.save_checkpoint(epoch + 1, EpochState())
-                if main:
-                    rundir.write_metrics(self.path, self.history)
-                self._print_row(row)
-                asked = self._call("on_epoch_end", row) or self._stop_requested
-                patience = config.early_stop and epoch + 1 - self.best["epoch"] >= config.early_stop
-                stop, ask = distributed.all_sum(  # every process agrees on both
-                    [flag.stop, bool(asked or patience)], self.device)
-                if stop and epoch + 1 < config.epochs:
-                    raise Interrupted(self.path)
-                if ask and epoch + 1 < config.epochs:
-                    self.stopped_early = True
-                    if not self.quiet:
-                        why = (f"no better {config.monitor} for {config.early_stop} epochs"
-                               if patience else "a callback asked to stop")
-                        print(f"stopping after epoch {epoch + 1}: {why}; best epoch "
-                              f"{self.best['epoch']}", flush=True)
-                    break
+        try:
+            self._call("on_train_begin")
+            with _CtrlC(announce=self.ctx.is_main) as ctrl_c:
+                for epoch in range(self.start_epoch, self.config.epochs):
+                    state = self.epoch_state if epoch == self.start_epoch else EpochState()
+                    row = self._train_epoch(epoch, state, ctrl_c)
+                    if self._end_epoch(epoch, row, ctrl_c):
+                        break
+        except KeyboardInterrupt:  # a second Ctrl-C, or one inside a callback
+            if (self.path / rundir.CHECKPOINT).is_file():
+                raise Interrupted(self.path) from None
+            raise
         return self._finish()
+
+    def _end_epoch(self, epoch: int, row: dict[str, Any], ctrl_c: _CtrlC) -> bool:
+        """Record the epoch (history, best.pt, checkpoint, metrics.csv, its row); True to stop."""
+        config = self.config
+        self.history.append(row)
+        self._keep_if_best(row)
+        self.save_checkpoint(epoch + 1, EpochState())
+        if self.ctx.is_main:
+            rundir.write_metrics(self.path, self.history)
+        self._print_row(row)
+        asked = self._call("on_epoch_end", row) or self._stop_asked
+        patience = config.early_stop and epoch + 1 - self.best["epoch"] >= config.early_stop
+        interrupt, stop = distributed.all_sum(  # every process agrees on both
+            [ctrl_c.pressed or self._interrupt_asked, bool(asked or patience)], self.device)
+        last = epoch + 1 == config.epochs
+        if interrupt and not last:
+            raise Interrupted(self.path)
+        if stop and not last:
+            self.stopped_early = True
+            if not self.quiet:
+                why = (f"no better {config.monitor} for {config.early_stop} epochs"
+                       if patience else "a callback asked to stop")
+                print(f"stopping after epoch {epoch + 1}: {why}; best epoch "
+                      f"{self.best['epoch']}", flush=True)
+        return bool(stop)
 
     def _finish(self) -> dict[str, Any]:
         config, main = self.config, self.ctx.is_main
@@ -468,97 +355,111 @@ class Trainer:
         self._call("on_train_end", summary)
         return summary
 
-    def _train_epoch(self, epoch: int, state: EpochState, flag: _StopFlag) -> dict[str, Any]:
-        config, ctx, batch = self.config, self.ctx, self.config.batch_size
-        n, steps = len(self.data.train), self.steps_per_epoch
-        # The same global order on every process; each takes every world_size-th image of a batch.
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(
-            seed_for(config.seed, epoch))).to(self.device)
+    def _train_epoch(self, epoch: int, state: EpochState, ctrl_c: _CtrlC) -> dict[str, Any]:
+        """One epoch of steps (from `state`, where an interrupted epoch stopped), then its scores."""
+        order = torch.randperm(len(self.data.train), generator=generator(self.config.seed, epoch))
+        order = order.to(self.device)  # the same global order on every process
         self.net.train()
         started = time.perf_counter() - state.seconds
-        bar = tqdm(total=steps, initial=state.step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   unit="step", leave=False, disable=self.quiet, file=sys.stderr,
-                   dynamic_ncols=True, mininterval=0.5)
-        use_amp = self.device.type == "cuda"
-        low_res = epoch < low_res_epochs(config)
-        with bar:
-            for step in range(state.step, steps):
-                idx = order[step * batch:(step + 1) * batch]
-                if len(idx) < 2 * ctx.world_size:  # a batch of one breaks BatchNorm (1 in 50,000)
+        with self._progress_bar(epoch, state) as bar:
+            for step in range(state.step, self.steps_per_epoch):
+                idx = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
+                if len(idx) < 2 * self.ctx.world_size:  # a batch of one breaks BatchNorm (1 in 50,000)
                     continue
-                mine = idx[ctx.rank::ctx.world_size]  # this process's share of the global batch
-                images = to_batch(self.train_images[mine], self.device)
-                labels = self.train_labels[mine]
-                if config.alternate_flip:
-                    images = flip_where(images, (self.flip_parity[mine] + epoch) % 2 == 1)
-                # Seeded per step, not carried over: a resume at any step draws the same numbers.
-                if config.augment.active:
-                    images = augment_batch(config.augment, images, torch.Generator().manual_seed(
-                        seed_for(config.seed, epoch, step, 1, ctx.rank)))
-                if low_res:  # progressive resizing: cheaper early epochs
-                    images = F.interpolate(images, size=(config.low_res,) * 2, mode="bilinear",
-                                           antialias=True, align_corners=False)
-                torch.manual_seed(seed_for(config.seed, epoch, step, 2, ctx.rank))  # dropout
-                lr = optim.lr_at(config, (epoch * steps + step) / (config.epochs * steps))
+                mine = idx[self.ctx.rank::self.ctx.world_size]  # this process's share of the batch
+                images, labels = self._batch(epoch, step, mine)
+                lr = optim.lr_at(self.config, (epoch * self.steps_per_epoch + step) / self.total_steps)
                 optim.set_lr(self.optimizer, lr, epoch)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = self.net(images)
-                    loss = F.cross_entropy(logits.float(), labels,
-                                           label_smoothing=config.label_smoothing)
-                # DDP averages gradients over processes. Weighting each process's mean loss by its
-                # share of the batch makes that average the gradient of the global batch's mean
-                # loss, as one process would compute it, even when the batch splits unevenly.
-                share = len(mine) * ctx.world_size / len(idx)
-                self.optimizer.zero_grad(set_to_none=True)
-                (loss * share).backward()
-                self.optimizer.step()
-                # One small all-reduce gives every process the global sums and the stop flag, so
-                # all of them report the same loss, stop on NaN at the same step, and stop on
-                # Ctrl-C at the same step.
-                loss_sum, correct, seen, stop = distributed.all_sum(
-                    [loss.item() * len(mine), int((logits.argmax(1) == labels).sum()), len(mine),
-                     flag.stop], self.device)
-                if not math.isfinite(loss_sum):
-                    raise TrainingError(
-                        f"loss became {loss_sum / seen} at epoch {epoch + 1}, step {step + 1}; "
-                        f"the last good checkpoint ({self.last_saved}) is in {self.path}. "
-                        "Try a lower --lr.")
-                state.loss_sum += loss_sum
-                state.correct += int(correct)
-                state.seen += int(seen)
-                state.step = step + 1
-                done = epoch * steps + state.step
-                if self.lookahead is not None and done % self.lookahead.every == 0:
-                    self.lookahead.update(done / (config.epochs * steps))
+                loss, logits = train_step(self.net, self.optimizer, images, labels, self.config,
+                                          weight=len(mine) * self.ctx.world_size / len(idx))
+                stop = self._tally(state, loss, logits, labels, ctrl_c, epoch, step, lr)
                 bar.update(1)
-                if step % 20 == 0 or step + 1 == steps:
+                if step % PROGRESS_EVERY == 0 or step + 1 == self.steps_per_epoch:
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
-                                    acc=f"{state.correct / state.seen:.4f}", refresh=False)
-                every = config.checkpoint_every
-                if (stop or (every and state.step % every == 0)) and step + 1 < steps:
+                                    acc=f"{state.correct / state.seen:.4f}")
+                every = self.config.checkpoint_every
+                if (stop or (every and state.step % every == 0)) and step + 1 < self.steps_per_epoch:
                     state.seconds = time.perf_counter() - started
                     self.save_checkpoint(epoch, state)
                     if stop:
                         raise Interrupted(self.path)
-        if self.lookahead is not None and epoch + 1 == config.epochs:
+        if self.lookahead is not None and epoch + 1 == self.config.epochs:
             self.lookahead.update(1.0, final=True)
+        return self._scores(epoch, state, started)
+
+    def _batch(self, epoch: int, step: int, mine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's images and labels for a step, augmented as configured; every draw is
+        seeded per (epoch, step, rank), so a resume at any step draws the same numbers."""
+        config, rank = self.config, self.ctx.rank
+        images = to_batch(self.train_images[mine], self.device)
+        if config.alternate_flip:
+            images = flip_where(images, (self.flip_parity[mine] + epoch) % 2 == 1)
+        if config.augment.active:
+            images = augment_batch(config.augment, images, generator(config.seed, epoch, step, 1, rank))
+        if epoch < low_res_epochs(config):  # progressive resizing: cheaper early epochs
+            images = F.interpolate(images, size=(config.low_res,) * 2, mode="bilinear",
+                                   antialias=True, align_corners=False)
+        torch.manual_seed(seed_for(config.seed, epoch, step, 2, rank))  # dropout masks
+        return images, self.train_labels[mine]
+
+    def _tally(self, state: EpochState, loss: torch.Tensor, logits: torch.Tensor,
+               labels: torch.Tensor, ctrl_c: _CtrlC, epoch: int, step: int, lr: float) -> bool:
+        """Add a step to the epoch's running figures; True if training must stop after it.
+
+        Small all-reduces give every process the global sums and the stop flag, so all of them
+        report the same loss, stop on a diverged loss at the same step, and stop on Ctrl-C (or a
+        callback's interrupt()) at the same step.
+        """
+        loss_sum, correct, seen = distributed.all_sum(
+            [loss.item() * len(labels), int((logits.argmax(1) == labels).sum()), len(labels)],
+            self.device)
+        step_loss = loss_sum / seen
+        self.steps_above = self.steps_above + 1 if step_loss > self.diverged_loss else 0
+        if not math.isfinite(step_loss) or self.steps_above >= DIVERGED_STEPS:
+            why = ("became " + str(step_loss) if not math.isfinite(step_loss) else
+                   f"diverged: {step_loss:.4g}, over {self.diverged_loss:.0f} ({DIVERGED_FACTOR}x "
+                   f"the loss of a uniform guess) for {DIVERGED_STEPS} steps")
+            raise TrainingError(
+                f"loss {why} at epoch {epoch + 1}, step {step + 1}, lr {lr:.3g}; the last good "
+                f"checkpoint ({self.last_saved}) is in {self.path}. Try a lower --lr.")
+        state.loss_sum += loss_sum
+        state.correct += int(correct)
+        state.seen += int(seen)
+        state.step = step + 1
+        done = epoch * self.steps_per_epoch + state.step
+        if self.lookahead is not None and done % self.lookahead.every == 0:
+            self.lookahead.update(done / self.total_steps)
+        self._call("on_step_end", {"epoch": epoch + 1, "step": state.step,
+                                   "loss": state.loss_sum / state.seen,
+                                   "acc": state.correct / state.seen})
+        return bool(distributed.all_sum([ctrl_c.pressed or self._interrupt_asked], self.device)[0])
+
+    @contextmanager
+    def _progress_bar(self, epoch: int, state: EpochState) -> Iterator[Any]:
+        with progress_bar(total=self.steps_per_epoch, initial=state.step, unit="step", leave=False,
+                          desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=self.quiet,
+                          file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar:
+            yield bar
+
+    def _scores(self, epoch: int, state: EpochState, started: float) -> dict[str, Any]:
+        """The epoch's row of metrics.csv. Rank 0 evaluates on the full sets, exactly as one process
+        would; the others wait for its numbers."""
         train_seconds = time.perf_counter() - started
-        # Rank 0 evaluates on the full sets, exactly as one process would; the others wait for
-        # its numbers.
         scores = [0.0, 0.0, 0.0]
-        if ctx.is_main:
+        if self.ctx.is_main:
             clean = evaluate_split(self.model, self.data.clean, self.device)
             val = (evaluate_split(self.model, self.data.val, self.device) if self.has_val
                    else {"loss": math.nan, "accuracy": math.nan})  # metrics.csv: empty cells
             scores = [clean["accuracy"], val["loss"], val["accuracy"]]
         clean_acc, val_loss, val_acc = distributed.from_main(scores, self.device)
+        # The lr in the row is the one the epoch's last step used (the schedule at its start).
+        last_step = (epoch + 1) * self.steps_per_epoch - 1
         return {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / max(1, state.seen),
             "train_acc": state.correct / max(1, state.seen),
-            "train_acc_clean": clean_acc,
-            "val_loss": val_loss, "val_acc": val_acc, "lr": optim.lr_at(
-                config, (epoch + 1) * steps / (config.epochs * steps) - 1e-9),
+            "train_acc_clean": clean_acc, "val_loss": val_loss, "val_acc": val_acc,
+            "lr": optim.lr_at(self.config, last_step / self.total_steps),
             "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         }
 
@@ -609,6 +510,7 @@ class Trainer:
             "train_loss": last["train_loss"], "train_acc": last["train_acc"],
             "train_acc_clean": last["train_acc_clean"], **val, "monitor": self.config.monitor,
             "final_epoch": len(self.history), "stopped_early": self.stopped_early,
+            "steps_per_epoch": self.steps_per_epoch,
             "seconds_per_epoch": total / len(self.history), "total_seconds": total,
             "train_images_per_second": len(self.data.train) * len(self.history)
             / max(1e-9, sum(r["train_seconds"] for r in self.history)),
@@ -627,12 +529,19 @@ class Trainer:
         flops = forward_flops(self.model)
         val = (f"{len(self.data.val)} val images" if self.has_val
                else "no validation (--val-fraction 0: the final fit on all training images)")
-        print(f"recipe {c.recipe} (model {c.model}, {params:,} parameters, "
-              f"{flops / 1e6:,.1f} MFLOPs per image forward): "
-              f"{len(self.data.train)} train images / {val}, {c.epochs} epochs "
-              f"of {self.steps_per_epoch} steps, batch {c.batch_size}, {self.device} "
-              f"x{torch.get_num_threads()} threads"
+        own = ":" in c.model  # your own network: name it, and say whose defaults it trains with
+        what = (f"your model {c.model.rsplit(':', 1)[-1]}" if own
+                else f"recipe {c.recipe} (model {c.model}")
+        print(f"{c.name + ': ' if c.name else ''}{what}, {params:,} "
+              f"parameters, {flops / 1e6:,.1f} MFLOPs per image forward{'' if own else ')'}: "
+              f"{len(self.data.train)} train images / {val}, {c.epochs} "
+              f"{'epoch' if c.epochs == 1 else 'epochs'} of {self.steps_per_epoch} steps, "
+              f"batch {c.batch_size}, {self.device} x{torch.get_num_threads()} threads"
               + (f" x{self.ctx.world_size} processes" if self.ctx.enabled else ""))
+        if own:
+            print(f"settings: {c.optimizer} lr {c.lr:g}, {c.schedule} schedule, batch "
+                  f"{c.batch_size}, {c.epochs} epochs{', augmentation' if c.augment.active else ''}"
+                  f" (recipe '{c.recipe}'s defaults where you set none)")
         print(f"run directory: {self.path}")
         print(f"{'epoch':>5} {'train_loss':>10} {'train_acc':>9} {'clean_acc':>9} "
               f"{'val_loss':>8} {'val_acc':>7} {'lr':>8} {'seconds':>7} {'eta':>7}", flush=True)
@@ -653,31 +562,31 @@ class Trainer:
 # Starting and resuming runs
 
 
-def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Sequence[Callback],
-             quiet: bool, started: float | None, saved: dict[str, Any] | None = None) -> Trainer:
-    """Device, data, model (+ budget sizing): the pieces, built in order and handed in."""
+def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Sequence[Any],
+             quiet: bool, started: float | None, saved: dict[str, Any] | None = None,
+             dataset: Dataset | None = None) -> Trainer:
+    """Device, data, budget, model: the pieces of a run, built in order and handed in."""
     started = time.perf_counter() if started is None else started
     ctx = distributed.from_env()
     quiet = quiet or not ctx.is_main
     device = pick_device(config.device, ctx.local_rank if ctx.enabled else None)
     distributed.init(ctx, device)
     torch.set_num_threads(available_cores())
-    data = load_data(config, ctx, device, quiet)
-    if saved is not None and saved.get("classes") != data.classes:
-        raise UserError(f"the data's classes {data.classes} differ from the run's "
+    dataset = read_dataset(config, ctx, device, quiet, given=dataset)
+    if saved is not None and saved.get("classes") != dataset.classes:
+        raise UserError(f"the data's classes {dataset.classes} differ from the run's "
                         f"{saved.get('classes')}; resume with the data the run trained on (--data)")
-    config = dataclasses.replace(config, data=str(data.source))
     if config.budget is not None and saved is None:
         if ctx.enabled:
             raise UserError("--budget sizes a run for one process; leave out --nproc/torchrun")
-        config = budget.fit(config, len(data.train), len(data.val), len(data.classes), device,
+        data = carve(dataset, config)  # the budget plans for the run's own images
+        config = budget.fit(config, data, device,
                             lambda: build_model(config, data, device, _copy(model)),
                             time.perf_counter() - started, quiet=quiet)
-        if config.subset is not None and config.subset < len(data.train):
-            data = dataclasses.replace(data, train=_sample(data.train, config.subset,
-                                                           config.split_seed))
+    data = carve(dataset, config)  # after the budget, which may choose a subset
     classifier = build_model(config, data, device, model)
-    return Trainer(config, run_dir, data, classifier, device, callbacks, quiet, started)
+    return Trainer(with_source(config, data), run_dir, data, classifier, device, callbacks, quiet,
+                   started)
 
 
 def _copy(model: ModelArg) -> ModelArg:
@@ -685,28 +594,30 @@ def _copy(model: ModelArg) -> ModelArg:
     return copy.deepcopy(model) if isinstance(model, nn.Module) else model
 
 
-def train(config: TrainConfig, out: str | os.PathLike[str] | None = None, *,
-          model: ModelArg = None, callbacks: Sequence[Callback] = (), quiet: bool = False,
-          started: float | None = None) -> tuple[Path, dict[str, Any]]:
-    """Train a new run; returns (run directory, summary). `cifarlab.trainer` is the friendly form.
+def train(config: TrainConfig, out: str | Path | None = None, *, model: ModelArg = None,
+          callbacks: Sequence[Any] = (), quiet: bool = False, started: float | None = None,
+          claimed: bool = False, dataset: Dataset | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train a new run; returns (run directory, summary). `cifarlab.train` is the friendly form.
 
     `started` (a time.perf_counter() value) is when a budget's clock started, if not now.
+    `claimed`: `out` is a run folder the caller already created and claimed (--nproc's parent).
+    `dataset`: images in memory (arrays.py), which config.data names by their fingerprint.
     """
     ctx = distributed.from_env()
     existed = out is not None and Path(out).is_dir()
-    if ctx.is_main:
-        run_dir = rundir.create(out, rundir.stem(config.recipe, config.model))
+    if ctx.is_main and not claimed:
+        run_dir = rundir.create(out, rundir.stem(config.recipe, config.model, config.name))
     elif out is None:
         raise UserError("under torchrun every process needs the same --out DIR")
     else:
         run_dir = Path(out)
     try:
         with distributed.owned_group():
-            trainer = _prepare(config, run_dir, model, callbacks, quiet, started)
+            trainer = _prepare(config, run_dir, model, callbacks, quiet, started, dataset=dataset)
             return run_dir, trainer.fit()
     except BaseException:
         if ctx.is_main:  # a start that failed leaves nothing behind (but a folder the user made)
-            rundir.discard_if_empty(run_dir, remove_folder=not existed)
+            rundir.discard_if_empty(run_dir, remove_folder=not existed and not claimed)
         raise
 
 
@@ -715,8 +626,8 @@ def train(config: TrainConfig, out: str | os.PathLike[str] | None = None, *,
 RESUMABLE = ("epochs", "data", "device", "checkpoint_every")
 
 
-def resume(run_dir: str | os.PathLike[str], changes: dict[str, Any] | None = None, *,
-           model: ModelArg = None, callbacks: Sequence[Callback] = (),
+def resume(run_dir: str | Path, changes: dict[str, Any] | None = None, *,
+           model: ModelArg = None, callbacks: Sequence[Any] = (), dataset: Dataset | None = None,
            quiet: bool = False) -> tuple[Path, dict[str, Any]]:
     """Continue a run from its checkpoint: to its own end, or (`epochs=N`) to a later one."""
     run_dir = Path(run_dir)
@@ -752,7 +663,7 @@ def resume(run_dir: str | os.PathLike[str], changes: dict[str, Any] | None = Non
                         f"--epochs N (N > {config.epochs})")
     with distributed.owned_group():
         trainer = _prepare(config, run_dir, model if model is not None else _model_of(config),
-                           callbacks, quiet, None, saved=saved)
+                           callbacks, quiet, started=None, saved=saved, dataset=dataset)
         trainer.restore(saved)
         if not trainer.quiet:
             state = trainer.epoch_state
@@ -768,4 +679,4 @@ def _model_of(config: TrainConfig) -> ModelArg:
     if config.model in MODELS:
         return None
     raise UserError(f"this run trained the model '{config.model}', which is not registered here; "
-                    f"pass it again: --model {config.model} (CLI) or model=... (Python)")
+                    f"pass it again: --model {config.model}")

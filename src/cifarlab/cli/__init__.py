@@ -22,11 +22,11 @@ import argparse
 import importlib
 import os
 import sys
-import time
+from collections.abc import Callable
 
-from cifarlab import __version__
+from cifarlab import __version__, clock
 from cifarlab.config import suggest
-from cifarlab.errors import Interrupted, TrainingError, UserError
+from cifarlab.errors import Interrupted, TrainingError, UserError, WorkersFailed, shell_voice
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -52,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    started = time.perf_counter()  # a --budget counts from here
-    argv = sys.argv[1:] if argv is None else argv
+    clock.mark_start()  # a --budget counts from here
+    with shell_voice():  # messages name the flags of this command line, not Python keywords
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         print(f"cifarlab: error: unknown command '{argv[0]}'{suggest(argv[0], COMMANDS)}; "
               f"the commands are: {', '.join(COMMANDS)}", file=sys.stderr)
@@ -62,14 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:
         _unknown_options(parser, args.command, extra)
-    args.started = started
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
+    return guarded(lambda: int(args.func(args)))
+
+
+def guarded(work: Callable[[], int]) -> int:
+    """Run a command; map what it raises to one line on stderr and an exit code (the module
+    docstring lists them). Under torchrun, rank 0 alone reports a failure all processes share."""
     rank = os.environ.get("RANK", "0") or "0"
-    speak = rank == "0"  # under torchrun, rank 0 alone reports a failure all of them share
+    speak = rank == "0"
     try:
-        return int(args.func(args))
+        return work()
     except UserError as exc:
         _say(speak, f"cifarlab: error: {exc}")
         return EXIT_USER_ERROR
@@ -84,10 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `cifarlab predict ... | head`
         return 0
+    except WorkersFailed as exc:  # the worker said why itself
+        return exc.code
     except Exception as exc:
-        failed = _workers_failed(exc)
-        if failed is not None:
-            return failed
         if not speak:  # mostly "connection closed by peer": rank 0 failed and said why
             first = (str(exc).strip().splitlines() or [""])[0]
             print(f"cifarlab: process {rank} stopped: {first[:200]}", file=sys.stderr)
@@ -103,12 +111,6 @@ def _unknown_options(parser: argparse.ArgumentParser, command: str | None, extra
     flags = [flag for action in parser._actions for flag in action.option_strings]
     hint = suggest(extra[0].split("=")[0], flags) if extra[0].startswith("-") else ""
     parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-
-
-def _workers_failed(exc: Exception) -> int | None:
-    from cifarlab.distributed import WorkersFailed
-
-    return exc.code if isinstance(exc, WorkersFailed) else None
 
 
 def _say(speak: bool, message: str) -> None:

@@ -34,7 +34,7 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import cifarlab.api as cl
+    import cifarlab as cl
     from cifarlab.comparison import write_chart_file
     from cifarlab.errors import warn
 

@@ -20,17 +20,13 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifarlab.data import describe, load_dataset, make_splits
+    import cifarlab as cl
 
-    dataset = load_dataset(args.data, quiet=args.quiet or args.json)
-    splits = make_splits(dataset, args.val_fraction)
+    dataset = cl.load_data(args.data, quiet=args.quiet or args.json)
     if args.json:
-        import numpy as np
-
         print(json.dumps({"source": str(dataset.source), "kind": dataset.kind,
                           "classes": dataset.classes,
-                          "splits": {name: np.bincount(split.labels, minlength=len(dataset.classes))
-                                     .tolist() for name, split in splits.items()}}))
+                          "splits": dataset.class_counts(args.val_fraction)}))
         return 0
-    print(describe(dataset, splits))
+    print(dataset.describe(args.val_fraction))
     return 0

@@ -34,9 +34,11 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifarlab.export import export_model
+    import cifarlab as cl
+    from cifarlab.export import sidecar_path
 
-    out, sidecar = export_model(args.run, args.format, args.out, args.weights, args.model)
+    out = cl.load(args.run, model=args.model).export(args.format, args.out, args.weights)
+    sidecar = sidecar_path(out)
     if args.json:
         print(json.dumps({"model": str(out), "classes": str(sidecar), "format": args.format,
                           "bytes": out.stat().st_size}))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from typing import Any
 
@@ -19,10 +18,9 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifarlab.networks import MODELS
+    import cifarlab as cl
 
-    docs = {name: ((inspect.getdoc(MODELS[name]) or "").splitlines() or [""])[0]
-            for name in sorted(MODELS)}
+    docs = cl.models()
     if args.json:
         print(json.dumps(docs))
         return 0

@@ -33,20 +33,18 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifarlab import rundir
-    from cifarlab.report import write_report
+    import cifarlab as cl
 
-    runs = [rundir.read(path) for path in args.runs]  # every path checked before any work starts
-    names = [run.name for run in runs]
+    runs = [cl.load(path, model=args.model) for path in args.runs]  # all checked before any work
+    names = [run.path.resolve().name for run in runs]
     if args.out is not None and len(runs) > 1 and len(set(names)) < len(names):
         raise UserError("several runs share a directory name, so --out DIR/<run name> would mix "
                         "them; report them one at a time")
     results = []
-    for run in runs:
-        out = args.out / run.name if args.out is not None and len(runs) > 1 else args.out
-        report = write_report(run, out, data=args.data, split=args.split, device=args.device,
-                              quiet=args.quiet or args.json, weights=args.weights, tta=args.tta,
-                              model=args.model)
+    for run, name in zip(runs, names, strict=True):
+        out = args.out / name if args.out is not None and len(runs) > 1 else args.out
+        report = run.report(out, data=args.data, split=args.split, device=args.device,
+                            quiet=args.quiet or args.json, weights=args.weights, tta=args.tta)
         if report.skipped:
             warn(report.skipped)
         if args.json:

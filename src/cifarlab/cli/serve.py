@@ -13,8 +13,6 @@ from typing import Any
 from cifarlab.cli import options
 from cifarlab.errors import UserError, warn
 
-SERVE_PACKAGES = "fastapi uvicorn python-multipart"
-
 
 def register(commands: Any) -> None:
     """Add the serve sub-command to the CLI's sub-parsers."""
@@ -43,16 +41,16 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cifarlab.export import require
-    from cifarlab.serve import serve
+    import cifarlab as cl
+    from cifarlab.extras import require_extra
     from cifarlab.serve.limits import Limits
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
     limits = Limits.from_megabytes(args.max_upload_mb, max_pixels=args.max_pixels,
                                    max_concurrency=args.max_concurrency)
-    require(["fastapi", "uvicorn", "python_multipart"], SERVE_PACKAGES, "cifarlab serve")
+    require_extra("serve", "cifarlab serve")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         warn(f"listening on {args.host}: other machines can reach this server")
-    serve(args.run, args.host, args.port, limits, args.weights, args.model)
+    cl.load(args.run, model=args.model).serve(args.host, args.port, args.weights, limits=limits)
     return 0

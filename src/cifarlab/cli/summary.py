@@ -27,7 +27,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import cifarlab.api as cl
+    import cifarlab as cl
 
     kwargs = {key.removeprefix("model_kwargs."): value for key, value in parse_sets(args.set).items()
               if key.startswith("model_kwargs.")}

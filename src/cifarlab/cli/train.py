@@ -1,5 +1,5 @@
-"""`cifarlab train`: resolve the settings (recipe < --config < flags and --set), then call
-cl.train, cl.trials or cl.resume."""
+"""`cifarlab train`: the settings as given (recipe < --config < flags and --set; config.py
+resolves them, as it does for cl.train), then cl.train, cl.train_seeds or cl.resume."""
 
 from __future__ import annotations
 
@@ -63,9 +63,10 @@ def register(commands: Any) -> None:
                    help="fit training plus evaluation into this wall-clock time (e.g. 90s, 10m, "
                         "1h): the epochs are sized from the speed measured on this machine; "
                         "--epochs then caps them (default: none)")
-    t.add_argument("--trials", type=int, default=1, metavar="N",
-                   help="train N runs with seeds S, S+1, ... into DIR/seed-S and report mean +- "
-                        "std (default: 1)")
+    t.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train N runs with seeds S, S+1, ... (S: --seed) into DIR/seed-S and "
+                        "report mean +- std (default: 1)")
+    t.add_argument("--trials", type=int, dest="seeds", help=argparse.SUPPRESS)  # the old name
     t.add_argument("--out", metavar="DIR",
                    help="run directory, new or empty (default: runs/<recipe>-<time>)")
     t.add_argument("--resume", nargs="?", const="", metavar="DIR",
@@ -100,12 +101,8 @@ def changes_from(args: argparse.Namespace) -> dict[str, Any]:
         changes["tensorboard"] = True
     if args.model is not None:
         changes["model"] = args.model
-    if args.budget is not None:
-        from cifarlab.budget import parse_duration
-
-        changes["budget"] = parse_duration(args.budget)
-        if "epochs" in changes:  # with a budget, --epochs is the most it may choose
-            changes["max_epochs"] = changes.pop("epochs")
+    if args.budget is not None:  # "10m": config.py reads it, and makes --epochs its cap
+        changes["budget"] = args.budget
     return changes
 
 
@@ -121,13 +118,14 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(resolve(args.recipe, args.config, changes).to_dict(), indent=2))
         return 0
-    import cifarlab.api as cl
+    import cifarlab as cl
 
     model = changes.pop("model", None)
     common = {"recipe": args.recipe, "config_file": args.config, "out": args.out,
-              "quiet": args.quiet, "model": model, "started": args.started}
-    if args.trials != 1:
-        cl.trials(n=args.trials, seed=changes.pop("seed", 0), nproc=args.nproc, **common, **changes)
+              "quiet": args.quiet, "model": model}
+    if args.seeds != 1:
+        cl.train_seeds(n=args.seeds, seed=changes.pop("seed", 0), nproc=args.nproc, **common,
+                       **changes)
         return 0
     run = cl.train(nproc=args.nproc, **common, **changes)
     done(args, run)
@@ -137,18 +135,18 @@ def run(args: argparse.Namespace) -> int:
 def done(args: argparse.Namespace, run: Any) -> None:
     """The result: summary.json with --json, two lines of text unless --quiet."""
     if args.json:
-        print(json.dumps(run.summary))
+        print(json.dumps(run.results))
     elif not args.quiet:
-        print_done(run.summary)
+        print_done(run.results)
 
 
 def resume(args: argparse.Namespace, changes: dict[str, Any]) -> int:
-    import cifarlab.api as cl
+    import cifarlab as cl
     from cifarlab import rundir
 
-    if args.recipe or args.config or args.print_config or args.trials != 1:
+    if args.recipe or args.config or args.print_config or args.seeds != 1:
         raise UserError("--resume continues a run as it was configured: leave out --recipe, "
-                        "--config, --print-config and --trials")
+                        "--config, --print-config and --seeds")
     path = Path(args.resume) if args.resume else Path(args.out) if args.out else rundir.latest()
     model = changes.pop("model", None)
     run = cl.resume(path, model=model, quiet=args.quiet, nproc=args.nproc, **changes)

@@ -324,7 +324,8 @@ class Search:
 
     def render_html(self, pngs: dict[str, bytes]) -> str:
         """One self-contained page: figures inline, the table, the best config; nothing fetched."""
-        from cifarlab.report import page, table
+        from cifarlab.display import table
+        from cifarlab.report import page
 
         e = html.escape
 

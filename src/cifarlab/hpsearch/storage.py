@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from cifarlab import config as configuration
 from cifarlab import fsio, rundir
 from cifarlab.errors import UserError
+from cifarlab.extras import require_extra
 
 if TYPE_CHECKING:  # optuna is an optional extra: imported where a search needs it
     import optuna
@@ -40,11 +41,9 @@ HOST = socket.gethostname()
 
 
 def optuna_module() -> Any:
-    try:
-        import optuna
-    except ImportError:
-        raise UserError("cifarlab search needs optuna: pip install 'optuna>=3.6' "
-                        "(or: pip install 'cifarlab[search]')") from None
+    require_extra("search", "cifarlab search")
+    import optuna
+
     # A row per trial is ours to print; a failed trial is reported by the error it raised.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
@@ -157,7 +156,7 @@ def open_study(storage: str, name: str, worker: int = 0) -> optuna.Study:
         raise UserError(f"study '{name}' was not made by cifarlab search")
     # A fresh seed per (seed, trials so far, worker): a resumed or parallel sampler never
     # replays the draws of the first.
-    from cifarlab.trainer import seed_for
+    from cifarlab.runtime import seed_for
 
     seed = seed_for(int(settings["seed"]), len(study.trials), worker) % 2**32
     study.sampler = make_sampler(settings["sampler"], seed, settings["startup"])

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from cifarlab import config as configuration
 from cifarlab import fsio, rundir
+from cifarlab.callbacks import Callback
 from cifarlab.config import resolve
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.hpsearch.results import Search, trial_seconds
@@ -94,20 +95,20 @@ class SearchInterrupted(Interrupted):
 # Running trials
 
 
-class _Report:
+class _Report(Callback):
     """The pruning callback: each epoch's val_acc goes to Optuna, which may say stop."""
 
     def __init__(self, trial: optuna.Trial):
         self.trial = trial
         self.pruned_at: int | None = None
 
-    def on_train_begin(self, run: Any) -> None:
-        self.trial.set_user_attr("config", run.config.to_dict())  # kept even if the trial dies
+    def on_train_begin(self, trainer: Any) -> None:
+        self.trial.set_user_attr("config", trainer.config.to_dict())  # kept even if the trial dies
 
-    def on_epoch_end(self, run: Any, metrics: dict[str, Any]) -> bool:
+    def on_epoch_end(self, trainer: Any, metrics: dict[str, Any]) -> bool:
         epoch = int(metrics["epoch"])
         self.trial.report(float(metrics["val_acc"]), step=epoch)
-        if epoch < run.config.epochs and self.trial.should_prune():
+        if epoch < trainer.config.epochs and self.trial.should_prune():
             self.pruned_at = epoch
             return True
         return False
@@ -184,21 +185,21 @@ class _Objective:
             api.train(self.settings["recipe"], out=run_dir, model=model,
                       callbacks=[report, *self.work.callbacks], quiet=True, **{**fixed, **values})
         except TrainingError as exc:  # diverged: as bad as a trial gets, which the sampler should know
-            self._record(trial, run_dir)
+            self._note(trial, run_dir)
             trial.set_user_attr("note", f"diverged: {str(exc).split(';')[0]}")
             raise optuna.TrialPruned("diverged") from None
         except Interrupted:
             raise KeyboardInterrupt from None  # the trial fails; the search stops
-        history = self._record(trial, run_dir)
+        history = self._note(trial, run_dir)
         best = max(row["val_acc"] for row in history)
         if report.pruned_at is not None:
             trial.set_user_attr("note", f"pruned after epoch {report.pruned_at}")
             raise optuna.TrialPruned(f"pruned after epoch {report.pruned_at}")
         return best
 
-    def _record(self, trial: optuna.Trial, run_dir: Path) -> list[dict[str, float]]:
-        record = rundir.read_json(run_dir / rundir.CONFIG) or {}
-        trial.set_user_attr("config", record.get("config"))
+    def _note(self, trial: optuna.Trial, run_dir: Path) -> list[dict[str, float]]:
+        info = rundir.read_json(run_dir / rundir.CONFIG) or {}
+        trial.set_user_attr("config", info.get("config"))
         history = rundir.read_history(run_dir / rundir.METRICS) if (run_dir / rundir.METRICS).exists() else []
         trial.set_user_attr("epochs", len(history))
         return history
@@ -289,9 +290,7 @@ def _budget(budget: float | str | None) -> float | None:
     if budget is None:
         return None
     if isinstance(budget, str):
-        from cifarlab.budget import parse_duration
-
-        return parse_duration(budget)
+        return configuration.parse_duration(budget)
     if budget <= 0:
         raise UserError("--budget must be positive")
     return float(budget)
@@ -332,7 +331,7 @@ def _create(recipe: str | None, space: Any, trials: int | None, seconds: float |
         study_name = study or path.resolve().name
         url = storage or f"sqlite:///{(path / STUDY_DB).resolve()}"
         startup = min(10, max(4, (trials or 30) // 3))
-        record = {"recipe": name, "space": {p.key: p.to_spec() for p in params}, "fixed": fixed,
+        setup = {"recipe": name, "space": {p.key: p.to_spec() for p in params}, "fixed": fixed,
                   "trials": trials, "budget": seconds, "sampler": sampler, "pruner": pruner,
                   "seed": seed, "startup": startup, "created": datetime.now().isoformat("T", "seconds"),
                   "host": HOST, "command": " ".join(sys.argv)}
@@ -343,7 +342,7 @@ def _create(recipe: str | None, space: Any, trials: int | None, seconds: float |
             raise UserError(f"the storage already has a study '{study_name}'; join or continue it "
                             f"with: cifarlab search --resume DIR --storage URL --study {study_name}"
                             ) from None
-        created.set_user_attr("cifarlab", record)
+        created.set_user_attr("cifarlab", setup)
         defaults = {p.key: current(base, p.key) for p in params}
         if baseline and all(p.contains(defaults[p.key]) for p in params):
             created.enqueue_trial(defaults, user_attrs={"baseline": True})
@@ -421,7 +420,7 @@ def _resume_dir(out: PathLike | None, storage: str | None,
 
 def _work_in_processes(work: _Work, jobs: int) -> None:
     """N workers, each a process with cores // N threads, sharing the study through its storage."""
-    from cifarlab.trainer import available_cores
+    from cifarlab.runtime import available_cores
 
     threads = max(1, available_cores() // jobs)
     context = multiprocessing.get_context("spawn")  # fork after torch has threads is unsafe

@@ -3,6 +3,8 @@ best.yaml reruns the best trial, and bad space files fail in one line."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -25,24 +27,15 @@ QUICK = ["--set", "batch_size=32", "--set", "val_fraction=0.2", "--set", "device
 QUICK_KW: dict[str, Any] = {"batch_size": 32, "val_fraction": 0.2, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CIFARLAB_THREADS", "1")
-
 
 @pytest.fixture(scope="module")
 def toy_search(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A 4-trial search of the base recipe's default space, 2 epochs a trial, through the CLI."""
     out = tmp_path_factory.mktemp("search") / "s"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CIFARLAB_THREADS", "1")
-        import contextlib
-        import io
-
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            code = main(["search", "--recipe", "base", "--data", str(toy_data), "--trials", "4",
-                         "--set", "epochs=2", *QUICK, "--out", str(out), "--json"])
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(["search", "--recipe", "base", "--data", str(toy_data), "--trials", "4",
+                     "--set", "epochs=2", *QUICK, "--out", str(out), "--json"])
     assert code == 0
     return {"out": out, "json": json.loads(buffer.getvalue())}
 
@@ -83,6 +76,7 @@ def test_best_yaml_reruns_the_best_trial(toy_search: dict[str, Any], tmp_path: P
     assert [r["val_acc"] for r in again.history] == [r["val_acc"] for r in trial.history]
 
 
+@pytest.mark.slow
 def test_pruning_stops_bad_trials_early(toy_data: Path, tmp_path: Path) -> None:
     # Half the trials get an lr that learns nothing; trials with the good lr are all identical.
     # Seed 5 draws, after trial 0 (the recipe's lr): good, bad, bad, good, bad. The median pruner
@@ -100,11 +94,12 @@ def test_pruning_stops_bad_trials_early(toy_data: Path, tmp_path: Path) -> None:
     # The pruned trials' run directories stay, stopped early, with their best and final weights.
     for r in bad_late:
         run = cl.load(r["run"])
-        assert len(run.history) == 2 and run.summary["stopped_early"]
+        assert len(run.history) == 2 and run.results["stopped_early"]
         assert "pruned after epoch 2" in r["note"]
     assert "3 pruned" not in search.verdict() and "2 pruned" in search.verdict()
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_and_finishes(toy_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "s"
     argv = ["search", "--recipe", "base", "--data", str(toy_data), "--trials", "5",
@@ -130,6 +125,7 @@ def test_killed_search_resumes_and_finishes(toy_data: Path, tmp_path: Path) -> N
     assert len({(r["lr"], r["label_smoothing"]) for r in rows}) == 6
 
 
+@pytest.mark.slow
 def test_two_jobs_share_one_study(toy_data: Path, tmp_path: Path) -> None:
     search = cl.search("base", trials=2, jobs=2, data=toy_data, out=tmp_path / "s", epochs=1,
                        quiet=True, **QUICK_KW)
@@ -140,6 +136,7 @@ def test_two_jobs_share_one_study(toy_data: Path, tmp_path: Path) -> None:
     assert len({r["run"] for r in rows}) == len(rows) and (tmp_path / "s" / "search.html").is_file()
 
 
+@pytest.mark.slow
 def test_one_finished_trial_has_no_importance_yet(toy_data: Path, tmp_path: Path) -> None:
     search = cl.search("base", space={"lr": {"log_uniform": [1e-4, 1e-2]}}, trials=1,
                        data=toy_data, out=tmp_path / "s", epochs=1, quiet=True, **QUICK_KW)

@@ -1,4 +1,4 @@
-"""The model registry and the shapes of the seed networks."""
+"""networks.py: the model registry, the classic Keras CNNs and FastNet."""
 
 from __future__ import annotations
 
@@ -76,22 +76,3 @@ def test_fastnet_whitening_decorrelates_patches(name: str) -> None:
     assert torch.allclose(cov, torch.eye(12, dtype=torch.float64), atol=0.05)
     assert out.mean(0).abs().max() < 1e-3
     assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
-
-
-def test_tta_averages_six_views() -> None:
-    from cifarlab.evaluate import predict_logits
-
-    torch.manual_seed(0)
-    model = create_model("base", 10).eval()
-    cpu = torch.device("cpu")
-    flat = torch.full((2, 32, 32, 3), 77, dtype=torch.uint8)  # every view of it is the same
-    assert torch.allclose(predict_logits(model, flat, cpu, tta=True), predict_logits(model, flat, cpu),
-                          atol=1e-5)
-    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
-    x = images.permute(0, 3, 1, 2).float()
-    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-    views = [x, padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
-    with torch.no_grad():
-        pairs = [0.5 * (model(v) + model(v.flip(3))) for v in views]
-    expected = 0.5 * pairs[0] + 0.25 * pairs[1] + 0.25 * pairs[2]
-    assert torch.allclose(predict_logits(model, images, cpu, tta=True), expected, atol=1e-5)
