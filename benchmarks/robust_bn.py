@@ -27,9 +27,8 @@ from cifarlab.augment import augment_batch
 from cifarlab.checkpoint import load_model
 from cifarlab.config import TrainConfig
 from cifarlab.data import load_dataset, make_splits
-from cifarlab.evaluate import to_batch
 from cifarlab.robustness import PRESETS, measure_many, take
-from cifarlab.trainer import available_cores, seed_for
+from cifarlab.runtime import available_cores, seed_for, to_batch
 
 
 def reestimate(model: nn.Module, images: torch.Tensor, config: TrainConfig, augmented: bool,

@@ -15,14 +15,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
+from cifarlab import budget
+from cifarlab.api import make_config
 from cifarlab.budget import measure_rates
-from cifarlab.config import apply, make_config, parse_sets
-from cifarlab.trainer import available_cores
+from cifarlab.config import TrainConfig, apply, parse_sets
+from cifarlab.networks import create_model
+from cifarlab.runtime import available_cores
 
 EPOCH_IMAGES = 45_000
+
+
+def make_model(config: TrainConfig) -> Callable[[], nn.Module]:
+    return lambda: create_model(config.model, 10, (127.0,) * 3, (64.0,) * 3, config.model_kwargs)
 
 
 def main() -> None:
@@ -35,6 +44,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(available_cores())
+    budget.PROBE_STEPS, budget.PROBE_WARMUP = args.steps, args.warmup  # the budget's probe, longer
     configs = {name: make_config(name) for name in args.recipes}
     for variant in args.variant:
         label, _, sets = variant.partition("=")
@@ -44,8 +54,8 @@ def main() -> None:
           f"{args.steps} steps per recipe, alternating", flush=True)
     for r in range(args.rounds):
         for name, config in configs.items():
-            times[name].append(measure_rates(config, torch.device("cpu"), 10, args.steps,
-                                             args.warmup)[0])
+            times[name].append(measure_rates(config, torch.device("cpu"), 10, make_model(config),
+                                             EPOCH_IMAGES)[0])
         print(f"round {r + 1}: " + ", ".join(f"{n} {t[-1] * 1000:.0f} ms" for n, t in times.items()),
               flush=True)
     first = next(iter(times))

@@ -200,3 +200,15 @@ def test_mix_settings_are_checked() -> None:
             apply(TrainConfig(), {key: value})
     with pytest.raises(ValueError):
         mix_chains(images(2), torch.Generator(), ("blur",))
+
+
+def test_consistency_stacks_the_image_and_two_mixed_copies() -> None:
+    x = images(6)
+    settings = Augment(translate=2, augmix=True, consistency=12.0)
+    out = augment_batch(settings, x, torch.Generator().manual_seed(2))
+    base = augment_batch(Augment(translate=2), x, torch.Generator().manual_seed(2))
+    assert out.shape == (18, 3, 32, 32)
+    assert torch.equal(out[:6], base)  # the same flips and shifts, drawn first
+    assert not torch.equal(out[6:12], out[12:]) and not torch.equal(out[6:12], base)
+    with pytest.raises(UserError, match="augment.augmix or"):
+        apply(TrainConfig(), {"augment.consistency": 12.0})

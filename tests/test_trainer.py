@@ -122,9 +122,10 @@ def test_fast_interrupt_and_resume_is_exact(toy_data: Path, tmp_path: Path,
 
 @pytest.mark.slow
 def test_mixed_chains_resume_exactly(toy_data: Path, tmp_path: Path) -> None:
-    """AugMix + PRIME chains draw from the step's generator alone: a run cut mid-epoch and
-    resumed ends with the same weights as one that was never stopped."""
-    settings = {"augment": {"translate": 2, "augmix": True, "prime": True, "mix_share": 0.5}}
+    """AugMix + PRIME chains and their consistency views draw from the step's generator alone: a
+    run cut mid-epoch and resumed ends with the same weights as one that was never stopped."""
+    settings = {"augment": {"translate": 2, "augmix": True, "prime": True, "mix_share": 0.5,
+                            "consistency": 12.0}}
     trainer.train(toy_fast(toy_data, epochs=2, **settings), out=tmp_path / "straight", quiet=True)
     with pytest.raises(Interrupted):  # 6 steps per epoch: mid-epoch 2
         trainer.train(toy_fast(toy_data, epochs=2, **settings), out=tmp_path / "cut", quiet=True,

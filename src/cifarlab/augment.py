@@ -17,7 +17,12 @@ from cifarlab.config import Augment
 
 def augment_batch(settings: Augment, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Apply the augmentations `settings` switches on to a batch: Keras' order, then the mixed
-    chains of AugMix / PRIME operations."""
+    chains of AugMix / PRIME operations.
+
+    With `settings.consistency` (AugMix's Jensen-Shannon training) the result holds three views
+    of each image, stacked: the image with its flips and shifts, then two copies mixed
+    independently ((3N, C, H, W)); step.loss_of reads the views back from the shapes.
+    """
     if settings.flip:
         x = random_flip(x, gen)
     if settings.rotation > 0 or settings.zoom > 0:
@@ -25,8 +30,10 @@ def augment_batch(settings: Augment, x: torch.Tensor, gen: torch.Generator) -> t
     if settings.translate > 0:
         x = random_translate(x, gen, settings.translate)
     if settings.augmix or settings.prime:  # last: the chains start from the flipped, moved image
-        x = mix_chains(x, gen, families_of(settings), settings.mix_width, settings.mix_depth,
-                       settings.mix_severity, settings.mix_share)
+        mixed = [mix_chains(x, gen, families_of(settings), settings.mix_width, settings.mix_depth,
+                            settings.mix_severity, settings.mix_share)
+                 for _ in range(CONSISTENCY_VIEWS - 1 if settings.consistency > 0 else 1)]
+        x = torch.cat([x, *mixed]) if settings.consistency > 0 else mixed[0]
     return x
 
 
@@ -109,6 +116,7 @@ AUGMIX_OPS = ("autocontrast", "equalize", "posterize", "solarize", "rotate", "sh
 PRIME_OPS = ("random_filter", "random_colour")
 FAMILIES: dict[str, tuple[str, ...]] = {"augmix": AUGMIX_OPS, "prime": PRIME_OPS}
 OPERATIONS = (*AUGMIX_OPS, *PRIME_OPS)  # an operation's number is its place here
+CONSISTENCY_VIEWS = 3  # AugMix: the image and two mixed copies of it
 _AFFINE = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 FILTER_SIGMA = 4.0  # PRIME's CIFAR setting: the filter's random part has a std up to 4
 COLOUR_MODES, COLOUR_TEMPERATURE = 100, 0.01  # PRIME's CIFAR setting: up to 100 sine modes
