@@ -3,12 +3,14 @@ budget's speed probe and the lr finder share."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab.config import TrainConfig
-from cifarlab.step import loss_of, train_step
+from cifarlab.config import TrainConfig, apply
+from cifarlab.step import jensen_shannon, loss_of, train_step
 
 
 def test_the_loss_is_cross_entropy_with_the_configs_label_smoothing() -> None:
@@ -63,3 +65,32 @@ def test_one_definition_and_three_callers() -> None:
     calling = sorted(p.name for p in package.rglob("*.py") if "train_step(" in p.read_text()
                      and "def train_step(" not in p.read_text())
     assert defining == ["step.py"] and calling == ["budget.py", "lrfind.py", "trainer.py"]
+
+
+def test_views_add_augmixs_consistency_term() -> None:
+    """Three views of each image: the first view's cross-entropy, plus consistency x the
+    Jensen-Shannon divergence, which is zero for agreeing views and at most log 3."""
+    torch.manual_seed(0)
+    config = apply(TrainConfig(), {"augment.augmix": True, "augment.consistency": 12.0})
+    labels, first = torch.randint(0, 5, (8,)), torch.randn(8, 5)
+    agreeing = torch.cat([first, first, first])
+    assert torch.allclose(loss_of(agreeing, labels, config), F.cross_entropy(first, labels))
+    views = [first, torch.randn(8, 5), 5 * torch.randn(8, 5)]
+    divergence = jensen_shannon(views)
+    assert 0 < float(divergence) <= math.log(3)
+    assert torch.allclose(loss_of(torch.cat(views), labels, config),
+                          F.cross_entropy(first, labels) + 12.0 * divergence)
+    # Against the textbook form: the entropy of the mean minus the mean of the entropies.
+    probs = torch.stack([F.softmax(v, 1) for v in views])
+    entropy = lambda p: -(p * p.log()).sum(-1)  # noqa: E731
+    textbook = (entropy(probs.mean(0)) - entropy(probs).mean(0)).mean()
+    torch.testing.assert_close(divergence, textbook, rtol=1e-4, atol=1e-6)
+
+
+def test_a_step_on_views_returns_the_first_views_logits() -> None:
+    torch.manual_seed(0)
+    config = apply(TrainConfig(), {"augment.prime": True, "augment.consistency": 1.0})
+    net = nn.Linear(4, 3)
+    images, labels = torch.randn(18, 4), torch.randint(0, 3, (6,))
+    loss, logits = train_step(net, torch.optim.SGD(net.parameters(), lr=0.1), images, labels, config)
+    assert logits.shape == (6, 3) and float(loss) > float(F.cross_entropy(logits, labels)) - 1e-6

@@ -57,12 +57,23 @@ class Augment:
     brightness: float = 0.0  # add up to +-brightness x 255 to every pixel
     contrast: float = 0.0  # scale each channel about its image mean by 1 +- contrast
     saturation: float = 0.0  # scale the colour about the image's grey by 1 +- saturation
+    # Robustness to corruptions (docs/robustness.md): each image gets mix_width random chains of
+    # operations, mixed into it as AugMix does. None of the operations is a CIFAR-10-C corruption.
+    augmix: bool = False  # AugMix's 9 operations in the chains (autocontrast, equalize, ...)
+    prime: bool = False  # PRIME's random 3x3 filter and random colour curve in the chains
+    mix_width: int = 3  # chains per image (AugMix: 3)
+    mix_depth: int = 0  # operations per chain; 0: 1 to 3 at random (AugMix's default)
+    mix_severity: int = 3  # strength of AugMix's operations, 1-10 (AugMix for CIFAR: 3)
+    mix_share: float = 1.0  # share of the images that are mixed; the rest stay as they are
+    # AugMix's Jensen-Shannon consistency: train on each image and two mixed copies, with this
+    # weight on the divergence between their predictions (AugMix: 12). A step costs 3x.
+    consistency: float = 0.0
 
     @property
     def active(self) -> bool:
         """Whether any per-image augmentation is on (mixup and cutmix: `mixes_labels`)."""
         return (self.flip or self.rotation > 0 or self.zoom > 0 or self.translate > 0
-                or self.cutout > 0 or self.erasing > 0 or self.colour)
+                or self.cutout > 0 or self.erasing > 0 or self.colour or self.augmix or self.prime)
 
     @property
     def mixes_labels(self) -> bool:
@@ -512,6 +523,17 @@ def validate(config: TrainConfig) -> None:
          "augment.contrast and augment.saturation must be in [0, 1)"),
         (config.whiten_bias_epochs >= 0, "whiten_bias_epochs must not be negative"),
         (config.whiten_bias_lr_scale > 0, "whiten_bias_lr_scale must be positive"),
+        (config.augment.mix_width >= 1, "augment.mix_width must be at least 1"),
+        (0 <= config.augment.mix_depth <= 10, "augment.mix_depth must be in 0..10 (0: 1-3 at random)"),
+        (1 <= config.augment.mix_severity <= 10, "augment.mix_severity must be in 1..10"),
+        (0 < config.augment.mix_share <= 1, "augment.mix_share must be in (0, 1]"),
+        (config.augment.consistency >= 0, "augment.consistency must not be negative"),
+        (config.augment.consistency == 0 or config.augment.augmix or config.augment.prime,
+         "augment.consistency compares mixed copies of each image: set augment.augmix or "
+         "augment.prime too"),
+        (config.augment.consistency == 0 or not config.augment.mixes_labels,
+         "augment.consistency compares copies of one image, and mixup/cutmix mix two: use one "
+         "or the other"),
         (config.optimizer in OPTIMIZERS, f"unknown optimizer '{config.optimizer}' "
          f"({', '.join(OPTIMIZERS)}){suggest(config.optimizer, OPTIMIZERS)}"),
         (config.muon_lr > 0, "muon_lr must be positive"),
