@@ -336,7 +336,8 @@ class Run:
               self._model_factory())
 
     def resume(self, epochs: int | None = None, **kwargs: Any) -> Run:
-        """Train on: to the run's own end, or (constant schedules) to `epochs`. See `cl.resume`."""
+        """Train on: to the run's own end, or (constant, step or plateau schedules without a warm-up)
+        to `epochs`. See `cl.resume`."""
         return resume(self.path, epochs=epochs, model=self._model_arg, **kwargs)
 
 
@@ -552,7 +553,8 @@ def resume(path: PathLike | None = None, *, epochs: int | None = None,
            callbacks: Sequence[Any] = (), quiet: bool = False, nproc: int = 1, nnodes: int = 1,
            rdzv_endpoint: str | None = None, mlflow: str | bool | None = None,
            **refused: Any) -> Run:
-    """Continue an interrupted run (or extend a finished one with `epochs`, constant schedules).
+    """Continue an interrupted run (or extend a finished one with `epochs`: constant, step or plateau
+    schedules without a warm-up).
 
     Only where the data lies, the device and the length may change; anything else is refused
     with a clear error (start a new run with `config_file=RUN/config.json` instead). A run

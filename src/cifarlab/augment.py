@@ -20,8 +20,9 @@ from cifarlab.config import Augment
 
 
 def augment_batch(settings: Augment, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Apply the augmentations `settings` switches on to a batch: Keras' order, then the mixed
-    chains of AugMix / PRIME operations.
+    """Apply the augmentations `settings` switches on to a batch: Keras' order (flip, rotation and
+    zoom, translation), colour jitter, the mixed chains of AugMix / PRIME operations, then cutout
+    and random erasing.
 
     With `settings.consistency` (AugMix's Jensen-Shannon training) the result holds three views
     of each image, stacked: the image with its flips and shifts, then two copies mixed
@@ -33,17 +34,18 @@ def augment_batch(settings: Augment, x: torch.Tensor, gen: torch.Generator) -> t
         x = random_rotate_zoom(x, gen, settings.rotation, settings.zoom)
     if settings.translate > 0:
         x = random_translate(x, gen, settings.translate)
-    if settings.cutout > 0:
-        x = cutout(x, gen, settings.cutout)
-    if settings.erasing > 0:
-        x = random_erasing(x, gen, settings.erasing)
     if settings.colour:
         x = colour_jitter(x, gen, settings.brightness, settings.contrast, settings.saturation)
-    if settings.augmix or settings.prime:  # last: the chains start from the flipped, moved image
+    if settings.augmix or settings.prime:  # the chains start from the flipped, moved image
         mixed = [mix_chains(x, gen, families_of(settings), settings.mix_width, settings.mix_depth,
                             settings.mix_severity, settings.mix_share)
                  for _ in range(CONSISTENCY_VIEWS - 1 if settings.consistency > 0 else 1)]
         x = torch.cat([x, *mixed]) if settings.consistency > 0 else mixed[0]
+    # Occlusion last (as timm erases after AugMix): the box's fill is neither jittered nor mixed.
+    if settings.cutout > 0:
+        x = cutout(x, gen, settings.cutout)
+    if settings.erasing > 0:
+        x = random_erasing(x, gen, settings.erasing)
     return x
 
 
