@@ -161,3 +161,21 @@ def test_final_fit_reruns_the_budget_run_on_every_image(toy_data: Path, tmp_path
         assert shipped["config"][key] == picked["config"][key], key
     assert shipped["config"]["val_fraction"] == 0 and shipped["val_images"] == 0
     assert shipped["train_images"] == picked["train_images"] + picked["val_images"]
+
+
+def test_the_speed_probe_never_holds_more_images_than_the_run_has() -> None:
+    """Issue 22, item 6: `--batch-size 1000000 --budget 60s` asked the probe for 24.6 GB."""
+    seen: list[int] = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(3, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.shape[0])
+            return self.head(x.mean((2, 3)))
+
+    config = make_config("base", batch_size=1_000_000, channels_last=False)
+    per_step, per_image = budget.measure_rates(config, torch.device("cpu"), 10, Counting, n_train=16)
+    assert max(seen) == 16 and per_step > 0 and per_image > 0
