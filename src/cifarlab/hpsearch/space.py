@@ -71,6 +71,7 @@ MUON_SPACE: dict[str, Any] = {
 }
 DEFAULT_SPACES = {"base": ADAM_SPACE, "robust": ADAM_SPACE, "bn": ADAM_SPACE,
                   "fast": MUON_SPACE, "fast_small": MUON_SPACE, "quick": MUON_SPACE,
+                  "fast_robust": MUON_SPACE,
                   "fast_sgd": SGD_SPACE}
 
 PathLike = str | os.PathLike[str]
