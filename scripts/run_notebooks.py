@@ -1,8 +1,8 @@
 """Run the notebooks in examples/ top to bottom with their full settings and keep the outputs.
 
-    make notebooks                                              # all of them (about an hour on 2 cores)
+    make notebooks                          # all of them, about two hours on 2 cores
     .venv/bin/python scripts/run_notebooks.py examples/03-fast.ipynb
-    .venv/bin/python scripts/run_notebooks.py --quick /tmp/copy.ipynb   # tries this script in seconds
+    .venv/bin/python scripts/run_notebooks.py --quick /tmp/copy.ipynb   # tries the script in seconds
 
 The notebooks are committed with these outputs, so a reader sees real figures and numbers without
 running anything. Each notebook runs in a fresh `python3` kernel whose working folder is a
