@@ -5,14 +5,14 @@
     .venv/bin/python scripts/run_notebooks.py --quick /tmp/copy.ipynb   # tries the script in seconds
 
 The notebooks are committed with these outputs, so a reader sees real figures and numbers without
-running anything. Each notebook runs in a fresh `python3` kernel whose working folder is a
-temporary one (its runs/ and my_pets/ never land in examples/), with CIFARLAB_NOTEBOOK_QUICK unset
-and CIFARLAB_DATA passed through (the shared archive beside the repository when unset). Then one
-markdown cell, tagged "ran-on", right after the first markdown cell, says on which machine and when
-it ran and how long it took. The file is replaced atomically; a cell that fails leaves it as it was
-and the script exits 1 with that cell's error in one line. `--quick` runs the tests' quick setting
-(CIFARLAB_NOTEBOOK_QUICK=1) and says "quick mode" in the ran-on cell: tests/test_notebooks.py
-refuses such a notebook in examples/.
+running anything. Each notebook runs in a fresh `python3` kernel whose working folder is its own
+under /tmp/cifarlab-notebooks/, removed after (its runs/ and my_pets/ never land in examples/),
+with CIFARLAB_NOTEBOOK_QUICK unset and CIFARLAB_DATA passed through (the shared archive beside the
+repository when unset). Then one markdown cell, tagged "ran-on", right after the first markdown
+cell, says on which machine and when it ran and how long it took. The file is replaced atomically;
+a cell that fails leaves it as it was and the script exits 1 with that cell's error in one line.
+`--quick` runs the tests' quick setting (CIFARLAB_NOTEBOOK_QUICK=1) and says "quick mode" in the
+ran-on cell: tests/test_notebooks.py refuses such a notebook in examples/.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import argparse
 import datetime
 import os
 import platform
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -32,18 +34,23 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tgz"
 TAG = "ran-on"
+# Where a notebook runs, a folder per notebook. The same path on every run: the paths its outputs
+# print stay the same, and the data cache keeps one entry per image folder path (replaced when the
+# files change), where a fresh random folder would add ~25 MB to it each run. So: one run of a
+# notebook at a time.
+WORKDIR = Path(tempfile.gettempdir()) / "cifarlab-notebooks"
 CELL_TIMEOUT = 3 * 3600  # seconds a single cell may take: a full training on 2 cores is ~20 min
 NOISE = ("execution", "collapsed", "scrolled")  # cell metadata that changes on every run
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def cpu_model() -> str:
-    """The processor's name as the kernel reports it ('AMD EPYC 7B13'), else platform's guess."""
+    """The processor's name as Linux reports it ('AMD EPYC 7B13'), else platform's guess."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return " ".join(value.split())
+            if key.strip() == "model name" and value.strip():  # less the (R) and (TM) marks
+                return " ".join(re.sub(r"\((R|TM|tm)\)", "", value).split())
     except OSError:  # not on Linux
         pass
     return platform.processor() or platform.machine() or "unknown processor"
@@ -145,9 +152,14 @@ def run(path: Path, quick: bool) -> float:
 
     notebook = nbformat.read(path, as_version=4)
     clear_outputs(notebook)
+    workdir = WORKDIR / path.stem
+    shutil.rmtree(workdir, ignore_errors=True)  # what a run that was killed left behind
+    workdir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="notebook-") as workdir:
-        execute(notebook, Path(workdir))
+    try:
+        execute(notebook, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     seconds = time.monotonic() - start
     set_ran_on(notebook, ran_on_text(cpu=cpu_model(), cores=runtime.available_cores(),
                                      torch=torch.__version__, cifarlab=cifarlab.__version__,
