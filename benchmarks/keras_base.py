@@ -39,6 +39,11 @@ def keras_worker(arrays: str) -> None:
     import numpy as np
     import tensorflow as tf  # type: ignore[import-not-found]
 
+    threads = os.environ.get("CIFARLAB_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:  # the thread count cifarlab's side uses too
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+
     with np.load(arrays) as data:  # scaled to 0..1 as the Keras tutorial did
         x, y = data["x_train"].astype("float32") / 255, data["y_train"]
         x_val, y_val = data["x_val"].astype("float32") / 255, data["y_val"]
@@ -90,7 +95,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(DATA), help="(default: the shared JPEG split)")
     parser.add_argument("--epochs", type=int, default=15, help="(default: 15, the Keras tutorial's)")
     parser.add_argument("--tf-python", default="/tmp/tfvenv/bin/python",
-                        help="a Python with tensorflow (default: /tmp/tfvenv/bin/python)")
+                        help="a Python with tensorflow (default: /tmp/tfvenv/bin/python); with "
+                        "CIFARLAB_THREADS=N both sides use N threads")
     parser.add_argument("--recipe", default="base", help="(default: base)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -43,7 +43,8 @@ def collect(run: Path) -> dict[str, Any]:
     if (run / "metrics.csv").is_file():
         lines = (run / "metrics.csv").read_text().splitlines()
         header = lines[0].split(",")
-        result["val_acc"] = [float(row.split(",")[header.index("val_acc")]) for row in lines[1:]]
+        # an epoch that eval_every skipped has an empty cell: NaN
+        result["val_acc"] = [float(row.split(",")[header.index("val_acc")] or "nan") for row in lines[1:]]
     return result
 
 

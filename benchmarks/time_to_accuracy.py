@@ -75,7 +75,7 @@ def measure(run: Path) -> dict[str, Any]:
     for row in rows:
         seconds += float(row["train_seconds"])
         for t in THRESHOLDS:
-            if reached[t] is None and float(row["val_acc"]) >= t:
+            if reached[t] is None and row["val_acc"] and float(row["val_acc"]) >= t:  # "": skipped
                 reached[t] = seconds
     model, _ = load_model(run)
     flops = train_flops_per_image(model)

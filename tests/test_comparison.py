@@ -236,3 +236,13 @@ def test_chart_leaves_its_ledger_beside_the_chart_not_here(runs: list[Path], tmp
     assert main(["compare", *map(str, runs), "--chart", str(tmp_path / "charts" / "val.png")]) == 0
     assert list(here.iterdir()) == []
     assert (tmp_path / "charts" / ".cifarlab-outputs.json").is_file()
+def test_epochs_without_evaluation_compare_and_chart(tmp_path: Path) -> None:
+    """eval_every leaves empty cells in the skipped epochs: best and chart read the measured ones."""
+    sparse = write_run(tmp_path / "sparse", "fast", "fastnet", [None, 0.8, None, 0.95],
+                       [None, 0.82, None, 0.81])
+    [row] = compare_rows([read_run(sparse)])
+    assert row["val_acc"] == pytest.approx(0.81) and row["best_val_acc"] == pytest.approx(0.82)
+    assert row["best_epoch"] == 2 and row["gap"] == pytest.approx(0.14)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert Image.open(write_chart([read_run(sparse)], out)).size[0] > 100

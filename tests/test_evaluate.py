@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifarlab.evaluate import class_scores, confusion_counts, most_confused, predict_logits
+from cifarlab.evaluate import class_scores, confusion_counts, most_confused, predict_logits, tta_views
 from cifarlab.networks import create_model
 
 
@@ -75,3 +75,16 @@ def test_class_scores_match_scikit_learn() -> None:
         assert ours[name] == pytest.approx({"precision": precision[i], "recall": recall[i],
                                             "f1": f1[i], "support": support[i]})
     assert ours["c6"]["precision"] == 0.0
+
+
+@pytest.mark.parametrize("fraction", [0.25, 1.0])
+def test_tta_costs_the_views_it_says(fraction: float) -> None:
+    """The budget counts tta_views(...) forward passes an image: the unsure share reuses its
+    plain view."""
+    torch.manual_seed(0)
+    model = create_model("fastnet_small", 10)
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    images = torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8).numpy()
+    predict_logits(model, images, torch.device("cpu"), tta=True, tta_fraction=fraction)
+    assert sum(seen) == 40 * tta_views(fraction) == {0.25: 90, 1.0: 240}[fraction]

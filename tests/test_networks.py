@@ -101,3 +101,14 @@ def test_absurd_model_sizes_are_one_line(argv: list[str], message: str, tmp_path
     assert main(["summary", *target, *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+def test_fastnet_takes_widths_activation_and_bn_momentum() -> None:
+    model = create_model("fastnet", 10, kwargs={"widths": [64, 128, 128], "act": "silu",
+                                                 "bn_momentum": 0.1})
+    body = model.body
+    assert [g.conv2.out_channels for g in body.groups] == [64, 128, 128]
+    assert isinstance(body.groups[0].act, torch.nn.SiLU)
+    assert {m.momentum for m in body.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    for bad in [{"widths": [64, 128]}, {"act": "swish"}, {"bn_momentum": 0}]:
+        with pytest.raises(UserError, match="model_kwargs"):
+            create_model("fastnet_small", 10, kwargs=bad)

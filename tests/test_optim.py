@@ -188,3 +188,19 @@ def test_warmup_starts_every_schedule() -> None:
         assert lr_at(config, 0.0) == pytest.approx(0.2)
         assert lr_at(config, 0.25) == pytest.approx(0.6)
     assert lr_at(make_config("base", lr=0.3), 0.0) == 0.3  # no warm-up unless asked
+def test_whitening_bias_at_its_own_rate_falls_linearly_to_zero() -> None:
+    """airbench94_muon: the whitening bias at the BatchNorm shifts' rate, down to 0 at its epochs."""
+    config = make_config("fast", whiten_bias_lr_scale=36.2, whiten_bias_decay=True,
+                         whiten_bias_epochs=0.5)
+    model = create_model("fastnet_small", 10)
+    optimizer = optim.build(config, model)
+    whiten = next(g for g in optimizer.param_groups if "until_epoch" in g)
+    assert whiten["params"] == [model.body.whiten.bias]
+    # the same decay per step as the rest of the SGD groups: lr x weight_decay
+    assert whiten["lr_scale"] * whiten["weight_decay"] == pytest.approx(config.weight_decay)
+    for epoch, fraction in [(0.0, 1.0), (0.25, 0.5), (0.4, 0.2), (0.5, 0.0), (3.0, 0.0)]:
+        optim.set_lr(optimizer, 0.1, epoch)  # the schedule's lr does not move this group
+        assert whiten["lr"] == pytest.approx(config.lr * 36.2 * fraction)
+    plain = optim.build(make_config("fast"), model)
+    optim.set_lr(plain, 0.1, 2.9)
+    assert next(g for g in plain.param_groups if "until_epoch" in g)["lr"] == pytest.approx(0.1)

@@ -344,3 +344,15 @@ def test_many_class_figures_draw_names_as_plain_text() -> None:
         drawn = [t for t in fig.findobj(Text) if t.get_text()]
         assert any("$\\foo$" in t.get_text() for t in drawn)
         assert not [t.get_text() for t in drawn if t.get_parse_math() or t.get_usetex()]
+def test_curves_draw_only_the_evaluated_epochs() -> None:
+    """eval_every: NaN in the skipped epochs; the clean and val curves join the measured points."""
+    nan = float("nan")
+    history = [{"epoch": e, "train_loss": 2.0 - e / 10, "train_acc": e / 10,
+                "train_acc_clean": c, "val_loss": 2.0 - v if v == v else nan, "val_acc": v,
+                "lr": 0.1, "seconds": 1.0, "train_seconds": 1.0}
+               for e, c, v in [(1, nan, nan), (2, 0.5, 0.45), (3, nan, nan), (4, 0.7, 0.6)]]
+    fig = plots.curves(history, "sparse", 4)
+    acc_ax = fig.axes[1]
+    val_line = next(line for line in acc_ax.get_lines() if line.get_label() == "val")
+    assert list(val_line.get_xdata()) == [2, 4] and list(val_line.get_ydata()) == [0.45, 0.6]
+    assert plots.to_png(fig)[:4] == b"\x89PNG"

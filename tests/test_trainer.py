@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from cifarlab import callbacks as cl_callbacks
 from cifarlab import checkpoint, rundir, trainer
 from cifarlab.api import make_config
 from cifarlab.errors import Interrupted, TrainingError, UserError
@@ -105,11 +106,14 @@ def test_fast_recipe_trains_and_reports_tta(toy_data: Path, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_fast_interrupt_and_resume_is_exact(toy_data: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lookahead's average and the frozen whitening bias survive a resume mid-epoch."""
-    config = toy_fast(toy_data, whiten_bias_epochs=1)
+    """The whitening bias (decaying, frozen mid-epoch 2) and colour jitter survive a resume
+    mid-epoch."""
+    settings = {"whiten_bias_epochs": 1.5, "whiten_bias_decay": True,
+                "augment": {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1}}
+    config = toy_fast(toy_data, **settings)
     trainer.train(config, out=tmp_path / "straight", quiet=True)
     with pytest.raises(Interrupted):  # 6 steps per epoch: mid-epoch 2, off the 5-step grid
-        trainer.train(toy_fast(toy_data, whiten_bias_epochs=1), out=tmp_path / "cut", quiet=True,
+        trainer.train(toy_fast(toy_data, **settings), out=tmp_path / "cut", quiet=True,
                       callbacks=[InterruptAfter(9)])
     trainer.resume(tmp_path / "cut", quiet=True)
     assert read_metrics(tmp_path / "cut")[-1]["val_acc"] == read_metrics(
@@ -247,3 +251,76 @@ def test_ctrl_c_inside_a_callback_is_interrupted_with_a_checkpoint(toy_data: Pat
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     trainer.resume(tmp_path / "run", quiet=True)
     assert len(read_metrics(tmp_path / "run")) == 2
+@pytest.mark.slow
+def test_whitening_bias_stops_mid_epoch(toy_data: Path, tmp_path: Path) -> None:
+    """Fractions of an epoch count: 0.5 and 0.9 epochs of bias training end apart, in epoch 1."""
+    biases: dict[float, list[torch.Tensor]] = {0.5: [], 0.9: []}
+    for epochs, seen in biases.items():
+        config = toy_fast(toy_data, epochs=2, whiten_bias_epochs=epochs, whiten_bias_decay=True,
+                          tta=False, calibrate=False)
+        trainer.train(config, out=tmp_path / str(epochs), quiet=True, callbacks=[
+            lambda run, metrics, seen=seen: seen.append(run.model.body.whiten.bias.detach().clone())])
+        assert torch.equal(seen[0], seen[1])  # frozen in epoch 2
+    assert not torch.equal(biases[0.5][0], biases[0.9][0])
+
+
+@pytest.mark.slow
+def test_eval_every_skips_evaluation_but_not_training(toy_data: Path, tmp_path: Path) -> None:
+    """eval_every 0: empty cells until the last epoch, whose figures, weights, TTA and temperature
+    are those of a run that evaluates every epoch (evaluation draws nothing at random)."""
+    runs = {k: trainer.train(toy_fast(toy_data, eval_every=k), out=tmp_path / str(k), quiet=True)[1]
+            for k in (0, 1)}
+    sparse, full = read_metrics(tmp_path / "0"), read_metrics(tmp_path / "1")
+    assert [r["val_acc"] == "" and r["train_acc_clean"] == "" for r in sparse] == [True, True, False]
+    assert all(r["val_acc"] != "" for r in full)
+    assert sparse[-1] | {"seconds": 0, "train_seconds": 0} == full[-1] | {"seconds": 0, "train_seconds": 0}
+    for key in ("val_acc", "val_acc_tta", "temperature", "ece"):
+        assert runs[0][key] == runs[1][key], key
+    a, _ = checkpoint.load_model(tmp_path / "0", weights="best")
+    b, _ = checkpoint.load_model(tmp_path / "0", weights="final")
+    assert runs[0]["best_epoch"] == 3  # the only evaluated epoch: best.pt holds the final weights
+    assert float(a.temperature) == float(b.temperature) == pytest.approx(runs[0]["temperature"])
+    assert runs[0]["temperature"] != 1.0
+
+
+def test_stopping_between_evaluations_measures_the_last_epoch(toy_data: Path, tmp_path: Path) -> None:
+    class StopAt2(cl_callbacks.Callback):
+        def on_epoch_end(self, trainer: Any, metrics: dict[str, Any]) -> None:
+            if metrics["epoch"] == 2:
+                trainer.stop()
+
+    _, summary = trainer.train(toy_fast(toy_data, epochs=5, eval_every=3, tta=False, calibrate=False),
+                               out=tmp_path / "run", quiet=True, callbacks=[StopAt2()])
+    rows = read_metrics(tmp_path / "run")
+    assert [r["val_acc"] != "" for r in rows] == [False, True]
+    assert summary["stopped_early"] and summary["val_acc"] == float(rows[-1]["val_acc"])
+
+
+def test_early_stop_needs_evaluations() -> None:
+    with pytest.raises(UserError, match="eval_every"):
+        make_config("fast", early_stop=2, eval_every=0)
+
+
+@pytest.mark.slow
+def test_a_last_epoch_cut_short_trains_its_share_and_resumes_exactly(toy_data: Path,
+                                                                     tmp_path: Path) -> None:
+    """last_epoch_share (the budget's fill): 6 steps, then 3 of 6; the schedule ends on the last
+    of them; an interruption inside the short epoch resumes to the same weights."""
+    lrs: list[float] = []
+
+    class Steps(cl_callbacks.Callback):
+        def on_step_end(self, trainer: Any, step: dict[str, float]) -> None:
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+
+    config = toy_fast(toy_data, epochs=2, last_epoch_share=0.5, tta=False, calibrate=False)
+    _, summary = trainer.train(config, out=tmp_path / "straight", quiet=True, callbacks=[Steps()])
+    assert len(lrs) == 6 + 3
+    assert lrs[-1] == pytest.approx(config.muon_lr / 9)  # the linear decay's last step of 9
+    assert summary["train_images_per_second"] > 0
+    with pytest.raises(Interrupted):
+        trainer.train(config, out=tmp_path / "cut", quiet=True, callbacks=[InterruptAfter(8)])
+    trainer.resume(tmp_path / "cut", quiet=True)
+    a, _ = checkpoint.load_model(tmp_path / "straight")
+    b, _ = checkpoint.load_model(tmp_path / "cut")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name

@@ -31,6 +31,8 @@ def augment_batch(settings: Augment, x: torch.Tensor, gen: torch.Generator) -> t
         x = cutout(x, gen, settings.cutout)
     if settings.erasing > 0:
         x = random_erasing(x, gen, settings.erasing)
+    if settings.colour:
+        x = colour_jitter(x, gen, settings.brightness, settings.contrast, settings.saturation)
     return x
 
 
@@ -183,3 +185,27 @@ def mix_batch(settings: Augment, x: torch.Tensor, labels: torch.Tensor, num_clas
     lam = torch.where(use_cut, lam_cut, lam_mix).to(labels.device).view(-1, 1)
     one_hot = F.one_hot(labels, num_classes).float()
     return images, lam * one_hot + (1 - lam) * one_hot[partner.to(labels.device)]
+GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL and torchvision weigh RGB
+
+
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.0,
+                  contrast: float = 0.0, saturation: float = 0.0) -> torch.Tensor:
+    """Per image: add a brightness shift of up to +-brightness x 255, scale each channel about
+    its mean by a contrast factor in 1 +- contrast, and the colour about the grey image by a
+    saturation factor in 1 +- saturation; then clip to 0..255 (pixel values, as the model sees).
+
+    Photos of one object differ in exposure and colour; these views teach the net to ignore it
+    (hiverge's record on airbench94_muon trains with brightness and contrast jitter).
+    Elementwise on the whole batch: ~1 ms for 256 images on one CPU core.
+    """
+    n = x.shape[0]
+    if brightness > 0:
+        x = x + _uniform(n, -brightness * 255, brightness * 255, gen, x).view(n, 1, 1, 1)
+    if contrast > 0:
+        mean = x.mean((2, 3), keepdim=True)
+        x = (x - mean) * _uniform(n, 1 - contrast, 1 + contrast, gen, x).view(n, 1, 1, 1) + mean
+    if saturation > 0 and x.shape[1] == 3:
+        weights = torch.tensor(GREY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        grey = (x * weights).sum(1, keepdim=True)
+        x = (x - grey) * _uniform(n, 1 - saturation, 1 + saturation, gen, x).view(n, 1, 1, 1) + grey
+    return x.clamp(0, 255)

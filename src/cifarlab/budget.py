@@ -1,16 +1,18 @@
-"""`--budget`: size a run so that training plus evaluation ends within a wall-clock budget.
+"""`--budget`: size a run so that training plus evaluation fills a wall-clock budget.
 
 The speed of a fixed network does not depend on the pixels, so a throwaway copy of the model is
 timed on random data for a few full-size steps of `step.train_step` (the step training runs,
-autocast and label smoothing included) and one evaluation batch. From those rates:
+autocast and label smoothing included) and one evaluation batch. From those rates `plan` finds
+the most training that fits in what is left of the budget (SAFETY of it, less the time already
+spent): whole epochs and then a last one cut short (`last_epoch_share`), so a run fills its
+budget up to the noise of the measurement; every evaluation `eval_every` asks for, and the final
+TTA views, are counted. Too short a budget for one epoch trains one epoch on a random subset
+that fits. How `budget` and `epochs` combine is config.py's rule (with a budget, `epochs` is a
+cap).
 
-    epochs = (budget - time already spent - final TTA pass) / (train epoch + its evaluation)
-
-rounded down, so a run lands under its budget by up to one epoch plus the noise of the
-measurement. Too short a budget for one epoch trains one epoch on a random subset that fits.
-How `budget` and `epochs` combine is config.py's rule (with a budget, `epochs` is a cap).
+With `budget_min_epochs`, a fastnet recipe's net is the budget's choice too: the widest of
+`WIDTHS` that trains at least that many epochs in the time (each width probed, narrowest first).
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +26,7 @@ from torch import nn
 
 from cifarlab import optim
 from cifarlab.augment import augment_batch, mix_batch
-from cifarlab.config import TrainConfig, low_res_epochs
+from cifarlab.config import TrainConfig, evaluates, low_res_epochs
 from cifarlab.errors import UserError
 from cifarlab.evaluate import EVAL_BATCH, tta_views
 from cifarlab.prepare import Data
@@ -75,46 +77,126 @@ def measure_rates(config: TrainConfig, device: torch.device, num_classes: int,
     return sum(times[PROBE_WARMUP:]) / PROBE_STEPS, per_image
 
 
-def fit(config: TrainConfig, data: Data, device: torch.device,
-        make_model: Callable[[], nn.Module], spent: float, quiet: bool = False) -> TrainConfig:
-    """A copy of `config` whose epochs (and subset, if one epoch is too long) fit config.budget,
-    with at most config.max_epochs epochs."""
-    assert config.budget is not None
-    n_train, n_val = len(data.train), len(data.val)
-    probe_started = time.perf_counter()
-    step_seconds, image_seconds = measure_rates(config, device, len(data.classes), make_model,
-                                                n_train)
-    spent += time.perf_counter() - probe_started
-    steps = math.ceil(n_train / config.batch_size)
-    eval_seconds = (len(data.clean) + n_val) * image_seconds
-    tta = tta_views(config.tta_fraction) * n_val * image_seconds if config.tta else 0.0
-    epoch_seconds = steps * step_seconds + eval_seconds + EPOCH_WRITE_SECONDS
-    left = config.budget * SAFETY - spent - tta - SAVE_SECONDS
-    # Low-resolution epochs cost (low_res / 32)^2 of a step (fastnet_small at 24 px: 0.56
-    # measured, 0.5625 predicted); the share of them grows with the epochs chosen.
-    cheaper = (1 - (config.low_res / 32) ** 2) * steps * step_seconds
+# --budget's net for fastnet recipes with budget_min_epochs: the widest of these that trains
+# that many epochs in the time (narrowest first; fastnet_small's widths, airbench93's, and up to
+# fast's). A wider net learns more an epoch, more epochs learn more too: BENCHMARKS.md, round 3.
+WIDTHS = ((32, 128, 128), (64, 128, 128), (64, 192, 192), (64, 256, 256))
+WIDTH_MODELS = ("fastnet", "fastnet_small")
+MIN_SHARE = 0.1  # a last epoch shorter than this share of one is left out
 
-    def seconds(epochs: int) -> float:
-        return epochs * epoch_seconds - low_res_epochs(config, epochs) * cheaper
 
-    epochs = 0
-    while epochs < (config.max_epochs or MAX_EPOCHS) and seconds(epochs + 1) <= left:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What fits: `epochs`, the last of them cut to `share` of its steps, in `seconds`."""
+
+    epochs: int
+    share: float
+    seconds: float
+
+    @property
+    def span(self) -> float:
+        """Epochs of training, the last one counted by its share."""
+        return self.epochs - 1 + self.share
+
+
+def plan(config: TrainConfig, data: Data, step_seconds: float, image_seconds: float,
+         left: float) -> Plan | None:
+    """The most training that fits in `left` seconds at these rates, or None if one epoch does not.
+
+    Counted: every epoch's steps (low-res ones at their cost) and writes; the evaluations
+    `eval_every` asks for (clean sample + val), the last epoch's always; after training, the TTA
+    views beyond that last evaluation's plain pass, and a calibration of best.pt when it may hold
+    an earlier epoch than the final one.
+    """
+    steps = math.ceil(len(data.train) / config.batch_size)
+    train_epoch = steps * step_seconds
+    low_cost = (config.low_res / 32) ** 2 * train_epoch
+    evaluation = (len(data.clean) + len(data.val)) * image_seconds
+    after = SAVE_SECONDS
+    if config.tta and len(data.val):
+        after += (tta_views(config.tta_fraction) - 1) * len(data.val) * image_seconds
+    if config.calibrate and config.eval_every and len(data.val):
+        after += len(data.val) * image_seconds
+
+    def seconds(epochs: int, share: float) -> float:
+        low = low_res_epochs(config, epochs)
+        trained = sum((low_cost if e < low else train_epoch) * (share if e == epochs - 1 else 1.0)
+                      for e in range(epochs))
+        evaluations = sum(evaluates(config, e, epochs) for e in range(1, epochs + 1))
+        return trained + evaluations * evaluation + epochs * EPOCH_WRITE_SECONDS + after
+
+    cap = config.max_epochs or MAX_EPOCHS
+    if seconds(1, 1.0) > left:
+        return None
+    epochs = 1
+    while epochs < cap and seconds(epochs + 1, 1.0) <= left:
         epochs += 1
-    subset = config.subset
-    if epochs < 1:
-        images = int((left - eval_seconds) / step_seconds) * config.batch_size
-        if images < config.batch_size:
+    best = Plan(epochs, 1.0, seconds(epochs, 1.0))
+    if epochs < cap:  # one more epoch, cut to what time is left
+        base = seconds(epochs + 1, 0.0)
+        last = seconds(epochs + 1, 1.0) - base
+        share = math.floor((left - base) / last * steps) / steps if last > 0 else 0.0
+        if share >= MIN_SHARE:
+            best = Plan(epochs + 1, share, seconds(epochs + 1, share))
+    return best
+
+
+def fit(config: TrainConfig, data: Data, device: torch.device,
+        make_model: Callable[[TrainConfig], nn.Module], spent: float, quiet: bool = False,
+        widths: bool = True) -> TrainConfig:
+    """A copy of `config` that fills config.budget: its epochs, the last cut short to fill the
+    time (last_epoch_share), at most config.max_epochs; a subset if one epoch is too long; and,
+    with `budget_min_epochs` (and `widths`: the net can be rebuilt), the net's widths."""
+    assert config.budget is not None
+    budget = config.budget
+    started = time.perf_counter()
+    candidates = [config]
+    if (widths and config.budget_min_epochs and config.model in WIDTH_MODELS
+            and "widths" not in config.model_kwargs):
+        candidates = [dataclasses.replace(config, model_kwargs={**config.model_kwargs, "widths": list(w)})
+                      for w in WIDTHS]
+    # enough epochs: budget_min_epochs, or all that the user allows (an epochs cap below it)
+    enough = min(config.budget_min_epochs, config.max_epochs or MAX_EPOCHS)
+    chosen: tuple[TrainConfig, Plan | None, float, float] | None = None
+    notes = []
+    for candidate in candidates:  # narrowest first: stop at the first that is too wide
+        def build(probe: TrainConfig = candidate) -> nn.Module:
+            return make_model(probe)
+
+        step_seconds, image_seconds = measure_rates(candidate, device, len(data.classes), build,
+                                                    len(data.train))
+        left = budget * SAFETY - spent - (time.perf_counter() - started)
+        fitted = plan(candidate, data, step_seconds, image_seconds, left)
+        if len(candidates) > 1:
+            notes.append(f"{_widths(candidate)}: {fitted.span if fitted else 0:.1f} epochs")
+        if chosen is not None and (fitted is None or fitted.span < enough):
+            break
+        chosen = (candidate, fitted, step_seconds, image_seconds)
+    assert chosen is not None
+    config, fitted, step_seconds, image_seconds = chosen
+    left = budget * SAFETY - spent - (time.perf_counter() - started)
+    epochs, share, subset = (fitted.epochs, fitted.share, config.subset) if fitted else (1, 1.0, None)
+    if fitted is None:  # not one epoch: one epoch of as many images as fit
+        evaluation = (len(data.clean) + len(data.val)) * image_seconds
+        steps = int((left - evaluation - SAVE_SECONDS - EPOCH_WRITE_SECONDS) / step_seconds)
+        subset = steps * config.batch_size
+        if subset < config.batch_size:
             raise UserError(
                 f"a budget of {config.budget:.0f} s is too short for recipe '{config.recipe}' here: "
-                f"one step takes {step_seconds:.1f} s and evaluation {eval_seconds:.0f} s")
-        epochs, subset = 1, images
+                f"one step takes {step_seconds:.1f} s and evaluation {evaluation:.0f} s")
     if not quiet:
         low = low_res_epochs(config, epochs)
         print(f"budget {config.budget:.0f} s: {step_seconds:.2f} s/step, "
               f"{1 / image_seconds:.0f} images/s evaluated -> {epochs} "
               f"{'epoch' if epochs == 1 else 'epochs'}"
+              + (f" (the last {share:.0%} of one)" if share < 1 else "")
               + (f" of {subset} images" if subset else "")
-              + f" of ~{epoch_seconds:.0f} s"
-              + (f" ({low} of them at {config.low_res} px)" if low else ""),
+              + (f" ({low} of them at {config.low_res} px)" if low else "")
+              + (f" of widths {_widths(config)} (at least {config.budget_min_epochs} epochs: "
+                 f"{', '.join(notes)})" if notes else ""),
               file=sys.stderr, flush=True)
-    return dataclasses.replace(config, epochs=epochs, subset=subset)
+    return dataclasses.replace(config, epochs=epochs, last_epoch_share=share, subset=subset)
+
+
+def _widths(config: TrainConfig) -> str:
+    return "/".join(str(w) for w in config.model_kwargs["widths"])

@@ -19,6 +19,7 @@ does. An `on_epoch_end` that returns True stops too (Keras' `model.stop_training
 from __future__ import annotations
 
 import atexit
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,9 @@ class TensorBoard(Callback):
         step = int(metrics["epoch"])
         for group, keys in (("loss", ("train_loss", "val_loss")),
                             ("accuracy", ("train_acc", "train_acc_clean", "val_acc"))):
-            self.writer.add_scalars(group, {k: metrics[k] for k in keys}, step)
+            values = {k: metrics[k] for k in keys if math.isfinite(metrics[k])}  # eval_every
+            if values:
+                self.writer.add_scalars(group, values, step)
         self.writer.add_scalar("lr", metrics["lr"], step)
         self.writer.add_scalar("seconds", metrics["seconds"], step)
         self.writer.flush()

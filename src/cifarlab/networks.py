@@ -269,14 +269,14 @@ class ConvGroup(nn.Module):
     whitened input straight through and early training is stable at a high learning rate.
     """
 
-    def __init__(self, c_in: int, c_out: int, bn_momentum: float = 0.4):
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float = 0.4, act: str = "gelu"):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = _frozen_scale_bn(c_out, bn_momentum)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.norm2 = _frozen_scale_bn(c_out, bn_momentum)
-        self.act = nn.GELU()
+        self.act = activation(act)
         for conv in (self.conv1, self.conv2):
             nn.init.kaiming_normal_(conv.weight, nonlinearity="linear")
             n = min(conv.in_channels, conv.out_channels)
@@ -296,20 +296,39 @@ def _frozen_scale_bn(channels: int, momentum: float) -> nn.BatchNorm2d:
     return norm
 
 
-class FastNet(nn.Module):
-    """Frozen 2x2 patch-whitening conv, three ConvGroups, global max-pool, scaled linear head."""
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 
-    def __init__(self, num_classes: int, widths: tuple[int, int, int] = (64, 256, 256),
-                 whiten_width: int = 24):
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise UserError(f"unknown activation '{name}' (model_kwargs.act: {', '.join(ACTIVATIONS)})")
+    return ACTIVATIONS[name]()
+
+
+class FastNet(nn.Module):
+    """Frozen 2x2 patch-whitening conv, three ConvGroups, global max-pool, scaled linear head.
+
+    `bn_momentum` is torch's (the weight of each new batch in the running statistics; airbench
+    writes 0.6 for 1 - 0.4) and `act` the activation of the groups ("gelu", "silu", "relu"): both
+    settable as model_kwargs, like `widths`.
+    """
+
+    def __init__(self, num_classes: int, widths: Sequence[int] = (64, 256, 256),
+                 whiten_width: int = 24, bn_momentum: float = 0.4, act: str = "gelu"):
         super().__init__()
+        if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
+            raise UserError(f"model_kwargs.widths must be three positive channel counts, got {widths!r}")
+        if not 0 < bn_momentum <= 1:
+            raise UserError(f"model_kwargs.bn_momentum must be in (0, 1], got {bn_momentum!r}")
         # 2x2 patches of 3 channels have 12 dimensions; the layer holds each whitening filter
         # and its negative (24 channels), so the GELU after it loses no information.
         self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         self.act = nn.GELU()
         self.groups = nn.Sequential(
-            ConvGroup(whiten_width, widths[0]), ConvGroup(widths[0], widths[1]),
-            ConvGroup(widths[1], widths[2]),
+            ConvGroup(whiten_width, widths[0], bn_momentum, act),
+            ConvGroup(widths[0], widths[1], bn_momentum, act),
+            ConvGroup(widths[1], widths[2], bn_momentum, act),
         )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[2], num_classes, bias=False)
@@ -338,10 +357,14 @@ class FastNet(nn.Module):
 
     def param_groups(self, config: Any) -> list[dict[str, Any]]:
         """The whitening bias learns for the first `whiten_bias_epochs`, then its lr drops to 0
-        (airbench: it helps early and only adds noise late)."""
+        (airbench: it helps early and only adds noise late), at `whiten_bias_lr_scale` x lr,
+        falling linearly to 0 on the way with `whiten_bias_decay` (airbench94_muon)."""
         if not config.whiten_bias_epochs or config.optimizer in ("adam", "adamw"):
             return []
-        return [{"params": [self.whiten.bias], "until_epoch": config.whiten_bias_epochs}]
+        scale = config.whiten_bias_lr_scale
+        return [{"params": [self.whiten.bias], "until_epoch": config.whiten_bias_epochs,
+                 "lr_scale": scale, "weight_decay": config.weight_decay / scale,
+                 "linear_to_zero": config.whiten_bias_decay}]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.act(self.whiten(x)))
@@ -349,12 +372,14 @@ class FastNet(nn.Module):
 
 
 @register_model("fastnet")
-def fastnet(num_classes: int = 10) -> nn.Module:
-    """airbench94's widths (64, 256, 256): ~0.24 GFLOP per image forward."""
-    return FastNet(num_classes)
+def fastnet(num_classes: int = 10, widths: Sequence[int] = (64, 256, 256), **kwargs: Any) -> nn.Module:
+    """airbench94's widths (64, 256, 256): ~0.24 GFLOP per image forward. Keywords (model_kwargs):
+    widths, bn_momentum, act (see FastNet)."""
+    return FastNet(num_classes, widths=tuple(widths), **kwargs)
 
 
 @register_model("fastnet_small")
-def fastnet_small(num_classes: int = 10) -> nn.Module:
+def fastnet_small(num_classes: int = 10, widths: Sequence[int] = (32, 128, 128),
+                  **kwargs: Any) -> nn.Module:
     """Half the widths (32, 128, 128): ~4x fewer FLOPs, for tight CPU budgets."""
-    return FastNet(num_classes, widths=(32, 128, 128))
+    return FastNet(num_classes, widths=tuple(widths), **kwargs)

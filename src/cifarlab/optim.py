@@ -5,7 +5,7 @@
     0.1
 
 Each parameter group carries an `lr_scale` (and optionally `until_epoch`); the training loop
-calls `set_lr(optimizer, lr_at(config, progress, history), epoch)` before every step. The
+calls `set_lr(optimizer, lr_at(config, progress, history), epochs_done)` before every step. The
 schedule is a pure function of progress and of the epochs' rows (the plateau schedule reads its
 val figures), both of which a checkpoint holds, so a resumed run picks up the exact lr it stopped at.
 
@@ -54,7 +54,9 @@ def build(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if norm:  # a faster lr for the shifts, the same decay per step (lr * weight_decay)
         sgd_groups.append({"params": norm, "lr_scale": scale, "weight_decay": decay / scale})
     for group in special:
-        sgd_groups.append({"lr_scale": 1.0, "weight_decay": decay, **group})
+        group = {"lr_scale": 1.0, "weight_decay": decay, **group}
+        group["peak_lr"] = config.lr * group["lr_scale"]  # where a linear_to_zero group starts
+        sgd_groups.append(group)
     if config.optimizer == "muon":
         filters = [p for p in rest if p.ndim == 4 and p.shape[-1] > 1]
         sgd_groups[0]["params"] = [p for p in rest if not (p.ndim == 4 and p.shape[-1] > 1)]
@@ -117,12 +119,19 @@ class Muon(torch.optim.Optimizer):
                 p.add_(update, alpha=-lr)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float, epoch: int) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, epoch: float) -> None:
     """lr * each group's lr_scale; 0 for a group past its `until_epoch` (frozen without touching
-    requires_grad, which DistributedDataParallel does not allow to change)."""
+    requires_grad, which DistributedDataParallel does not allow to change). A `linear_to_zero`
+    group falls linearly from its `peak_lr` to 0 at `until_epoch` instead. `epoch` counts the
+    epochs done, with the fraction of the current one (2.5: half-way through the third)."""
     for group in optimizer.param_groups:
-        frozen = epoch >= group.get("until_epoch", math.inf)
-        group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)
+        until = group.get("until_epoch", math.inf)
+        if epoch >= until:
+            group["lr"] = 0.0
+        elif group.get("linear_to_zero"):
+            group["lr"] = group["peak_lr"] * (1 - epoch / until)
+        else:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def lr_at(config: TrainConfig, progress: float,

@@ -47,7 +47,7 @@ from cifarlab.augment import augment_batch, flip_where, mix_batch
 from cifarlab.calibrate import describe as describe_calibration
 from cifarlab.calibrate import temperature_scaling
 from cifarlab.callbacks import Callback, as_callbacks
-from cifarlab.config import TrainConfig, better, laid_out, low_res_epochs, validate
+from cifarlab.config import TrainConfig, better, evaluates, laid_out, low_res_epochs, validate
 from cifarlab.data import Dataset, classes_differ
 from cifarlab.display import progress_bar
 from cifarlab.errors import Interrupted, TrainingError, UserError
@@ -176,12 +176,15 @@ class Trainer:
         self.start_epoch = 0
         self.epoch_state = EpochState()
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
-        self.total_steps = config.epochs * self.steps_per_epoch
+        # --budget may cut the last epoch short to fill its time (last_epoch_share)
+        self.last_epoch_steps = max(1, math.ceil(config.last_epoch_share * self.steps_per_epoch))
+        self.total_steps = (config.epochs - 1) * self.steps_per_epoch + self.last_epoch_steps
         self.diverged_loss = DIVERGED_FACTOR * max(math.log(len(self.classes)), 1.0)
         self.steps_above = 0  # consecutive steps with the loss above diverged_loss
         self.last_saved = "none yet"  # where the last good checkpoint stands, for error messages
         self.best: dict[str, Any] = {"epoch": 0, "value": None}
         self.stopped_early = False
+        self._val_logits: tuple[int, torch.Tensor] | None = None  # (epoch, logits): see _evaluate
         self._stop_asked = False
         self._interrupt_asked = False
 
@@ -315,7 +318,8 @@ class Trainer:
             rundir.write_metrics(self.path, self.history)
         self._print_row(row)
         asked = self._call("on_epoch_end", row) or self._stop_asked
-        patience = config.early_stop and epoch + 1 - self.best["epoch"] >= config.early_stop
+        patience = (config.early_stop and rundir.is_measured(row)
+                    and epoch + 1 - self.best["epoch"] >= config.early_stop)
         interrupt, stop = distributed.all_sum(  # every process agrees on both
             [ctrl_c.pressed or self._interrupt_asked, bool(asked or patience)], self.device)
         last = epoch + 1 == config.epochs
@@ -323,6 +327,12 @@ class Trainer:
             raise Interrupted(self.path)
         if stop and not last:
             self.stopped_early = True
+            if not rundir.is_measured(row):  # stopped between evaluations: the last row is measured
+                row.update(self._evaluate(epoch + 1))
+                self._keep_if_best(row)
+                if self.ctx.is_main:
+                    rundir.write_metrics(self.path, self.history)
+                self._print_row(row)
             if not self.quiet:
                 why = (f"no better {config.monitor} for {plural(config.early_stop, 'epoch')}"
                        if patience else "a callback asked to stop")
@@ -335,11 +345,13 @@ class Trainer:
         summary = self.summary()
         if not self.has_val and not self.quiet:
             print(f"note: {NO_VALIDATION}", flush=True)
+        plain = self._final_val_logits() if main else None  # the last evaluation's, if current
         if config.tta and self.has_val:  # the final figure with TTA (6 views: see evaluate)
             tta_started = time.perf_counter()
-            tta = [evaluate_split(self.model, self.data.val, self.device, tta=True,
-                                  tta_fraction=config.tta_fraction)["accuracy"]
-                   if main else 0.0]
+            labels = torch.from_numpy(self.data.val.labels)
+            tta = [(predict_logits(self.model, self.data.val.images, self.device, tta=True,
+                                   tta_fraction=config.tta_fraction, plain=plain).argmax(1)
+                    == labels).float().mean().item() if main else 0.0]
             summary["val_acc_tta"] = distributed.from_main(tta, self.device)[0]
             summary["tta_seconds"] = time.perf_counter() - tta_started
             if not self.quiet:
@@ -348,7 +360,7 @@ class Trainer:
         same = self.best["epoch"] == len(self.history)  # best.pt holds the final weights
         calibration: dict[str, Any] = {}
         if config.calibrate and main and self.has_val:
-            calibration = self._calibrate(self.model, "final (and best)" if same else "final")
+            calibration = self._calibrate(self.model, "final (and best)" if same else "final", plain)
             summary.update(calibration)
         summary["wall_seconds"] = time.perf_counter() - self.started
         summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -368,7 +380,7 @@ class Trainer:
         self.net.train()
         started = time.perf_counter() - state.seconds
         with self._progress_bar(epoch, state) as bar:
-            for step in range(state.step, self.steps_per_epoch):
+            for step in range(state.step, self.steps_in(epoch)):
                 idx = order[step * self.config.batch_size:(step + 1) * self.config.batch_size]
                 if len(idx) < 2 * self.ctx.world_size:  # a batch of one breaks BatchNorm (1 in 50,000)
                     continue
@@ -376,7 +388,7 @@ class Trainer:
                 images, targets = self._batch(epoch, step, mine)
                 lr = optim.lr_at(self.config, (epoch * self.steps_per_epoch + step) / self.total_steps,
                                  self.history)
-                optim.set_lr(self.optimizer, lr, epoch)
+                optim.set_lr(self.optimizer, lr, epoch + step / self.steps_per_epoch)
                 loss, logits = train_step(self.net, self.optimizer, images, targets, self.config,
                                           weight=len(mine) * self.ctx.world_size / len(idx),
                                           class_weights=self.class_weights)
@@ -384,11 +396,11 @@ class Trainer:
                 labels = targets if targets.ndim == 1 else targets.argmax(1)
                 stop = self._tally(state, loss, logits, labels, ctrl_c, epoch, step, lr)
                 bar.update(1)
-                if step % PROGRESS_EVERY == 0 or step + 1 == self.steps_per_epoch:
+                if step % PROGRESS_EVERY == 0 or step + 1 == self.steps_in(epoch):
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
                                     acc=f"{state.correct / state.seen:.4f}")
                 every = self.config.checkpoint_every
-                if (stop or (every and state.step % every == 0)) and step + 1 < self.steps_per_epoch:
+                if (stop or (every and state.step % every == 0)) and step + 1 < self.steps_in(epoch):
                     state.seconds = time.perf_counter() - started
                     self.save_checkpoint(epoch, state)
                     if stop:
@@ -451,43 +463,69 @@ class Trainer:
 
     @contextmanager
     def _progress_bar(self, epoch: int, state: EpochState) -> Iterator[Any]:
-        with progress_bar(total=self.steps_per_epoch, initial=state.step, unit="step", leave=False,
+        with progress_bar(total=self.steps_in(epoch), initial=state.step, unit="step", leave=False,
                           desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=self.quiet,
                           file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar:
             yield bar
 
     def _scores(self, epoch: int, state: EpochState, started: float) -> dict[str, Any]:
-        """The epoch's row of metrics.csv. Rank 0 evaluates on the full sets, exactly as one process
-        would; the others wait for its numbers."""
+        """The epoch's row of metrics.csv: the running train figures, and the evaluation's in the
+        epochs `eval_every` picks (NaN, an empty cell, in the others)."""
         train_seconds = time.perf_counter() - started
-        scores = [0.0, 0.0, 0.0]
-        if self.ctx.is_main:
-            clean = evaluate_split(self.model, self.data.clean, self.device)
-            val = (evaluate_split(self.model, self.data.val, self.device) if self.has_val
-                   else {"loss": math.nan, "accuracy": math.nan})  # metrics.csv: empty cells
-            scores = [clean["accuracy"], val["loss"], val["accuracy"]]
-        clean_acc, val_loss, val_acc = distributed.from_main(scores, self.device)
-        # The lr in the row is the one the epoch's last step used (the history: the epochs before).
-        last_step = (epoch + 1) * self.steps_per_epoch - 1
+        skipped = {"train_acc_clean": math.nan, "val_loss": math.nan, "val_acc": math.nan}
+        measured = self._evaluate(epoch + 1) if evaluates(self.config, epoch + 1) else skipped
+        # The lr in the row is the one the epoch's last step used (the schedule at its start).
+        last_step = epoch * self.steps_per_epoch + self.steps_in(epoch) - 1
         return {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / max(1, state.seen),
-            "train_acc": state.correct / max(1, state.seen),
-            "train_acc_clean": clean_acc, "val_loss": val_loss, "val_acc": val_acc,
+            "train_acc": state.correct / max(1, state.seen), **measured,
             "lr": optim.lr_at(self.config, last_step / self.total_steps, self.history),
             "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         }
+
+    def steps_in(self, epoch: int) -> int:
+        """Steps of epoch `epoch` (from 0): all of them, but in a last epoch cut short."""
+        return self.last_epoch_steps if epoch + 1 == self.config.epochs else self.steps_per_epoch
+
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        """Clean train accuracy and val loss and accuracy of the weights after `epoch` (from 1).
+        Rank 0 evaluates on the full sets, exactly as one process would; the others wait for its
+        numbers. The val logits are kept: the final TTA and calibration reuse them."""
+        scores = [0.0, 0.0, 0.0]
+        if self.ctx.is_main:
+            clean = evaluate_split(self.model, self.data.clean, self.device)
+            scores = [clean["accuracy"], math.nan, math.nan]  # no val: metrics.csv's empty cells
+            if self.has_val:
+                logits = predict_logits(self.model, self.data.val.images, self.device)
+                labels = torch.from_numpy(self.data.val.labels)
+                scores[1:] = [F.cross_entropy(logits, labels).item(),
+                              (logits.argmax(1) == labels).float().mean().item()]
+                self._val_logits = (epoch, logits)
+        clean_acc, val_loss, val_acc = distributed.from_main(scores, self.device)
+        return {"train_acc_clean": clean_acc, "val_loss": val_loss, "val_acc": val_acc}
+
+    def _final_val_logits(self) -> torch.Tensor | None:
+        """The val logits of the final weights at temperature 1, if the last epoch's evaluation
+        (in this process: not before a resume) computed them."""
+        kept = self._val_logits
+        if kept is None or kept[0] != len(self.history) or float(self.model.temperature) != 1:
+            return None
+        return kept[1]
 
     @property
     def has_val(self) -> bool:
         """False for a final fit on every training image (--val-fraction 0)."""
         return len(self.data.val) > 0
 
-    def _calibrate(self, model: Classifier, which: str) -> dict[str, float]:
+    def _calibrate(self, model: Classifier, which: str,
+                   logits: torch.Tensor | None = None) -> dict[str, float]:
         """Fit the temperature of `model` on the validation split (calibrate.py); the predicted
-        classes, and so every accuracy, stay as they are."""
+        classes, and so every accuracy, stay as they are. `logits`: its val logits at temperature
+        1, if known already."""
         model.temperature.fill_(1.0)
-        logits = predict_logits(model, self.data.val.images, self.device)
+        if logits is None:
+            logits = predict_logits(model, self.data.val.images, self.device)
         result = temperature_scaling(logits, torch.from_numpy(self.data.val.labels))
         model.temperature.fill_(result["temperature"])  # 1 where the fit would not help
         if not self.quiet:
@@ -515,7 +553,7 @@ class Trainer:
                                "best_epoch": None, "best_weights_epoch": len(self.history),
                                "best_weights_value": None, "no_validation": NO_VALIDATION}
         if self.has_val:
-            best = max(self.history, key=lambda r: r["val_acc"])
+            best = max(rundir.measured(self.history), key=lambda r: r["val_acc"])
             val = {"val_loss": last["val_loss"], "val_acc": last["val_acc"],
                    "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
                    "best_weights_epoch": self.best["epoch"], "best_weights_value": self.best["value"]}
@@ -526,11 +564,17 @@ class Trainer:
             "final_epoch": len(self.history), "stopped_early": self.stopped_early,
             "steps_per_epoch": self.steps_per_epoch,
             "seconds_per_epoch": total / len(self.history), "total_seconds": total,
-            "train_images_per_second": len(self.data.train) * len(self.history)
+            "train_images_per_second": len(self.data.train) * self._epochs_trained()
             / max(1e-9, sum(r["train_seconds"] for r in self.history)),
             "device": str(self.device), "threads": torch.get_num_threads(),
             "processes": self.ctx.world_size,
         }
+
+    def _epochs_trained(self) -> float:
+        """Epochs of images trained, a last epoch cut short counted by its share."""
+        done = len(self.history)
+        return done - (1 - self.last_epoch_steps / self.steps_per_epoch
+                       if done == self.config.epochs else 0)
 
     # --------------------------------------------------------------------------------------
     # Console output: one fixed-width row per epoch
@@ -549,13 +593,19 @@ class Trainer:
         print(f"{c.name + ': ' if c.name else ''}{what}, {params:,} "
               f"parameters, {flops / 1e6:,.1f} MFLOPs per image forward{'' if own else ')'}: "
               f"{len(self.data.train)} train images / {val}, {c.epochs} "
-              f"{'epoch' if c.epochs == 1 else 'epochs'} of {self.steps_per_epoch} steps, "
+              f"{'epoch' if c.epochs == 1 else 'epochs'} of {self.steps_per_epoch} steps"
+              + (f" (the last {self.last_epoch_steps})" if self.last_epoch_steps < self.steps_per_epoch
+                 else "") + ", "
               f"batch {c.batch_size}, {self.device} x{torch.get_num_threads()} threads"
               + (f" x{self.ctx.world_size} processes" if self.ctx.enabled else ""))
         if own:
             print(f"settings: {c.optimizer} lr {c.lr:g}, {c.schedule} schedule, batch "
                   f"{c.batch_size}, {c.epochs} epochs{', augmentation' if c.augment.active else ''}"
                   f" (recipe '{c.recipe}'s defaults where you set none)")
+        if c.eval_every != 1:  # the empty cells in between are on purpose
+            print(f"evaluating every {c.eval_every} epochs and after the last" if c.eval_every else
+                  "evaluating after the last epoch only", f"(eval_every {c.eval_every}): the time "
+                  "goes to training")
         print(f"run directory: {self.path}")
         if self.class_weights is not None:
             print(self._class_weight_line(), flush=True)
@@ -609,8 +659,9 @@ def _prepare(config: TrainConfig, run_dir: Path, model: ModelArg, callbacks: Seq
             raise UserError("--budget sizes a run for one process; leave out --nproc/torchrun")
         data = carve(dataset, config)  # the budget plans for the run's own images
         config = budget.fit(config, data, device,
-                            lambda: build_model(config, data, device, _copy(model)),
-                            time.perf_counter() - started, quiet=quiet)
+                            lambda probe: build_model(probe, data, device, _copy(model)),
+                            time.perf_counter() - started, quiet=quiet,
+                            widths=not isinstance(model, nn.Module))  # yours is kept as it is
     data = carve(dataset, config)  # after the budget, which may choose a subset
     classifier = build_model(config, data, device, model)
     return Trainer(with_source(config, data), run_dir, data, classifier, device, callbacks, quiet,

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import multiprocessing
 import os
 import statistics
@@ -116,6 +117,8 @@ class _Report(Callback):
 
     def on_epoch_end(self, trainer: Any, metrics: dict[str, Any]) -> bool:
         epoch = int(metrics["epoch"])
+        if not math.isfinite(metrics["val_acc"]):  # an epoch eval_every does not evaluate
+            return False
         self.trial.report(float(metrics["val_acc"]), step=epoch)
         if epoch < trainer.config.epochs and self.trial.should_prune():
             self.pruned_at = epoch
@@ -232,7 +235,7 @@ class _Objective:
             _close(tracker, "FAILED", "fail")
             raise
         history = self._note(trial, run_dir)
-        best = max(row["val_acc"] for row in history)
+        best = max(row["val_acc"] for row in rundir.measured(history))
         if report.pruned_at is not None:
             trial.set_user_attr("note", f"pruned after epoch {report.pruned_at}")
             _close(tracker, "FINISHED", "pruned")
