@@ -1,6 +1,7 @@
 # cifarlab: `make train` trains the default recipe, `make test` runs lint, types and tests.
 # Each target installs what it needs into .venv first: `train` only what training needs,
-# `test` the development tools on top, `lab` JupyterLab for the notebooks in examples/.
+# `test` the development tools on top, `lab` JupyterLab for the notebooks in examples/, and
+# `notebooks` reruns those notebooks with their full settings and saves their outputs in them.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,8 +12,9 @@ TORCH  ?= torch==2.13.0
 RECIPE ?= base
 DATA   ?= $(wildcard ../shared/data/cifar10-train-jpeg.tgz)
 ARGS   ?=
+NOTEBOOKS ?=
 
-.PHONY: install install-dev train test test-quick lint browser lab clean
+.PHONY: install install-dev train test test-quick lint browser lab notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +38,7 @@ train: install
 	$(BIN)/cifarlab train --recipe $(RECIPE) $(if $(DATA),--data $(DATA)) $(ARGS)
 
 lint: install-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy src/cifarlab
 
 # The report and web-demo tests drive a real headless Chromium (Debian's package).
@@ -54,6 +56,12 @@ test-quick: lint
 lab: install
 	$(PIP) -e '.[notebook]'
 	$(BIN)/jupyter lab examples/
+
+# Run the notebooks in examples/ top to bottom with their full settings (about two hours on 2 cores)
+# and write them back with their outputs, to commit; NOTEBOOKS=examples/03-fast.ipynb runs one.
+# The dev tools hold what runs them: nbclient, ipykernel, ipywidgets (JupyterLab is not needed).
+notebooks: install-dev
+	$(if $(DATA),CIFARLAB_DATA=$(abspath $(DATA))) $(BIN)/python scripts/run_notebooks.py $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
