@@ -116,7 +116,7 @@ class _CtrlC:
 
 
 def _cell(value: float, width: int) -> str:
-    """A fixed-width number, or "-" where there is none (no validation images)."""
+    """A fixed-width number, or "-" where there is none (no validation images, or no evaluation)."""
     return f"{value:>{width}.4f}" if math.isfinite(value) else f"{'-':>{width}}"
 
 
@@ -631,8 +631,9 @@ class Trainer:
         mean_seconds = sum(r["seconds"] for r in self.history) / done
         eta = _format_seconds(mean_seconds * (self.config.epochs - done))
         best = "*" if self.best["epoch"] == row["epoch"] else " "  # * marks the best so far
-        print(f"{row['epoch']:>5} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} "
-              f"{row['train_acc_clean']:>9.4f} {_cell(row['val_loss'], 8)} {_cell(row['val_acc'], 7)}{best}"
+        measured = (f"{_cell(row['train_acc_clean'], 9)} {_cell(row['val_loss'], 8)} "
+                    f"{_cell(row['val_acc'], 7)}")  # "-" in the epochs eval_every skips
+        print(f"{row['epoch']:>5} {row['train_loss']:>10.4f} {row['train_acc']:>9.4f} {measured}{best}"
               f"{row['lr']:>8.1e} {row['seconds']:>7.1f} {eta:>7}", flush=True)
 
 
