@@ -57,7 +57,7 @@ lab: install
 	$(PIP) -e '.[notebook]'
 	$(BIN)/jupyter lab examples/
 
-# Run the notebooks in examples/ top to bottom with their full settings (about two hours on 2 cores)
+# Run the notebooks in examples/ top to bottom with their full settings (85 minutes on 2 cores)
 # and write them back with their outputs, to commit; NOTEBOOKS=examples/03-fast.ipynb runs one.
 # The dev tools hold what runs them: nbclient, ipykernel, ipywidgets (JupyterLab is not needed).
 notebooks: install-dev

@@ -1,6 +1,6 @@
 """Run the notebooks in examples/ top to bottom with their full settings and keep the outputs.
 
-    make notebooks                          # all of them, about two hours on 2 cores
+    make notebooks                          # all of them, 85 minutes on 2 cores
     .venv/bin/python scripts/run_notebooks.py examples/03-fast.ipynb
     .venv/bin/python scripts/run_notebooks.py --quick /tmp/copy.ipynb   # tries the script in seconds
 
