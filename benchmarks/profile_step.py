@@ -16,20 +16,21 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from cifarlab import optim
 from cifarlab.api import make_config
 from cifarlab.augment import augment_batch
+from cifarlab.config import TrainConfig
 from cifarlab.networks import create_model
 from cifarlab.runtime import available_cores
+from cifarlab.step import train_step
 
 
-def training_step(recipe: str, batch_size: int | None) -> tuple[Callable[[], None], int]:
-    """A closure running one training step of the recipe, and its batch size."""
-    config = make_config(recipe, batch_size=batch_size)
+def step_of(config: TrainConfig) -> tuple[Callable[[], None], int]:
+    """A closure running one training step of `config` (augmentation, then `step.train_step`: the
+    step that trains), on random CIFAR-sized data; and its batch size. width_speed.py uses it too."""
     torch.manual_seed(0)
     model = create_model(config.model, 10, (127.0,) * 3, (64.0,) * 3, config.model_kwargs)
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -42,12 +43,15 @@ def training_step(recipe: str, batch_size: int | None) -> tuple[Callable[[], Non
 
     def step() -> None:
         x = augment_batch(config.augment, images, gen) if config.augment.active else images
-        loss = F.cross_entropy(model(x), labels, label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, x, labels, config)
 
     return step, config.batch_size
+
+
+def training_step(recipe: str, batch_size: int | None) -> tuple[Callable[[], None], int]:
+    """A closure running one training step of the recipe, and its batch size."""
+    given = {"batch_size": batch_size} if batch_size else {}  # None is a value to make_config
+    return step_of(make_config(recipe, **given))
 
 
 def main() -> None:

@@ -21,34 +21,16 @@ import time
 from collections.abc import Callable
 
 import torch
+from profile_step import step_of  # benchmarks/ is on sys.path when a script here runs
 
-from cifarlab import optim
 from cifarlab.api import make_config
-from cifarlab.augment import augment_batch
-from cifarlab.networks import create_model
 from cifarlab.runtime import available_cores
-from cifarlab.step import train_step
 
 
 def stepper(recipe: str, widths: list[int], batch_size: int | None) -> tuple[Callable[[], None], int]:
     """One training step of `recipe` with fastnet at `widths`, as a closure; and its batch size."""
     given = {"batch_size": batch_size} if batch_size else {}
-    config = make_config(recipe, model_kwargs={"widths": widths}, model="fastnet", **given)
-    torch.manual_seed(0)
-    model = create_model(config.model, 10, (127.0,) * 3, (64.0,) * 3, config.model_kwargs)
-    memory = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(memory_format=memory)  # type: ignore[call-overload]
-    optimizer = optim.build(config, model)
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (config.batch_size, 3, 32, 32), generator=gen).float()
-    images = images.contiguous(memory_format=memory)
-    labels = torch.randint(0, 10, (config.batch_size,), generator=gen)
-
-    def step() -> None:
-        x = augment_batch(config.augment, images, gen) if config.augment.active else images
-        train_step(model, optimizer, x, labels, config)
-
-    return step, config.batch_size
+    return step_of(make_config(recipe, model_kwargs={"widths": widths}, model="fastnet", **given))
 
 
 def main() -> None:
