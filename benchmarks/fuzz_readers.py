@@ -291,6 +291,15 @@ class StoredStudy:
         self.study_name, self.user_attrs = "fuzz", {"cifarlab": settings}
 
 
+def _set_dotted(mapping: dict[str, Any], key: str, value: Any) -> None:
+    """mapping["a"]["b"] = value for "a.b" where mapping["a"] is a mapping, else mapping[key's head]."""
+    head, _, rest = key.partition(".")
+    if rest and isinstance(mapping.get(head), dict):
+        mapping[head][rest] = value
+    else:
+        mapping[head] = value
+
+
 def _plain(rng: random.Random, depth: int) -> Any:
     """A random JSON-like value, sometimes one a cifarlab reader expects (a model spec, a
     number, a list of texts), with keys that are not always text."""
@@ -511,12 +520,7 @@ class Fuzzer:
         for _ in range(self.rng.randint(0, 3)):
             key = self.rng.choice([*VALID_SETTINGS, "fixed.model", "fixed.config_file",
                                    "fixed.nproc", "fixed.epochs", "space.lr"])
-            head, _, rest = key.partition(".")
-            value = _plain(self.rng, 2)
-            if rest and isinstance(settings.get(head), dict):
-                settings[head][rest] = value
-            else:
-                settings[head] = value
+            _set_dotted(settings, key, _plain(self.rng, 2))
         self._record(pointer + b"\n" + json.dumps(settings, default=str).encode())
         if self.rng.random() < 0.5:
             url, _, _ = read_pointer(folder)
@@ -567,12 +571,7 @@ class Fuzzer:
                 record["state_dict"]["temperature"] = torch.tensor(
                     self.rng.choice([0.0, -1.0, math.nan, math.inf, 1e-30, 2.0]))
                 continue
-            head, _, rest = field.partition(".")
-            value = _plain(self.rng, 2)
-            if rest and isinstance(record.get(head), dict):
-                record[head][rest] = value
-            else:
-                record[head] = value
+            _set_dotted(record, field, _plain(self.rng, 2))
         self._record(repr({k: v for k, v in record.items() if k != "state_dict"}).encode())
         path = self.scratch / "model.pt"
         checkpoint.save(path, record)
