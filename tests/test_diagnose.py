@@ -18,9 +18,9 @@ from cifarlab.diagnose import (
     VERDICTS,
     Z,
     diagnose,
-    evaluated,
     sizes_of,
 )
+from cifarlab.history import evaluated
 
 FULL = {"val_images": 5000, "clean_images": 5000, "num_classes": 10}  # the shared split
 

@@ -315,6 +315,8 @@ def test_stopping_between_evaluations_measures_the_last_epoch(toy_data: Path, tm
     rows = read_metrics(tmp_path / "run")
     assert [r["val_acc"] != "" for r in rows] == [False, True]
     assert summary["stopped_early"] and summary["val_acc"] == float(rows[-1]["val_acc"])
+    saved = checkpoint.load(tmp_path / "run" / rundir.CHECKPOINT, checkpoint.CHECKPOINT_FORMAT)
+    assert saved["history"][-1]["val_acc"] == summary["val_acc"]  # the checkpoint has it too
 
 
 def test_early_stop_needs_evaluations() -> None:

@@ -37,11 +37,11 @@ from cifarlab import trainer as training
 from cifarlab.arrays import is_memory, to_dataset
 from cifarlab.config import Recipe, TrainConfig, list_recipes, resolve
 from cifarlab.data import Dataset
-from cifarlab.diagnose import Diagnosis, evaluated
+from cifarlab.diagnose import Diagnosis
 from cifarlab.errors import UserError
 from cifarlab.evaluate import as_images, predict_logits
 from cifarlab.evaluate import top_k as top_k_of
-from cifarlab.history import History
+from cifarlab.history import History, evaluated
 from cifarlab.modelsummary import ModelSummary, summarize
 from cifarlab.networks import Classifier, create_model, describe_models, register_model, spec_of
 from cifarlab.runtime import pick_device

@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifarlab import fsio, plots, rundir
-from cifarlab.diagnose import evaluated
+from cifarlab.history import evaluated
 from cifarlab.rundir import RunFiles
 
 FORMATS = ("table", "markdown", "csv", "json")

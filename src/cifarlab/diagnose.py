@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cifarlab.history import evaluated
 from cifarlab.text import plural
 
 # The numbers of the rule, with the reason beside each (docs/diagnosis.md says more).
@@ -160,12 +161,6 @@ class Diagnosis:
         first, *facts = self.lines()
         items = "".join(f"<li>{html.escape(fact.strip())}</li>" for fact in facts)
         return f"<div><b>{html.escape(first)}</b><ul>{items}</ul></div>"
-
-
-def evaluated(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    """The rows of epochs that were evaluated: a val accuracy and a clean train accuracy."""
-    return [row for row in history if _finite(row.get("val_acc"))
-            and _finite(row.get("train_acc_clean"))]
 
 
 def sizes_of(record: Mapping[str, Any]) -> dict[str, int | None]:

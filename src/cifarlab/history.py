@@ -13,6 +13,7 @@ columns by name, Keras' names as aliases, and a table in Jupyter.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, SupportsIndex, overload
 
 from cifarlab.display import MAX_TEXT_ROWS, number, table, text_table
@@ -22,6 +23,34 @@ KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_acc", "acc": "train_acc"
                "val_accuracy": "val_acc", "learning_rate": "lr"}
 SHOWN = ("epoch", "train_loss", "train_acc", "train_acc_clean", "val_loss", "val_acc", "lr",
          "seconds")  # the columns a table shows (train_seconds is in the data, not the display)
+
+
+def is_measured(row: dict[str, Any], *keys: str) -> bool:
+    """Whether an epoch's row holds a number in each of `keys` (default val_acc): epochs that
+    `eval_every` skipped, and every val cell of a run without validation images, hold NaN (an
+    empty cell in metrics.csv).
+
+        >>> is_measured({"epoch": 1, "val_acc": float("nan")}), is_measured({"val_acc": 0.5})
+        (False, True)
+    """
+    return all(isinstance(v := row.get(key), int | float) and math.isfinite(v)
+               for key in keys or ("val_acc",))
+
+
+def measured(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
+    """The rows that hold a number in each of `keys` (default val_acc), oldest first.
+
+        >>> nan = float("nan")
+        >>> [r["epoch"] for r in measured([{"epoch": 1, "val_acc": nan}, {"epoch": 2, "val_acc": 0.5}])]
+        [2]
+    """
+    return [row for row in rows if is_measured(row, *keys)]
+
+
+def evaluated(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The epochs that were evaluated: a val accuracy and a clean train accuracy (what the
+    diagnosis, the report and `compare` read)."""
+    return measured(rows, "val_acc", "train_acc_clean")
 
 
 class History(list[dict[str, Any]]):

@@ -21,6 +21,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from cifarlab.history import measured
+
 DPI = 110  # sharp enough to zoom into on a phone, small enough to embed (~100 KB a figure)
 TRAIN, VAL, GAP = "tab:blue", "tab:orange", "tab:red"
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red, with a ✓ / ✗ for readers who can't tell them apart
@@ -129,12 +131,12 @@ def curves(history: list[dict[str, float]], title: str, best_val_loss_epoch: int
     join the evaluated epochs."""
     epochs = [row["epoch"] for row in history]
     col = {key: [row[key] for row in history] for key in history[0]}
-    measured = [row for row in history if np.isfinite(row["val_acc"])]
-    clean_rows = [row for row in history if np.isfinite(row["train_acc_clean"])]
-    at = {key: [row[key] for row in measured] for key in ("epoch", "val_loss", "val_acc", "train_acc_clean")}
+    scored = measured(history)
+    clean_rows = measured(history, "train_acc_clean")
+    at = {key: [row[key] for row in scored] for key in ("epoch", "val_loss", "val_acc", "train_acc_clean")}
     fig = LabFigure(figsize=(12, 5.2), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    has_val = bool(measured)  # --val-fraction 0: train curves only
+    has_val = bool(scored)  # --val-fraction 0: train curves only
     loss_ax.plot(epochs, col["train_loss"], "o--", color=TRAIN, alpha=0.6)
     if has_val:
         loss_ax.plot(at["epoch"], at["val_loss"], "o-", color=VAL)
@@ -409,11 +411,11 @@ def val_curves(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> LabFigure:
     fig = LabFigure(figsize=(9, 5.2), layout="constrained")
     ax = fig.subplots()
     for label, history in runs:
-        measured = [r for r in history if np.isfinite(r["val_acc"])]  # epochs that were evaluated
-        if not measured:  # --val-fraction 0: nothing to draw
+        scored = measured(history)  # epochs that were evaluated
+        if not scored:  # --val-fraction 0: nothing to draw
             continue
-        ax.plot([r["epoch"] for r in measured], [r["val_acc"] for r in measured], "o-", markersize=3,
-                label=f"{label}: {measured[-1]['val_acc']:.1%}")
+        ax.plot([r["epoch"] for r in scored], [r["val_acc"] for r in scored], "o-", markersize=3,
+                label=f"{label}: {scored[-1]['val_acc']:.1%}")
     ax.set(title="Validation accuracy per epoch (legend: final val accuracy)", ylabel="val accuracy")
     _percent_axis(ax)
     epoch_axis(ax)

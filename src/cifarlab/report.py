@@ -30,9 +30,10 @@ from cifarlab.calibrate import BINS as CALIBRATION_BINS
 from cifarlab.calibrate import calibration
 from cifarlab.checkpoint import ModelArg
 from cifarlab.data import Dataset
-from cifarlab.diagnose import Diagnosis, evaluated
+from cifarlab.diagnose import Diagnosis
 from cifarlab.display import table
 from cifarlab.evaluate import Predictions, confusion_counts, predict_split, scores
+from cifarlab.history import evaluated
 from cifarlab.rundir import RunFiles
 from cifarlab.rundir import read as read_run
 from cifarlab.text import plural

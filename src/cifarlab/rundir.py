@@ -57,23 +57,6 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_clean", "val_lo
                   "lr", "seconds", "train_seconds"]
 
 
-def measured(history: list[dict[str, Any]], key: str = "val_acc") -> list[dict[str, Any]]:
-    """The rows where `key` was measured: epochs that `eval_every` skipped (and every epoch of a
-    run without validation images) hold NaN there, an empty cell in metrics.csv.
-
-        >>> nan = float("nan")
-        >>> [r["epoch"] for r in measured([{"epoch": 1, "val_acc": nan}, {"epoch": 2, "val_acc": 0.5}])]
-        [2]
-    """
-    return [row for row in history if math.isfinite(row[key])]
-
-
-def is_measured(row: dict[str, Any]) -> bool:
-    """Whether an epoch's row holds an evaluation (clean train accuracy, measured in every
-    evaluated epoch, with or without validation images)."""
-    return math.isfinite(row["train_acc_clean"])
-
-
 def is_run(path: Path) -> bool:
     """A folder cifarlab wrote: its marker, or (runs from before the marker) a checkpoint or ledger."""
     return path.is_dir() and any((path / name).exists() for name in (MARKER, CHECKPOINT, METRICS))

@@ -52,7 +52,7 @@ from cifarlab.data import Dataset, classes_differ
 from cifarlab.display import progress_bar
 from cifarlab.errors import Interrupted, TrainingError, UserError
 from cifarlab.evaluate import evaluate_split, predict_logits
-from cifarlab.history import History
+from cifarlab.history import History, is_measured, measured
 from cifarlab.modelsummary import forward_flops
 from cifarlab.networks import Classifier
 from cifarlab.prepare import Data, build_model, carve, class_weights, read_dataset, with_source
@@ -318,7 +318,7 @@ class Trainer:
             rundir.write_metrics(self.path, self.history)
         self._print_row(row)
         asked = self._call("on_epoch_end", row) or self._stop_asked
-        patience = (config.early_stop and rundir.is_measured(row)
+        patience = (config.early_stop and is_measured(row, "train_acc_clean")
                     and epoch + 1 - self.best["epoch"] >= config.early_stop)
         interrupt, stop = distributed.all_sum(  # every process agrees on both
             [ctrl_c.pressed or self._interrupt_asked, bool(asked or patience)], self.device)
@@ -327,9 +327,10 @@ class Trainer:
             raise Interrupted(self.path)
         if stop and not last:
             self.stopped_early = True
-            if not rundir.is_measured(row):  # stopped between evaluations: the last row is measured
+            if not is_measured(row, "train_acc_clean"):  # stopped between evaluations: measure it
                 row.update(self._evaluate(epoch + 1))
                 self._keep_if_best(row)
+                self.save_checkpoint(epoch + 1, EpochState())  # its history holds the new row
                 if self.ctx.is_main:
                     rundir.write_metrics(self.path, self.history)
                 self._print_row(row)
@@ -473,13 +474,13 @@ class Trainer:
         epochs `eval_every` picks (NaN, an empty cell, in the others)."""
         train_seconds = time.perf_counter() - started
         skipped = {"train_acc_clean": math.nan, "val_loss": math.nan, "val_acc": math.nan}
-        measured = self._evaluate(epoch + 1) if evaluates(self.config, epoch + 1) else skipped
+        scores = self._evaluate(epoch + 1) if evaluates(self.config, epoch + 1) else skipped
         # The lr in the row is the one the epoch's last step used (the schedule at its start).
         last_step = epoch * self.steps_per_epoch + self.steps_in(epoch) - 1
         return {
             "epoch": epoch + 1,
             "train_loss": state.loss_sum / max(1, state.seen),
-            "train_acc": state.correct / max(1, state.seen), **measured,
+            "train_acc": state.correct / max(1, state.seen), **scores,
             "lr": optim.lr_at(self.config, last_step / self.total_steps, self.history),
             "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
         }
@@ -553,7 +554,7 @@ class Trainer:
                                "best_epoch": None, "best_weights_epoch": len(self.history),
                                "best_weights_value": None, "no_validation": NO_VALIDATION}
         if self.has_val:
-            best = max(rundir.measured(self.history), key=lambda r: r["val_acc"])
+            best = max(measured(self.history), key=lambda r: r["val_acc"])
             val = {"val_loss": last["val_loss"], "val_acc": last["val_acc"],
                    "best_val_acc": best["val_acc"], "best_epoch": best["epoch"],
                    "best_weights_epoch": self.best["epoch"], "best_weights_value": self.best["value"]}

@@ -59,6 +59,7 @@ from cifarlab import fsio, rundir
 from cifarlab.callbacks import Callback
 from cifarlab.config import resolve
 from cifarlab.errors import Interrupted, TrainingError, UserError
+from cifarlab.history import measured
 from cifarlab.hpsearch.results import Search, trial_seconds
 from cifarlab.hpsearch.space import NOT_SEARCHABLE, Param, current, read_space
 from cifarlab.hpsearch.storage import (
@@ -235,7 +236,7 @@ class _Objective:
             _close(tracker, "FAILED", "fail")
             raise
         history = self._note(trial, run_dir)
-        best = max(row["val_acc"] for row in rundir.measured(history))
+        best = max(row["val_acc"] for row in measured(history))
         if report.pruned_at is not None:
             trial.set_user_attr("note", f"pruned after epoch {report.pruned_at}")
             _close(tracker, "FINISHED", "pruned")
