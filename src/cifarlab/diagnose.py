@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cifarlab.history import evaluated
+from cifarlab.history import evaluated, is_number
 from cifarlab.text import plural
 
 # The numbers of the rule, with the reason beside each (docs/diagnosis.md says more).
@@ -335,12 +335,12 @@ def _diverged(history: list[dict[str, float]],
     limit = DIVERGE_FACTOR * math.log(num_classes or 10)
     for row in history:
         loss = row.get("train_loss", math.nan)
-        if not _finite(loss):
+        if not is_number(loss):
             return row, f"the train loss became {loss} at epoch {int(row['epoch'])}"
         if loss > limit:
             return row, (f"the train loss exploded to {loss:.3g} at epoch {int(row['epoch'])} "
                          f"(> {limit:.1f}, {DIVERGE_FACTOR:g} x a uniform guess's)")
-        if _finite(row.get("val_acc")) and not _finite(row.get("val_loss")):
+        if is_number(row.get("val_acc")) and not is_number(row.get("val_loss")):
             return row, f"the val loss became {row.get('val_loss')} at epoch {int(row['epoch'])}"
     return None
 
@@ -351,10 +351,6 @@ def _se(p: float, n: int | None) -> float:
         return 0.0
     p = min(max(p, 1 / n), 1 - 1 / n) if n > 1 else 0.5
     return math.sqrt(p * (1 - p) / n)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _round(value: float | None) -> float | None:

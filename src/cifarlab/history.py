@@ -25,6 +25,11 @@ SHOWN = ("epoch", "train_loss", "train_acc", "train_acc_clean", "val_loss", "val
          "seconds")  # the columns a table shows (train_seconds is in the data, not the display)
 
 
+def is_number(value: Any) -> bool:
+    """A finite int or float: what a measured cell holds (NaN, None or text: not measured)."""
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def is_measured(row: dict[str, Any], *keys: str) -> bool:
     """Whether an epoch's row holds a number in each of `keys` (default val_acc): epochs that
     `eval_every` skipped, and every val cell of a run without validation images, hold NaN (an
@@ -33,8 +38,7 @@ def is_measured(row: dict[str, Any], *keys: str) -> bool:
         >>> is_measured({"epoch": 1, "val_acc": float("nan")}), is_measured({"val_acc": 0.5})
         (False, True)
     """
-    return all(isinstance(v := row.get(key), int | float) and math.isfinite(v)
-               for key in keys or ("val_acc",))
+    return all(is_number(row.get(key)) for key in keys or ("val_acc",))
 
 
 def measured(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
