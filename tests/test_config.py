@@ -21,7 +21,7 @@ def test_seed_recipes_match_the_notebooks() -> None:
 
 def test_overrides_apply_and_none_is_a_value() -> None:
     config = make_config("quick", epochs=3)
-    assert config.epochs == 3 and config.subset == 22_500 and config.lr == 1.5 * 256 / 1024
+    assert config.epochs == 3 and config.subset == 20_480 and config.lr == 1.5 * 256 / 1024
     assert make_config("quick", subset=None).subset is None  # None: a value ("no subset")
     with pytest.raises(UserError, match="setting 'lr' expects float, got None"):
         make_config("base", lr=None)

@@ -201,6 +201,6 @@ def test_whitening_bias_at_its_own_rate_falls_linearly_to_zero() -> None:
     for epoch, fraction in [(0.0, 1.0), (0.25, 0.5), (0.4, 0.2), (0.5, 0.0), (3.0, 0.0)]:
         optim.set_lr(optimizer, 0.1, epoch)  # the schedule's lr does not move this group
         assert whiten["lr"] == pytest.approx(config.lr * 36.2 * fraction)
-    plain = optim.build(make_config("fast"), model)
+    plain = optim.build(make_config("fast", whiten_bias_lr_scale=1.0, whiten_bias_decay=False), model)
     optim.set_lr(plain, 0.1, 2.9)
     assert next(g for g in plain.param_groups if "until_epoch" in g)["lr"] == pytest.approx(0.1)
