@@ -347,3 +347,54 @@ def test_a_last_epoch_cut_short_trains_its_share_and_resumes_exactly(toy_data: P
     b, _ = checkpoint.load_model(tmp_path / "cut")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.slow
+def test_figures_read_every_few_steps_are_the_figures_read_every_step(
+        toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the step figures stay on the device and are read every TALLY_EVERY steps: the
+    same metrics, every step reported to callbacks in order with the same running figures, a
+    checkpoint on its own step, a stop on the next read that resumes exactly, a NaN named at
+    its own step. Here on the CPU, made to read every 5 steps (12 steps an epoch)."""
+    def steps_of(run: str, tally: int, **settings: Any) -> list[dict[str, float]]:
+        monkeypatch.setattr(trainer, "tally_every", lambda device, tally=tally: tally)
+        steps: list[dict[str, float]] = []
+
+        class Steps(cl_callbacks.Callback):
+            def on_step_end(self, trainer: Any, step: dict[str, float]) -> None:
+                steps.append(step)
+
+        trainer.train(tiny_config(toy_data, **settings), out=tmp_path / run, quiet=True,
+                      callbacks=[Steps()])
+        return steps
+
+    every_step = steps_of("every", 1, checkpoint_every=7)
+    assert steps_of("fifth", 5, checkpoint_every=7) == every_step and len(every_step) == 24
+    assert without_time(tmp_path / "fifth") == without_time(tmp_path / "every")
+
+    with pytest.raises(Interrupted):  # asked after step 6: steps 6-10 are read together
+        trainer.train(tiny_config(toy_data), out=tmp_path / "cut", quiet=True,
+                      callbacks=[InterruptAfter(6)])
+    state = torch.load(tmp_path / "cut" / rundir.CHECKPOINT, weights_only=False)["epoch_state"]
+    assert state["step"] == 10
+    trainer.resume(tmp_path / "cut", quiet=True)
+    same_weights(tmp_path / "cut", tmp_path / "every")
+
+    where = []
+    for tally in (1, 5):
+        monkeypatch.setattr(trainer, "tally_every", lambda device, tally=tally: tally)
+        with pytest.raises(TrainingError, match="loss became nan") as error:
+            trainer.train(tiny_config(toy_data, lr=math.inf), out=tmp_path / f"nan{tally}", quiet=True)
+        where.append(str(error.value).split(", lr")[0])
+    assert where[0] == where[1]
+
+
+def test_compile_compiles_the_network_in_place(toy_data: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`compile` (for GPUs) compiles the network once, in place, so its saved weights keep
+    their names; the compiler itself is not run here (a minute on this CPU, and slower)."""
+    compiled: list[type] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self)))
+    trainer.train(tiny_config(toy_data, epochs=1, compile=True), out=tmp_path / "run", quiet=True)
+    model, _ = checkpoint.load_model(tmp_path / "run")
+    assert compiled == [type(model)]

@@ -161,6 +161,10 @@ class TrainConfig:
     subset: int | None = None  # train on a seeded random N of the training images (quick runs)
     device: str = "auto"
     channels_last: bool = True  # NHWC memory layout: ~1.6x faster CNN training on this CPU
+    # torch.compile the network for training and its evaluations (fuses BatchNorm, GELU and the
+    # element-wise work on GPUs; on this CPU a step ran ~10% slower, BENCHMARKS.md round two).
+    # Its compilation (about a minute) is not counted by --budget's probe.
+    compile: bool = False
     clean_train_size: int = 5000  # training images measured in eval mode each epoch
     # Measure val and clean train accuracy every N epochs and always after the last (0: after the
     # last only); other epochs' cells stay empty. The timed recipes spend that time training.

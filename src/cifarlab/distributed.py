@@ -122,9 +122,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_sum(values: Sequence[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over all processes (float64: exact for counts below 2**53)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+def all_sum(values: Sequence[float] | torch.Tensor, device: torch.device) -> list[float]:
+    """Sum a few numbers over all processes (float64: exact for counts below 2**53); `values`
+    may be a tensor already on `device`, so that it is read once, after the sum."""
+    tensor = (values.to(device, torch.float64) if isinstance(values, torch.Tensor)
+              else torch.tensor(values, dtype=torch.float64, device=device))
     if dist.is_initialized():
         dist.all_reduce(tensor)
     return [float(v) for v in tensor.tolist()]

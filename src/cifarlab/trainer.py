@@ -70,6 +70,13 @@ ModelArg = checkpoint.ModelArg
 DIVERGED_FACTOR = 20
 DIVERGED_STEPS = 10
 PROGRESS_EVERY = 20  # steps between refreshes of the progress bar's loss and accuracy
+TALLY_EVERY = 20  # on a GPU, steps between reads of the step figures (Trainer._tally)
+
+
+def tally_every(device: torch.device) -> int:
+    """Steps whose loss and accuracy are read from the device at once: every step on the CPU
+    (a read costs nothing there), TALLY_EVERY on a GPU (each read waits for the queued work)."""
+    return 1 if device.type == "cpu" else TALLY_EVERY
 
 
 @dataclass
@@ -150,6 +157,8 @@ class Trainer:
         self.callbacks: list[Callback] = as_callbacks(callbacks)
         self.quiet = quiet or not ctx.is_main  # rank 0 alone prints
         self.model = model
+        if config.compile:
+            model.compile()  # in place: its state dict keeps the same keys
         # The whole training set lives on the device as uint8 NHWC (150 MB for CIFAR-10).
         self.train_images = torch.from_numpy(data.train.images).to(device)
         self.train_labels = torch.from_numpy(data.train.labels).to(device)
@@ -187,6 +196,9 @@ class Trainer:
         self._val_logits: tuple[int, torch.Tensor] | None = None  # (epoch, logits): see _evaluate
         self._stop_asked = False
         self._interrupt_asked = False
+        # steps whose figures are still on the device: (step, lr, images, [loss sum, correct])
+        self._pending: list[tuple[int, float, int, torch.Tensor]] = []
+        self.tally_every = tally_every(device)
 
     # --------------------------------------------------------------------------------------
     # For callbacks
@@ -397,15 +409,17 @@ class Trainer:
                 labels = targets if targets.ndim == 1 else targets.argmax(1)
                 stop = self._tally(state, loss, logits, labels, ctrl_c, epoch, step, lr)
                 bar.update(1)
-                if step % PROGRESS_EVERY == 0 or step + 1 == self.steps_in(epoch):
+                if state.seen and (step % PROGRESS_EVERY == 0 or step + 1 == self.steps_in(epoch)):
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
                                     acc=f"{state.correct / state.seen:.4f}")
                 every = self.config.checkpoint_every
-                if (stop or (every and state.step % every == 0)) and step + 1 < self.steps_in(epoch):
+                if (stop or (every and (step + 1) % every == 0)) and step + 1 < self.steps_in(epoch):
                     state.seconds = time.perf_counter() - started
                     self.save_checkpoint(epoch, state)
                     if stop:
                         raise Interrupted(self.path)
+            if self._pending:  # the epoch's last batch was skipped (a batch of one)
+                self._read_pending(state, ctrl_c, epoch)
         if self.lookahead is not None and epoch + 1 == self.config.epochs:
             self.lookahead.update(1.0, final=True)
         return self._scores(epoch, state, started)
@@ -436,30 +450,50 @@ class Trainer:
 
         Small all-reduces give every process the global sums and the stop flag, so all of them
         report the same loss, stop on a diverged loss at the same step, and stop on Ctrl-C (or a
-        callback's interrupt()) at the same step.
+        callback's interrupt()) at the same step. A step's figures stay on the device until
+        `tally_every` steps have gathered (1 on the CPU; on a GPU, reading a number waits for all
+        the queued work, so a read every step would leave the GPU idle while Python launches the
+        next step): then each step is checked and reported in order, as if read at once, and a
+        stop lands on such a step. An epoch's last step and a checkpoint's step always read.
         """
-        loss_sum, correct, seen = distributed.all_sum(
-            [loss.item() * len(labels), int((logits.argmax(1) == labels).sum()), len(labels)],
-            self.device)
-        step_loss = loss_sum / seen
-        self.steps_above = self.steps_above + 1 if step_loss > self.diverged_loss else 0
-        if not math.isfinite(step_loss) or self.steps_above >= DIVERGED_STEPS:
-            why = ("became " + str(step_loss) if not math.isfinite(step_loss) else
-                   f"diverged: {step_loss:.4g}, over {self.diverged_loss:.0f} ({DIVERGED_FACTOR}x "
-                   f"the loss of a uniform guess) for {DIVERGED_STEPS} steps")
-            raise TrainingError(
-                f"loss {why} at epoch {epoch + 1}, step {step + 1}, lr {lr:.3g}; the last good "
-                f"checkpoint ({self.last_saved}) is in {self.path}. Try a lower --lr.")
-        state.loss_sum += loss_sum
-        state.correct += int(correct)
-        state.seen += int(seen)
-        state.step = step + 1
-        done = epoch * self.steps_per_epoch + state.step
+        done = epoch * self.steps_per_epoch + step + 1
         if self.lookahead is not None and done % self.lookahead.every == 0:
             self.lookahead.update(done / self.total_steps)
-        self._call("on_step_end", {"epoch": epoch + 1, "step": state.step,
-                                   "loss": state.loss_sum / state.seen,
-                                   "acc": state.correct / state.seen})
+        self._pending.append((step, lr, len(labels),
+                              torch.stack([loss.detach().double() * len(labels),
+                                           (logits.argmax(1) == labels).sum().double()])))
+        every = self.config.checkpoint_every
+        if (len(self._pending) < self.tally_every and step + 1 < self.steps_in(epoch)
+                and not (every and (step + 1) % every == 0)):
+            return False
+        return self._read_pending(state, ctrl_c, epoch)
+
+    def _read_pending(self, state: EpochState, ctrl_c: _CtrlC, epoch: int) -> bool:
+        """Read the gathered steps' figures (one all-reduce), check and report each step in
+        order, then read the stop flag; True if training must stop."""
+        pending, self._pending = self._pending, []
+        figures = torch.cat([torch.stack([f for *_, f in pending]).flatten(),
+                             torch.tensor([n for _, _, n, _ in pending], dtype=torch.float64,
+                                          device=self.device)])
+        sums = distributed.all_sum(figures, self.device)
+        for i, (at, at_lr, _, _) in enumerate(pending):
+            loss_sum, correct, seen = sums[2 * i], sums[2 * i + 1], sums[2 * len(pending) + i]
+            step_loss = loss_sum / seen
+            self.steps_above = self.steps_above + 1 if step_loss > self.diverged_loss else 0
+            if not math.isfinite(step_loss) or self.steps_above >= DIVERGED_STEPS:
+                why = ("became " + str(step_loss) if not math.isfinite(step_loss) else
+                       f"diverged: {step_loss:.4g}, over {self.diverged_loss:.0f} ({DIVERGED_FACTOR}x "
+                       f"the loss of a uniform guess) for {DIVERGED_STEPS} steps")
+                raise TrainingError(
+                    f"loss {why} at epoch {epoch + 1}, step {at + 1}, lr {at_lr:.3g}; the last good "
+                    f"checkpoint ({self.last_saved}) is in {self.path}. Try a lower --lr.")
+            state.loss_sum += loss_sum
+            state.correct += int(correct)
+            state.seen += int(seen)
+            state.step = at + 1
+            self._call("on_step_end", {"epoch": epoch + 1, "step": state.step,
+                                       "loss": state.loss_sum / state.seen,
+                                       "acc": state.correct / state.seen})
         return bool(distributed.all_sum([ctrl_c.pressed or self._interrupt_asked], self.device)[0])
 
     @contextmanager
