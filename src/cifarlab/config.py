@@ -661,7 +661,8 @@ FAST_SETTINGS: dict[str, Any] = {
 # cores. Muon learns far more per step than SGD early on (0.730 +- 0.006 val over 3 seeds, SGD
 # 0.626); for one short epoch a larger filter step pays (muon_lr 0.17: 0.721, 0.24: 0.730, 0.30:
 # 0.732 +- 0.012; 22,500 images). With the whitening bias at its faster rate (round three) 20,480
-# images reach 0.723 +- 0.004 (3 seeds; 0.715 +- 0.001 without it), 22,500 0.736.
+# images reach 0.717 +- 0.004 over 3 seeds on 2 threads (0.723 +- 0.004 on 1; 0.715 +- 0.001
+# without it, 1 thread), 22,500 0.736 (1 thread).
 QUICK_SETTINGS: dict[str, Any] = {
     **FAST_SETTINGS, "model": "fastnet_small", "epochs": 1, "subset": 20_480, "muon_lr": 0.24,
     "label_smoothing": 0.2, "tta": False,
