@@ -154,7 +154,7 @@ def test_final_fit_reruns_the_budget_run_on_every_image(toy_data: Path, tmp_path
     epoch's share) again on all the training images, with no validation split."""
     chosen, final = tmp_path / "chosen", tmp_path / "final"
     assert main(["train", "--recipe", "fast_small", "--data", str(toy_data), "--batch-size", "64",
-                 "--budget", "1h", "--epochs", "2", "--out", str(chosen), "--quiet"]) == 0
+                 "--budget", "1h", "--epochs", "1", "--out", str(chosen), "--quiet"]) == 0
     assert main(["train", "--config", str(chosen / "config.json"), "--set", "budget=none",
                  "--val-fraction", "0", "--data", str(toy_data), "--out", str(final), "--quiet"]) == 0
     picked, shipped = (json.loads((run / "config.json").read_text()) for run in (chosen, final))
