@@ -412,8 +412,7 @@ class Trainer:
                 if state.seen and (step % PROGRESS_EVERY == 0 or step + 1 == self.steps_in(epoch)):
                     bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
                                     acc=f"{state.correct / state.seen:.4f}")
-                every = self.config.checkpoint_every
-                if (stop or (every and (step + 1) % every == 0)) and step + 1 < self.steps_in(epoch):
+                if (stop or self._checkpoint_due(step)) and step + 1 < self.steps_in(epoch):
                     state.seconds = time.perf_counter() - started
                     self.save_checkpoint(epoch, state)
                     if stop:
@@ -462,11 +461,16 @@ class Trainer:
         self._pending.append((step, lr, len(labels),
                               torch.stack([loss.detach().double() * len(labels),
                                            (logits.argmax(1) == labels).sum().double()])))
-        every = self.config.checkpoint_every
         if (len(self._pending) < self.tally_every and step + 1 < self.steps_in(epoch)
-                and not (every and (step + 1) % every == 0)):
+                and not self._checkpoint_due(step)):
             return False
         return self._read_pending(state, ctrl_c, epoch)
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """Whether `checkpoint_every` saves after this step of an epoch (its figures are read
+        first, so the checkpoint's running figures are complete)."""
+        every = self.config.checkpoint_every
+        return bool(every) and (step + 1) % every == 0
 
     def _read_pending(self, state: EpochState, ctrl_c: _CtrlC, epoch: int) -> bool:
         """Read the gathered steps' figures (one all-reduce), check and report each step in
